@@ -1,0 +1,251 @@
+"""VDIR networks in pure PyTorch (Soh & Cho, IEEE TIP 2022).
+
+Inference needs the encoder q(c|y), the restorer (or super-resolver) and the
+estimator head EST(c). Training adds the decoder p(y|c) and a spectral-norm
+discriminator. Layer facts follow the official implementation; the
+super-resolver and the non-AWGN estimator targets are this project's design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LATENT_CHANNELS = 4
+LATENT_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Everything needed to rebuild a VDIR network; stored in every weights file.
+
+    ``width=64, rir_blocks=5, res_blocks=5`` is the paper's configuration.
+    ``estimate_dims`` is the number of degradation parameters EST(c) predicts
+    (0 for real noise, where none is known).
+    """
+
+    channels: int = 3
+    scale: int = 1
+    width: int = 64
+    rir_blocks: int = 5
+    res_blocks: int = 5
+    encoder_width: int = 64
+    estimate_dims: int = 1
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.scale not in (1, 2, 4):
+            raise ValueError(f"scale must be 1, 2 or 4, got {self.scale}")
+        for name in ("width", "rir_blocks", "res_blocks", "encoder_width"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer")
+        if self.estimate_dims < 0:
+            raise ValueError("estimate_dims must be >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ArchConfig":
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
+        return cls(**{k: int(v) for k, v in values.items()})
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels (input grid) on each side that one output pixel depends on."""
+        trunk = 1 + self.rir_blocks * (2 * self.res_blocks + 1) + 2
+        # encoder: conv(1) + pool(1) + 2 convs at 1/2 (4) + pool(2) + 3 convs at 1/4 (12)
+        # + bilinear upsampling of c (4)
+        encoder = 1 + 1 + 4 + 2 + 12 + 4
+        return trunk + encoder
+
+
+def conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+class Encoder(nn.Module):
+    """q(c|y): two max-pools to 1/4 resolution, then mu and log-variance heads."""
+
+    def __init__(self, in_channels: int, width: int = 64):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, width)
+        self.conv2 = conv3x3(width, width)
+        self.conv3 = conv3x3(width, width)
+        self.conv4 = conv3x3(width, width)
+        self.conv5 = conv3x3(width, width)
+        self.mu = conv3x3(width, LATENT_CHANNELS)
+        self.logvar = conv3x3(width, LATENT_CHANNELS)
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.relu(F.max_pool2d(self.conv1(y), 2, ceil_mode=True))
+        h = self.conv3(F.relu(self.conv2(h)))
+        h = F.relu(F.max_pool2d(h, 2, ceil_mode=True))
+        h = self.conv5(F.relu(self.conv4(h)))
+        return self.mu(h), self.logvar(h)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = conv3x3(width, width)
+        self.conv2 = conv3x3(width, width)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class RIRBlock(nn.Module):
+    """Residual-in-residual group: N ResBlocks, a conv, and a skip."""
+
+    def __init__(self, width: int, res_blocks: int):
+        super().__init__()
+        self.body = nn.Sequential(*[ResBlock(width) for _ in range(res_blocks)], conv3x3(width, width))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Trunk(nn.Module):
+    """Head conv, D RIR groups, a conv and the long skip — shared by restorer and super-resolver."""
+
+    def __init__(self, in_channels: int, width: int, rir_blocks: int, res_blocks: int):
+        super().__init__()
+        self.head = conv3x3(in_channels, width)
+        self.groups = nn.Sequential(*[RIRBlock(width, res_blocks) for _ in range(rir_blocks)])
+        self.fuse = conv3x3(width, width)
+
+    def forward(self, x):
+        h = self.head(x)
+        return h + self.fuse(self.groups(h))
+
+
+def upsample_latent(c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(c, size=size, mode="bilinear", align_corners=False)
+
+
+class Restorer(nn.Module):
+    """x = y + R([y, up(c)]) — the global residual predicts the correction."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.trunk = Trunk(cfg.channels + LATENT_CHANNELS, cfg.width, cfg.rir_blocks, cfg.res_blocks)
+        self.tail = conv3x3(cfg.width, cfg.channels)
+
+    def forward(self, y, c):
+        h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1))
+        return y + self.tail(h)
+
+
+class SuperResolver(nn.Module):
+    """Same trunk on the low-resolution y, sub-pixel (PixelShuffle x2 stages) upsampler,
+    global residual from the bicubic-upsampled y."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.scale = cfg.scale
+        self.trunk = Trunk(cfg.channels + LATENT_CHANNELS, cfg.width, cfg.rir_blocks, cfg.res_blocks)
+        stages = []
+        for _ in range({2: 1, 4: 2}[cfg.scale]):
+            stages += [conv3x3(cfg.width, cfg.width * 4), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
+        self.upsampler = nn.Sequential(*stages)
+        self.tail = conv3x3(cfg.width, cfg.channels)
+
+    def forward(self, y, c):
+        h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1))
+        base = F.interpolate(y, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return base + self.tail(self.upsampler(h))
+
+
+class Estimator(nn.Module):
+    """EST(c): per-pixel map of the degradation parameters, at the input resolution."""
+
+    def __init__(self, dims: int, width: int = 64):
+        super().__init__()
+        self.conv1 = conv3x3(LATENT_CHANNELS, width)
+        self.conv2 = conv3x3(width, dims)
+
+    def forward(self, c):
+        est = self.conv2(F.relu(self.conv1(c)))
+        return F.interpolate(est, scale_factor=LATENT_STRIDE, mode="bilinear", align_corners=False)
+
+
+class Decoder(nn.Module):
+    """p(y|c): reconstructs the degraded input from the latent (training only)."""
+
+    def __init__(self, channels: int, width: int = 64):
+        super().__init__()
+        self.conv_in = conv3x3(LATENT_CHANNELS, width)
+        self.conv1 = conv3x3(width, width)
+        self.conv2 = conv3x3(width, width)
+        self.conv3 = conv3x3(width, width)
+        self.conv_out = conv3x3(width, channels)
+
+    def forward(self, c):
+        h = F.relu(F.interpolate(self.conv_in(c), scale_factor=2, mode="nearest"))
+        h = self.conv2(F.relu(self.conv1(h)))
+        h = F.relu(F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.conv_out(F.relu(self.conv3(h)))
+
+
+class Discriminator(nn.Module):
+    """Spectral-normalised PatchGAN-like critic on y (real) vs decoder output (fake)."""
+
+    def __init__(self, channels: int, widths=(64, 64, 128, 128, 256, 256, 512, 512, 512, 512)):
+        super().__init__()
+        layers, cin = [], channels
+        for i, cout in enumerate(widths):
+            stride = 2 if i % 2 else 1
+            layers += [nn.utils.spectral_norm(nn.Conv2d(cin, cout, 3, stride, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            cin = cout
+        layers.append(nn.utils.spectral_norm(nn.Conv2d(cin, 1, 3, 1, 1)))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@dataclass
+class Forward:
+    """What one VDIR forward pass produces."""
+
+    image: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    c: torch.Tensor
+    estimate: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class VDIR(nn.Module):
+    """Encoder + restorer/super-resolver + estimator: the part that is shipped."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.channels, cfg.encoder_width)
+        self.restorer = Restorer(cfg) if cfg.scale == 1 else SuperResolver(cfg)
+        self.estimator = Estimator(cfg.estimate_dims) if cfg.estimate_dims else None
+
+    def encode(self, y):
+        return self.encoder(y)
+
+    def forward(self, y, *, sample: bool = False, latent_shift: torch.Tensor | None = None,
+                with_estimate: bool = False) -> Forward:
+        """Restore ``y`` (N, C, H, W) with H, W multiples of 4.
+
+        ``sample=False`` uses c = mu (deterministic); ``True`` draws c ~ q(c|y).
+        ``latent_shift`` is added to c (used for strength control).
+        """
+        mu, logvar = self.encoder(y)
+        c = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+        if latent_shift is not None:
+            c = c + latent_shift
+        estimate = self.estimator(c) if (with_estimate and self.estimator is not None) else None
+        return Forward(self.restorer(y, c), mu, logvar, c, estimate)

@@ -1,0 +1,100 @@
+"""Training recipes: one validated YAML file per shipped model (unknown keys are rejected)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..tasks import ESTIMATES, check_task
+
+Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "jpeg"]
+DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "blur", "jpeg": "jpeg"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArchSpec(Strict):
+    width: int = Field(64, ge=4)
+    rir_blocks: int = Field(5, ge=1)
+    res_blocks: int = Field(5, ge=1)
+    encoder_width: int = Field(64, ge=4)
+
+
+class DataSpec(Strict):
+    train: list[str] = Field(min_length=1, description="folders of clean training images")
+    val: str | None = Field(None, description="folder of clean held-out images for validation PSNR")
+    degraded: str | None = Field(None, description="folder of degraded images paired by file name with `train`")
+    exclude: list[str] = Field(default_factory=list, description="file names to leave out of training")
+    val_images: int = Field(8, ge=1)
+    val_crop: int = Field(256, ge=32)
+
+
+class LossWeights(Strict):
+    """Each term can be switched off (weight 0) for ablations."""
+
+    restore: float = 1.0
+    kl: float = 0.01
+    decoder: float = 1.0
+    gan: float = 0.001
+    estimate: float = 1.0
+
+
+class Recipe(Strict):
+    name: str
+    task: Literal["denoise", "real-denoise", "sr", "jpeg"]
+    channels: Literal[1, 3] = 3
+    scale: int | None = None
+    degradation: Degradation | None = None
+    arch: ArchSpec = ArchSpec()
+    data: DataSpec
+    steps: int = Field(ge=1)
+    patch: int = Field(64, ge=16, description="input patch size (low-resolution side for sr)")
+    batch: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lr_min: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 disables")
+    time_budget_minutes: float | None = Field(
+        None, gt=0, description="anneal the learning rate over wall time instead of steps, stop at the budget")
+    seed: int = 0
+    losses: LossWeights = LossWeights()
+    val_every: int = Field(500, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    init: str | None = Field(None, description="shipped model name or weights file to fine-tune from")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        check_task(self.task, self.scale)
+        if self.patch % 4:
+            raise ValueError("patch must be a multiple of 4 (the latent is at 1/4 resolution)")
+        if self.degradation is None:
+            self.degradation = DEFAULT_DEGRADATION[self.task]
+        allowed = {"denoise": {"awgn", "awgn+poisson", "poisson"}, "real-denoise": {"camera"},
+                   "sr": {"blur"}, "jpeg": {"jpeg"}}[self.task]
+        if self.degradation not in allowed:
+            raise ValueError(f"degradation {self.degradation!r} does not fit task {self.task!r} "
+                             f"(choose {sorted(allowed)})")
+        if self.degradation == "camera" and self.channels != 3:
+            raise ValueError("camera noise needs channels: 3")
+        return self
+
+    @property
+    def estimate_dims(self) -> int:
+        return len(ESTIMATES[self.task]) if self.losses.estimate > 0 else 0
+
+
+def load_recipe(path: str | Path, **overrides) -> Recipe:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping of keys to values")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Recipe.model_validate(values)

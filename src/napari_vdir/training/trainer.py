@@ -1,0 +1,313 @@
+"""The training loop: full VDIR objective, validation, CSV log, checkpoints with exact resume."""
+
+from __future__ import annotations
+
+
+import csv
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..devices import autocast_context, select_device
+from ..nets import VDIR, ArchConfig, Decoder, Discriminator
+from ..weights import ModelInfo, load_weights, resolve_model, save_weights
+from . import losses
+from .config import Recipe
+from .data import PatchSampler, degrade, load_folder, validation_set
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = F.mse_loss(a.float().clamp(0, 1), b.float()).item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+class Trainer:
+    """Trains one recipe. ``rank``/``world`` > 1 runs under torchrun (DDP)."""
+
+    def __init__(self, recipe: Recipe, out_dir: str | Path, *, device: str = "auto", precision: str = "auto",
+                 threads: int | None = None, log=print):
+        self.recipe = recipe
+        self.out = Path(out_dir)
+        self.log = log
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = select_device(device)
+        if self.world > 1:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(self.device)
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.precision = precision
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(recipe.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(recipe.seed * 1000 + self.rank)
+        self.cpu_generator = torch.Generator().manual_seed(recipe.seed * 1000 + self.rank + 1)
+
+        self.model, init_info = self._build_model()
+        self.decoder = Decoder(recipe.channels).to(self.device)
+        self.discriminator = Discriminator(recipe.channels).to(self.device)
+        if self.device.type != "mps":
+            for m in (self.model, self.decoder, self.discriminator):
+                m.to(memory_format=torch.channels_last)
+        gen_params = list(self.model.parameters()) + list(self.decoder.parameters())
+        self.opt_g = torch.optim.Adam(gen_params, lr=recipe.lr)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=recipe.lr, betas=(0.5, 0.999))
+        self.train_model, self.train_decoder, self.train_discriminator = self.model, self.decoder, self.discriminator
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DDP(self.model, device_ids=ids, find_unused_parameters=recipe.losses.estimate == 0)
+            self.train_decoder = DDP(self.decoder, device_ids=ids)
+            self.train_discriminator = DDP(self.discriminator, device_ids=ids)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.best_val = float("-inf")
+        self.history: list[dict] = []
+        self.init_info = init_info
+
+    # ------------------------------------------------------------------ setup
+    def _build_model(self) -> tuple[VDIR, ModelInfo | None]:
+        r = self.recipe
+        if r.init:
+            path = resolve_model(r.init, r.task, r.channels, r.scale or 1)
+            model, info = load_weights(path, self.device)
+            if info.task != r.task or info.channels != r.channels or info.scale != (r.scale or 1):
+                raise ValueError(f"{path}: a {info.task} model for {info.channels} channel(s) x{info.scale} "
+                                 f"cannot be fine-tuned for {r.task} with {r.channels} channel(s) x{r.scale or 1}")
+            return model.train(), info
+        cfg = ArchConfig(channels=r.channels, scale=r.scale or 1, estimate_dims=r.estimate_dims,
+                         **r.arch.model_dump())
+        return VDIR(cfg).to(self.device), None
+
+    def load_data(self):
+        r = self.recipe
+        s = r.scale or 1
+        clean, degraded = [], None
+        for folder in r.data.train:
+            clean += load_folder(folder, r.channels, r.data.exclude, min_size=r.patch * s)
+        if r.data.degraded:
+            by_name = dict(load_folder(r.data.degraded, r.channels, r.data.exclude, min_size=r.patch))
+            missing = [n for n, _ in clean if n not in by_name]
+            if missing:
+                raise ValueError(f"{r.data.degraded}: no degraded twin for {missing[:3]} (pairs match by file name)")
+            degraded = [by_name[n] for n, _ in clean]
+            for (n, c), d in zip(clean, degraded):
+                if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
+                    raise ValueError(f"pair {n}: clean {c.shape[:2]} and degraded {d.shape[:2]} sizes do not match")
+        self.sampler = PatchSampler([x for _, x in clean], r.patch, self.device, degraded, s)
+        self.val = validation_set(r, self.device)
+        if self.rank == 0:
+            self.log(f"{len(clean)} training images, {len(self.val)} validation crops, device {self.device}")
+
+    # ------------------------------------------------------------------ schedule
+    def lr_at(self) -> float:
+        r = self.recipe
+        if r.warmup_steps and self.step < r.warmup_steps:
+            return r.lr * (self.step + 1) / r.warmup_steps
+        if r.time_budget_minutes:
+            t = min(1.0, self.train_seconds / (60 * r.time_budget_minutes))
+        else:
+            t = min(1.0, self.step / r.steps)
+        return r.lr_min + (r.lr - r.lr_min) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def finished(self) -> bool:
+        r = self.recipe
+        if r.time_budget_minutes and self.train_seconds >= 60 * r.time_budget_minutes:
+            return True
+        return self.step >= r.steps
+
+    # ------------------------------------------------------------------ one step
+    def next_batch(self):
+        clean, degraded = self.sampler.sample(self.recipe.batch, self.cpu_generator)
+        if degraded is not None:
+            from .data import Batch
+
+            return Batch(degraded, clean, None)
+        return degrade(clean, self.recipe, self.generator, self.cpu_generator)
+
+    def train_step(self) -> dict:
+        w = self.recipe.losses
+        batch = self.next_batch()
+        y = batch.degraded.contiguous(memory_format=torch.channels_last)
+        x = batch.clean.contiguous(memory_format=torch.channels_last)
+        lr = self.lr_at()
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        terms = {}
+        with autocast_context(self.device, self.precision):
+            out = self.train_model(y, sample=True, with_estimate=w.estimate > 0 and batch.estimate_target is not None)
+            terms["restore"] = F.l1_loss(out.image.float(), x.float())
+            terms["kl"] = losses.kl_divergence(out.mu.float(), out.logvar.float())
+            use_decoder = w.decoder > 0 or w.gan > 0
+            if use_decoder:
+                y_hat = self.train_decoder(out.c)
+                terms["decoder"] = F.l1_loss(y_hat.float(), y.float())
+            if w.gan > 0:
+                for p in self.discriminator.parameters():
+                    p.requires_grad_(False)
+                terms["gan"] = losses.generator_adversarial(self.train_discriminator(y_hat).float())
+                for p in self.discriminator.parameters():
+                    p.requires_grad_(True)
+            if out.estimate is not None:
+                terms["estimate"] = losses.estimate_loss(out.estimate.float(), batch.estimate_target)
+            total = sum(getattr(w, k) * v for k, v in terms.items())
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        if self.recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        self.opt_g.step()
+        if w.gan > 0:
+            with autocast_context(self.device, self.precision):
+                d_loss = losses.discriminator_loss(self.train_discriminator(y).float(),
+                                                   self.train_discriminator(y_hat.detach()).float())
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            terms["disc"] = d_loss
+        self.step += 1
+        row = {k: float(v.detach()) for k, v in terms.items()}
+        row["total"] = float(total.detach())
+        row["lr"] = lr
+        if not all(math.isfinite(v) for v in row.values()):
+            raise FloatingPointError(f"loss is not finite at step {self.step}: {row}")
+        return row
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if not self.val:
+            return None
+        self.model.eval()
+        scores = []
+        with autocast_context(self.device, self.precision):
+            for b in self.val:
+                out = self.model(b.degraded.contiguous(memory_format=torch.channels_last))
+                scores.append(psnr(out.image, b.clean))
+        self.model.train()
+        return float(np.mean(scores))
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {
+            "step": self.step, "train_seconds": self.train_seconds, "best_val": self.best_val,
+            "model": self.model.state_dict(), "decoder": self.decoder.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "rng_torch": torch.get_rng_state(), "rng_generator": self.generator.get_state(),
+            "rng_cpu_generator": self.cpu_generator.get_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "recipe": self.recipe.model_dump(), "history": self.history,
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path else self.out / "checkpoint.pt"
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(self.state(), tmp)
+            tmp.replace(path)
+        return path
+
+    def resume(self, path: str | Path):
+        """Restore everything needed for a run identical to an uninterrupted one.
+
+        Checkpoints are this tool's own files; they hold optimiser state and RNG
+        states, so they are read with ``weights_only=True`` (tensors and plain types only).
+        """
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.decoder.load_state_dict(state["decoder"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["rng_torch"].cpu())
+        self.generator.set_state(state["rng_generator"].cpu() if self.device.type != "cuda" else state["rng_generator"].cpu())
+        self.cpu_generator.set_state(state["rng_cpu_generator"].cpu())
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.best_val = float(state["best_val"])
+        self.history = list(state["history"])
+
+    def export(self, path: str | Path | None = None) -> Path:
+        r = self.recipe
+        recipe = r.model_dump()
+        recipe["steps_done"] = self.step
+        val = self.history[-1].get("val_psnr") if self.history else None
+        info = ModelInfo(name=r.name, task=r.task, arch=self.model.cfg,
+                         description=f"VDIR {r.task} ({r.degradation}), {r.channels} channel(s)"
+                         + (f", x{r.scale}" if r.scale else ""),
+                         recipe=recipe, quality={"val_psnr": val} if val is not None else {},
+                         trained_steps=self.step)
+        return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, progress=None) -> Path:
+        """Train until the recipe's steps (or time budget) are done; returns the weights file."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not hasattr(self, "sampler"):
+            self.load_data()
+        log_path = self.out / "log.csv"
+        fields = ["step", "seconds", "lr", "total", "restore", "kl", "decoder", "gan", "estimate", "disc", "val_psnr"]
+        interrupted = {"flag": False}
+
+        def on_sigint(signum, frame):
+            interrupted["flag"] = True
+
+        previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+        self.model.train()
+        try:
+            with open(log_path, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+                if fh.tell() == 0 and self.rank == 0:
+                    writer.writeheader()
+                if self.step == 0 and self.rank == 0:
+                    row = {"step": 0, "seconds": 0.0, "val_psnr": self.validate()}
+                    self.history.append(row)
+                    writer.writerow(row)
+                while not self.finished():
+                    t0 = time.perf_counter()
+                    row = self.train_step()
+                    if self.device.type == "cuda" and self.step % 50 == 0:
+                        torch.cuda.synchronize()
+                    self.train_seconds += time.perf_counter() - t0
+                    row.update(step=self.step, seconds=round(self.train_seconds, 2))
+                    if self.step % self.recipe.val_every == 0 or self.finished():
+                        if self.rank == 0:
+                            row["val_psnr"] = self.validate()
+                            self.history.append(row)
+                            writer.writerow(row)
+                            fh.flush()
+                            self.export()  # the latest weights are always on disk
+                    if progress is not None and self.rank == 0:
+                        progress(self, row)
+                    if self.step % self.recipe.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if interrupted["flag"]:
+                        path = self.save_checkpoint()
+                        raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        self.save_checkpoint()
+        return self.export() if self.rank == 0 else self.out / f"{self.recipe.name}.safetensors"
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+

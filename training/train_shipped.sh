@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Train every shipped model at once, one process per recipe, then collect the weights and logs.
+# usage: training/train_shipped.sh OUTDIR [TIME_BUDGET_MINUTES] [extra flags for every run]
+# With a time budget each run anneals its learning rate over that much training time (the shipped
+# weights were made this way on one GPU; the step count each reached is in its recipe and log).
+set -u
+out=${1:?usage: train_shipped.sh OUTDIR [MINUTES] [flags...]}; shift
+budget=${1:-}; [ $# -gt 0 ] && shift
+runs=${RUNS_DIR:-$out/runs}
+mkdir -p "$out" "$runs"
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src PYTHONUNBUFFERED=1
+for recipe in training/*.yaml; do
+  name=$(basename "$recipe" .yaml)
+  python3 -m napari_vdir.training --recipe "$recipe" --out "$runs/$name" --quiet \
+    ${budget:+--time-budget "$budget"} "$@" > "$runs/$name.log" 2>&1 &
+done
+collect() {
+  cp -f "$runs"/*/*.safetensors "$out"/ 2>/dev/null
+  tar -czf "$out/logs.tgz" -C "$runs" $(cd "$runs" && ls *.log */log.csv 2>/dev/null) 2>/dev/null
+}
+i=0
+while [ -n "$(jobs -rp)" ]; do sleep 5; i=$((i + 1)); [ $((i % 6)) -eq 0 ] && collect; done
+wait
+collect
+tail -n 2 "$runs"/*.log
