@@ -1,0 +1,30 @@
+"""napari-vdir: Variational Deep Image Restoration (Soh & Cho, IEEE TIP 2022) for napari and Python.
+
+``restore`` is the entry point; torch loads only when it is first called, so importing the
+package (and the napari plugin) stays cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["restore", "Restoration", "RestorationCancelled", "WeightsError", "list_models"]
+
+
+def __getattr__(name):
+    if name in ("restore", "Restoration"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "RestorationCancelled":
+        from .inference import RestorationCancelled
+
+        return RestorationCancelled
+    if name == "WeightsError":
+        from .weights import WeightsError
+
+        return WeightsError
+    if name == "list_models":
+        from .weights import list_models
+
+        return list_models
+    raise AttributeError(f"module 'napari_vdir' has no attribute {name!r}")

@@ -237,14 +237,17 @@ class VDIR(nn.Module):
         return self.encoder(y)
 
     def forward(self, y, *, sample: bool = False, latent_shift: torch.Tensor | None = None,
-                with_estimate: bool = False) -> Forward:
+                with_estimate: bool = False, noise: torch.Tensor | None = None) -> Forward:
         """Restore ``y`` (N, C, H, W) with H, W multiples of 4.
 
         ``sample=False`` uses c = mu (deterministic); ``True`` draws c ~ q(c|y).
+        ``noise`` (shaped like mu) draws c = mu + std * noise with the caller's random numbers.
         ``latent_shift`` is added to c (used for strength control).
         """
         mu, logvar = self.encoder(y)
-        c = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
+        if noise is None and sample:
+            noise = torch.randn_like(mu)
+        c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise.to(mu)
         if latent_shift is not None:
             c = c + latent_shift
         estimate = self.estimator(c) if (with_estimate and self.estimator is not None) else None

@@ -198,3 +198,8 @@ def resolve_model(model: str | Path | None, task: str, channels: int, scale: int
     raise WeightsError(f"no shipped model for task {task!r}" + (f" x{scale}" if task == "sr" else "")
                        + f" (looked for {', '.join(names)}); pass model=PATH to a weights file, "
                        "e.g. one made by `python -m napari_vdir.training`")
+
+
+def list_models() -> list[ModelInfo]:
+    """Metadata of every shipped model."""
+    return [read_info(p) for p in shipped_models().values()]

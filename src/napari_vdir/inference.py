@@ -1,0 +1,200 @@
+"""Restoring whole images: padding, tiling, self-ensemble, Monte-Carlo samples, latent steering.
+
+Everything here works on one 2-D plane as a (C, H, W) float32 tensor in [0, 1]-ish intensity;
+``api.restore`` handles layouts, dtypes and stacks around it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .devices import autocast_context
+from .nets import LATENT_STRIDE, VDIR
+
+DEFAULT_TILE = 512          # output-core size of a tile, in input pixels (multiple of 4)
+WHOLE_IMAGE_PIXELS = 1024 * 1024  # planes up to this size (padded, with margin) run in one pass
+
+
+class RestorationCancelled(RuntimeError):
+    """Raised when the caller's cancel callback or event asks the restoration to stop."""
+
+
+def is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def tile_margin(model: VDIR) -> int:
+    """Overlap on each side of a tile: the receptive radius, rounded up to a multiple of 4."""
+    r = model.cfg.receptive_radius
+    return (r + 3) // 4 * 4
+
+
+def plan_tiles(h: int, w: int, tile: int | None, margin: int) -> list[tuple[int, int, int, int]]:
+    """Output cores (top, left, bottom, right) covering an (h, w) plane whose sizes are multiples of 4.
+
+    ``tile=None`` chooses by memory: one pass when the plane is small enough, else DEFAULT_TILE.
+    Tile origins are multiples of 4 so the latent grid of every tile lines up with the whole image's.
+    """
+    if tile is None:
+        tile = max(h, w) if h * w <= WHOLE_IMAGE_PIXELS else DEFAULT_TILE
+    tile = max(4, int(tile) // 4 * 4)
+    return [(t, l_, min(t + tile, h), min(l_ + tile, w))
+            for t in range(0, h, tile) for l_ in range(0, w, tile)]
+
+
+@dataclass
+class PlaneResult:
+    image: torch.Tensor            # (C, H*s, W*s)
+    latent: torch.Tensor           # (4, H/4, W/4), mu
+    estimate: torch.Tensor | None  # (D,) mean of EST(c) over the plane, training units
+    uncertainty: torch.Tensor | None
+
+
+_TRANSFORMS = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _forward(x, k, flip):
+    if flip:
+        x = x.flip(-1)
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _inverse(x, k, flip):
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+class PlaneRestorer:
+    """Runs one model over planes, tile by tile, reporting progress and honouring cancel."""
+
+    def __init__(self, model: VDIR, device: torch.device, precision: str = "auto", tile_size: int | None = None,
+                 ensemble: bool = False, samples: int = 1, strength: float = 1.0, seed: int = 0,
+                 progress=None, cancel=None):
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        if tile_size is not None and tile_size < 16:
+            raise ValueError(f"tile_size must be at least 16 pixels, got {tile_size}")
+        self.model, self.device, self.precision = model, device, precision
+        self.tile_size, self.ensemble, self.samples = tile_size, ensemble, samples
+        self.strength, self.seed = float(strength), seed
+        self.margin = tile_margin(model)
+        self.scale = model.cfg.scale
+        self.progress, self.cancel = progress, cancel
+        self.done = 0
+        self.total = 0
+
+    def count_steps(self, h: int, w: int) -> int:
+        """Progress ticks one plane costs (tiles x transforms x samples)."""
+        hp, wp = _ceil4(h), _ceil4(w)
+        tiles = len(plan_tiles(hp, wp, self.tile_size, self.margin))
+        transforms = 8 if self.ensemble else 1
+        return tiles * transforms * self.samples
+
+    def restore_plane(self, plane: torch.Tensor, degrade_more=None) -> PlaneResult:
+        """``plane``: (C, H, W) float32. ``degrade_more``: callable giving a more degraded copy
+        (used only when strength != 1)."""
+        c, h, w = plane.shape
+        x = _pad4(plane)
+        steer = None
+        if self.strength != 1.0 and degrade_more is not None:
+            steer = _pad4(degrade_more(plane))
+        outs, latent, estimate, draws = [], None, None, []
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        for k, flip in (_TRANSFORMS if self.ensemble else _TRANSFORMS[:1]):
+            xt = _forward(x, k, flip)
+            st = None if steer is None else _forward(steer, k, flip)
+            acc = []
+            for s in range(self.samples):
+                img, mu, est = self._tiled(xt, st, sample=self.samples > 1, generator=generator)
+                acc.append(_inverse(img, k, flip))
+                if latent is None:
+                    latent, estimate = mu, est
+            draws.extend(acc)
+            outs.append(torch.stack(acc).mean(0))
+        image = torch.stack(outs).mean(0)[:, : h * self.scale, : w * self.scale]
+        uncertainty = None
+        if self.samples > 1:
+            uncertainty = torch.stack(draws).std(0)[:, : h * self.scale, : w * self.scale]
+        if estimate is not None:
+            estimate = estimate[:, :h, :w].mean(dim=(1, 2))
+        return PlaneResult(image, latent, estimate, uncertainty)
+
+    @torch.no_grad()
+    def _tiled(self, x: torch.Tensor, steer: torch.Tensor | None, sample: bool, generator):
+        c, h, w = x.shape
+        s, m = self.scale, self.margin
+        out = torch.empty(c, h * s, w * s)
+        latent = torch.empty(4, h // LATENT_STRIDE, w // LATENT_STRIDE)
+        est = None
+        for top, left, bottom, right in plan_tiles(h, w, self.tile_size, m):
+            if is_cancelled(self.cancel):
+                raise RestorationCancelled("restoration cancelled")
+            t0, l0 = max(0, top - m), max(0, left - m)
+            b0, r0 = min(h, bottom + m), min(w, right + m)
+            tile = x[None, :, t0:b0, l0:r0]
+            shift = None
+            y = tile.to(self.device)
+            if self.device.type != "mps":
+                y = y.contiguous(memory_format=torch.channels_last)
+            with autocast_context(self.device, self.precision):
+                if steer is not None:
+                    more = steer[None, :, t0:b0, l0:r0].to(y)
+                    shift = (self.strength - 1.0) * (self.model.encode(more)[0] - self.model.encode(y)[0])
+                noise = None
+                if sample:
+                    shape = (1, 4, (b0 - t0) // LATENT_STRIDE, (r0 - l0) // LATENT_STRIDE)
+                    noise = torch.randn(shape, generator=generator).to(self.device)
+                res = self.model(y, sample=False, latent_shift=shift, with_estimate=True, noise=noise)
+            img = res.image.float().cpu()[0]
+            out[:, top * s:bottom * s, left * s:right * s] = img[:, (top - t0) * s:(bottom - t0) * s,
+                                                                   (left - l0) * s:(right - l0) * s]
+            q = LATENT_STRIDE
+            latent[:, top // q:bottom // q, left // q:right // q] = res.mu.float().cpu()[
+                0, :, (top - t0) // q:(bottom - t0) // q, (left - l0) // q:(right - l0) // q]
+            if res.estimate is not None:
+                if est is None:
+                    est = torch.empty(res.estimate.shape[1], h, w)
+                est[:, top:bottom, left:right] = res.estimate.float().cpu()[0, :, top - t0:bottom - t0,
+                                                                              left - l0:right - l0]
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+        return out, latent, est
+
+
+def _ceil4(n: int) -> int:
+    return (n + 3) // 4 * 4
+
+
+def _pad4(x: torch.Tensor) -> torch.Tensor:
+    """Pad (C, H, W) at the bottom/right to multiples of 4 by reflection (replicate for tiny planes)."""
+    h, w = x.shape[-2:]
+    ph, pw = _ceil4(h) - h, _ceil4(w) - w
+    if not (ph or pw):
+        return x
+    mode = "reflect" if h > ph and w > pw else "replicate"
+    return F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
+
+
+@lru_cache(maxsize=8)
+def cached_model(path: str, device: str, mtime: float):
+    from .weights import load_weights
+
+    model, info = load_weights(path, device)
+    if torch.device(device).type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return model, info
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
