@@ -1,0 +1,50 @@
+"""Shared fixtures. Datasets live in ../shared/datasets beside the clone (CI has them, a user's clone
+may not): tests that need them skip cleanly when they are absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NAPARI_VDIR_SHARED", REPO.parent / "shared"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    path = SHARED / "datasets"
+    if not path.is_dir():
+        pytest.skip("../shared/datasets is not beside this clone")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> dict:
+    """Randomly initialised, very small weights files for every task (fast tests of plumbing)."""
+    from napari_vdir.nets import VDIR, ArchConfig
+    from napari_vdir.tasks import ESTIMATES
+    from napari_vdir.weights import ModelInfo, save_weights
+
+    out = tmp_path_factory.mktemp("weights")
+    files = {}
+    for task, scale in (("denoise", 1), ("real-denoise", 1), ("jpeg", 1), ("sr", 2), ("sr", 4)):
+        for channels in (1, 3):
+            torch.manual_seed(0)
+            cfg = ArchConfig(channels=channels, scale=scale, width=8, rir_blocks=1, res_blocks=1,
+                             encoder_width=8, estimate_dims=len(ESTIMATES[task]))
+            model = VDIR(cfg)
+            name = f"tiny-{task}-x{scale}-{channels}ch"
+            files[(task, scale, channels)] = save_weights(out / f"{name}.safetensors", model,
+                                                          ModelInfo(name=name, task=task, arch=cfg), half=False)
+    return files
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
