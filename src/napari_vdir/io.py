@@ -47,7 +47,9 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, image)
+        # Only (..., H, W, 3) is RGB; anything else (a Z-stack of 3 pages too) is pages of gray planes.
+        photometric = "rgb" if image.ndim >= 3 and image.shape[-1] == 3 else "minisblack"
+        tifffile.imwrite(path, image, photometric=photometric)
         return path
     from PIL import Image
 
