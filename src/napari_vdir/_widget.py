@@ -85,14 +85,14 @@ class RestoreWidget(Container):
     tasks: tuple[str, ...] = ("denoise",)
     title = "Restore"
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+    def __init__(self, napari_viewer):
         super().__init__(labels=True)
-        self._viewer = viewer
+        self._viewer = napari_viewer
         self._worker = None
         self._cancel_event: threading.Event | None = None
         self.last_result: vl.LayerRestoration | None = None
 
-        self.layer = ComboBox(label="input layer", choices=self._image_layers, nullable=True,
+        self.layer = ComboBox(label="input layer", choices=self._image_layers,
                               tooltip="an image layer: gray or RGB, 2-D or a stack (Z, T, ...)")
         self.model = ComboBox(label="model", choices=[AUTO_MODEL, *_models_for(self.tasks), WEIGHTS_FILE],
                               value=AUTO_MODEL, tooltip="shipped model, or a .safetensors weights file")
@@ -140,7 +140,8 @@ class RestoreWidget(Container):
     def _image_layers(self, *_) -> list:
         from napari.layers import Image
 
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        # top of the layer list first, as napari shows it
+        return [(layer.name, layer) for layer in reversed(self._viewer.layers) if isinstance(layer, Image)]
 
     def _on_model(self, value):
         self.weights_path.visible = value == WEIGHTS_FILE

@@ -183,7 +183,9 @@ def add_or_update(viewer, layer_data: tuple):
     name = meta["name"]
     if name in viewer.layers:
         old = viewer.layers[name]
-        same_kind = old._type_string == kind and getattr(old, "rgb", False) == meta.get("rgb", False)
+        from napari.layers import Image
+
+        same_kind = isinstance(old, Image) and kind == "image" and old.rgb == meta.get("rgb", False)
         if same_kind and old.ndim == len(meta["scale"]):
             old.data = data
             for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels", "metadata"):

@@ -1,0 +1,223 @@
+"""The napari dock widgets, under Xvfb (pytest-xvfb): docking, outputs and their geometry,
+plane vs stack, rerun, cancel, bad layers, responsiveness and the strength slider."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari_vdir import _sample_data as samples  # noqa: E402
+from napari_vdir import _widget  # noqa: E402
+
+PLUGIN = "napari-vdir"
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Collect the widget's error/info notifications."""
+    seen = {"error": [], "info": []}
+    monkeypatch.setattr(_widget, "show_error", lambda msg: seen["error"].append(str(msg)))
+    monkeypatch.setattr(_widget, "show_info", lambda msg: seen["info"].append(str(msg)))
+    return seen
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def use_weights(widget, path):
+    widget.model.value = _widget.WEIGHTS_FILE
+    widget.weights_path.value = path
+
+
+def run_and_wait(qtbot, widget, layer=None):
+    widget.run(layer=layer)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+CASES = {
+    # display name: (sample maker, tiny-weights key, layer kwargs, output-scale divisor)
+    "Denoise": (lambda: samples.noisy_gray(size=64), ("denoise", 1, 1), {"translate": (2.0, 3.0)}, 1),
+    "Super-resolve": (lambda: samples.low_resolution(size=32), ("sr", 2, 3), {"translate": (3.0, 5.0)}, 2),
+    "Remove JPEG artifacts": (lambda: samples.jpeg_damaged(size=64), ("jpeg", 1, 3), {"scale": (0.5, 0.25)}, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_widget_docks_and_restores_a_sample_layer(make_napari_viewer, qtbot, tiny_weights, notes, name):
+    make, key, extra, factor = CASES[name]
+    viewer = make_napari_viewer()
+    data, meta, _ = make()[0]
+    layer = viewer.add_image(data, **{**meta, **extra})
+    widget = dock(viewer, name)
+    assert widget.layer.value is layer
+    assert widget.device_label.value == "CPU"
+    use_weights(widget, tiny_weights[key])
+    widget.show_latent.value = True
+    run_and_wait(qtbot, widget)
+    assert notes["error"] == []
+
+    out = viewer.layers[f"{layer.name} [{key[0]}]"]
+    h, w = data.shape[:2]
+    assert out.data.shape == (h * factor, w * factor, *data.shape[2:])
+    assert out.data.dtype == data.dtype
+    assert out.rgb == layer.rgb
+    np.testing.assert_allclose(out.scale, np.asarray(layer.scale) / factor)
+    np.testing.assert_allclose(out.translate, layer.translate)  # decimation keeps LR pixel 0 at HR pixel 0
+    assert tuple(out.units) == tuple(layer.units)
+    assert tuple(out.axis_labels) == tuple(layer.axis_labels)
+    np.testing.assert_allclose(out.contrast_limits, layer.contrast_limits)
+
+    lat = viewer.layers[f"{layer.name} [{key[0]}] latent c"]
+    assert lat.data.shape == (4, (h + 3) // 4, (w + 3) // 4)
+    np.testing.assert_allclose(lat.scale, (1, *(4 * np.asarray(layer.scale))))
+    np.testing.assert_allclose(lat.translate, (0, *(np.asarray(layer.translate) + 1.5 * np.asarray(layer.scale))))
+    # the latent cell centre lands on the centre of the 4 x 4 input block it summarises
+    world = lat.data_to_world((0, 2, 3))[1:]
+    np.testing.assert_allclose(world, layer.data_to_world((2 * 4 + 1.5, 3 * 4 + 1.5)))
+
+    assert widget.estimate_label.value.startswith("estimated")
+    assert widget.status.value.startswith("done")
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+    # a rerun updates the same layers instead of piling up new ones
+    n_layers = len(viewer.layers)
+    run_and_wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+
+
+def test_plane_and_stack_with_physical_axes(make_napari_viewer, qtbot, tiny_weights, notes):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    stack = rng.integers(200, 3000, size=(3, 32, 32)).astype(np.uint16)
+    layer = viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5), translate=(10.0, 1.0, 1.0),
+                             units=("micrometer",) * 3, axis_labels=("z", "y", "x"))
+    widget = dock(viewer, "Denoise")
+    use_weights(widget, tiny_weights[("denoise", 1, 1)])
+    widget.show_latent.value = True
+    widget.show_uncertainty.value = True
+    assert widget.samples.value >= 2  # uncertainty needs Monte-Carlo samples
+
+    widget.extent.value = _widget.PLANE
+    viewer.dims.set_current_step(0, 1)
+    run_and_wait(qtbot, widget)
+    assert notes["error"] == []
+    out = viewer.layers["stack [denoise]"]
+    assert out.data.shape == (1, 32, 32) and out.data.dtype == np.uint16
+    np.testing.assert_allclose(out.translate, (12.0, 1.0, 1.0))  # plane 1 sits at z = 10 + 1 * 2
+    plane = out.data[0].copy()
+    unc = viewer.layers["stack [denoise] uncertainty"]
+    assert unc.data.shape == (1, 32, 32) and (unc.data >= 0).all()
+
+    widget.extent.value = _widget.STACK
+    run_and_wait(qtbot, widget)
+    out = viewer.layers["stack [denoise]"]
+    assert out.data.shape == (3, 32, 32)
+    np.testing.assert_allclose(out.translate, (10.0, 1.0, 1.0))
+    np.testing.assert_array_equal(out.data[1], plane)  # same normalisation alone or in the stack
+    lat = viewer.layers["stack [denoise] latent c"]
+    assert lat.data.shape == (4, 3, 8, 8)
+    np.testing.assert_allclose(lat.scale, (1.0, 2.0, 2.0, 2.0))
+    np.testing.assert_allclose(lat.translate, (0.0, 10.0, 1.75, 1.75))
+    assert tuple(lat.axis_labels) == ("latent c", "z", "y", "x")
+
+
+def test_cancel_mid_run_keeps_viewer_and_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights, notes):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(2).integers(0, 255, size=(64, 64, 64)).astype(np.uint8)
+    viewer.add_image(stack, name="big")
+    names = [layer.name for layer in viewer.layers]
+    widget = dock(viewer, "Denoise")
+    use_weights(widget, tiny_weights[("denoise", 1, 1)])
+    widget.tile_size.value = 16  # 16 tiles per plane, 1024 in all
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(5)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=TIMEOUT_MS)
+    assert widget.running and not widget.run_button.enabled
+    # the event loop keeps turning: timers fire, the dims slider moves, progress advances
+    start, first = len(ticks), widget.progress.value
+    viewer.dims.set_current_step(0, 40)
+    qtbot.wait(200)
+    assert widget.running, "the run should still be in flight"
+    assert len(ticks) > start and widget.progress.value > first
+    assert viewer.dims.current_step[0] == 40
+
+    assert widget.run() is None  # a second run is refused while one is in flight
+    assert any("already running" in m for m in notes["info"])
+
+    widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    timer.stop()
+    assert widget.progress.value < widget.progress.max
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.status.value.startswith("cancelled")
+    assert notes["error"] == []
+    assert widget.run_button.enabled
+
+
+def test_bad_layers_give_notifications(make_napari_viewer, qtbot, tiny_weights, notes):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Denoise")
+    use_weights(widget, tiny_weights[("denoise", 1, 1)])
+
+    widget.run()  # no layer at all
+    labels = viewer.add_labels(np.zeros((16, 16), dtype=np.uint8))
+    widget.run(layer=labels)
+    # napari accepts an empty stack (0 planes) when it is given contrast limits
+    empty = viewer.add_image(np.zeros((0, 16, 16), dtype=np.float32), name="empty", contrast_limits=(0, 1))
+    widget.run(layer=empty)
+    assert len(notes["error"]) == 3
+    assert "image layer" in notes["error"][1] and "empty" in notes["error"][2]
+
+    bad = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    bad[3, 4] = np.nan
+    nan_layer = viewer.add_image(bad, name="nan")
+    run_and_wait(qtbot, widget, nan_layer)  # fails inside the worker
+    assert len(notes["error"]) == 4 and "NaN" in notes["error"][3]
+    assert "nan [denoise]" not in viewer.layers
+    assert not widget.running and widget.run_button.enabled
+
+
+def test_strength_neutral_is_plain_and_monotone(make_napari_viewer, qtbot, notes):
+    from napari_vdir import restore
+    from napari_vdir.weights import shipped_models
+
+    if "denoise-rgb" not in shipped_models():
+        pytest.skip("shipped denoise-rgb model not present")
+    viewer = make_napari_viewer()
+    noisy = samples.noisy_photo(size=64)[0][0]
+    layer = viewer.add_image(noisy, name="photo", rgb=True)
+    widget = dock(viewer, "Denoise")
+    widget.model.value = "denoise-rgb"
+    widget.show_latent.value = False
+
+    residual = {}
+    for strength in (1.0, 0.5, 1.5, 2.0):
+        widget.strength.value = strength
+        run_and_wait(qtbot, widget, layer)
+        out = viewer.layers["photo [denoise]"].data
+        residual[strength] = np.abs(out.astype(np.float64) - noisy).mean()
+        if strength == 1.0:
+            np.testing.assert_array_equal(out, restore(noisy, "denoise", model="denoise-rgb"))
+    assert notes["error"] == []
+    ordered = [residual[s] for s in sorted(residual)]
+    assert all(a < b for a, b in zip(ordered, ordered[1:])), residual
+
+
+@pytest.mark.parametrize("key,dtype", [("noisy_photo", np.uint8), ("noisy_gray", np.uint16),
+                                       ("low_resolution", np.uint8), ("jpeg_damaged", np.uint8)])
+def test_sample_data_opens(make_napari_viewer, key, dtype):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, key)
+    assert viewer.layers[-1].data.dtype == dtype
