@@ -93,15 +93,12 @@ def add_camera_noise(x: torch.Tensor, generator=None) -> torch.Tensor:
     shot = uniform(n, *SHOT_SIGMA_RANGE, generator, dev).reshape(-1, 1, 1, 1)
     read = uniform(n, *READ_SIGMA_RANGE, generator, dev).reshape(-1, 1, 1, 1)
     linear = x.clamp(0, 1) ** gamma
-    patterns = ("RGGB", "BGGR", "GRBG", "GBRG")
-    choice = torch.randint(0, 4, (n,), generator=generator, device=dev).tolist()
-    out = torch.empty_like(x)
-    for i, p in enumerate(choice):
-        masks = bayer_masks(patterns[p], h, w, dev)
-        raw = (linear[i:i + 1] * masks).sum(dim=1, keepdim=True)
-        std = torch.sqrt(raw * shot[i] ** 2 + read[i] ** 2)
-        raw = raw + std * torch.randn(raw.shape, generator=generator, device=dev, dtype=x.dtype)
-        out[i:i + 1] = demosaic_bilinear(raw.expand(-1, 3, -1, -1), masks)
+    patterns = torch.cat([bayer_masks(p, h, w, dev) for p in ("RGGB", "BGGR", "GRBG", "GBRG")])
+    masks = patterns[torch.randint(0, 4, (n,), generator=generator, device=dev)]
+    raw = (linear * masks).sum(dim=1, keepdim=True)
+    std = torch.sqrt(raw * shot ** 2 + read ** 2)
+    raw = raw + std * torch.randn(raw.shape, generator=generator, device=dev, dtype=x.dtype)
+    out = demosaic_bilinear(raw.expand(-1, 3, -1, -1), masks)
     return out.clamp(0, 1) ** (1.0 / gamma)
 
 
