@@ -56,6 +56,8 @@ def test_sr_equals_numpy(tiny_weights, rng, scale):
     image = (rng.random((70, 97, 3)) * 255).astype(np.uint8)
     expected, got = _both(image, (36, 33, 3), "sr", tiny_weights[("sr", scale, 3)], scale=scale)
     assert got.shape == (70 * scale, 97 * scale, 3) and got.dtype == np.uint8
+    lazy = restore(da.from_array(image, chunks=(36, 33, 3)), "sr", scale=scale, model=tiny_weights[("sr", scale, 3)])
+    assert lazy.chunks[:2] == ((72, 68), (66, 66, 62))  # the input chunks (36, 33), x2
     assert np.abs(got.astype(int) - expected).max() <= 1  # uint8 rounding of ~1e-6 float differences
 
 
@@ -95,7 +97,10 @@ def test_zarr_backed(tiny_weights, rng, tmp_path):
     z = zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=image.shape, chunks=(34, 46), dtype="f4")
     z[:] = image
     model = tiny_weights[("denoise", 1, 1)]
-    got = restore(da.from_zarr(str(tmp_path / "img.zarr")), "denoise", model=model, **EXACT).compute()
+    lazy = restore(da.from_zarr(str(tmp_path / "img.zarr")), "denoise", model=model, **EXACT)
+    assert lazy.chunks == ((34, 30), (46, 42))  # the input's chunking comes back, so to_zarr accepts it
+    lazy.to_zarr(str(tmp_path / "out.zarr"))
+    got = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[:]
     np.testing.assert_allclose(got, restore(image, "denoise", model=model, **EXACT), atol=1e-3)
 
 

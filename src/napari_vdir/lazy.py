@@ -50,6 +50,8 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
     net, _ = cached_model(path, "cpu", Path(path).stat().st_mtime)
     margin = tile_margin(net)
     h_axis, w_axis = x.ndim - 3, x.ndim - 2
+    given = [tuple(c * model_scale for c in x.chunks[a]) if a in (h_axis, w_axis) else x.chunks[a]
+             for a in range(x.ndim)]
     chunks = list(x.chunks)
     chunks[-1] = (x.shape[-1],)
     for axis in (h_axis, w_axis):
@@ -65,6 +67,7 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
                                  meta=np.empty((0,) * x.ndim, dtype=image.dtype), **options)
     out = da.overlap.trim_internal(restored, {axis: d * model_scale for axis, d in depth.items()},
                                    boundary="none")
+    out = out.rechunk(tuple(given))  # the caller's chunking (x scale), e.g. regular chunks for to_zarr
     return out[..., 0] if layout.channel_axis is None else da.moveaxis(out, -1, layout.channel_axis)
 
 
