@@ -95,7 +95,7 @@ def test_plane_and_stack_with_physical_axes(make_napari_viewer, qtbot, tiny_weig
     viewer = make_napari_viewer()
     rng = np.random.default_rng(1)
     stack = rng.integers(200, 3000, size=(3, 32, 32)).astype(np.uint16)
-    layer = viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5), translate=(10.0, 1.0, 1.0),
+    viewer.add_image(stack, name="stack", scale=(2.0, 0.5, 0.5), translate=(10.0, 1.0, 1.0),
                              units=("micrometer",) * 3, axis_labels=("z", "y", "x"))
     widget = dock(viewer, "Denoise")
     use_weights(widget, tiny_weights[("denoise", 1, 1)])
@@ -212,7 +212,7 @@ def test_strength_neutral_is_plain_and_monotone(make_napari_viewer, qtbot, notes
             np.testing.assert_array_equal(out, restore(noisy, "denoise", model="denoise-rgb"))
     assert notes["error"] == []
     ordered = [residual[s] for s in sorted(residual)]
-    assert all(a < b for a, b in zip(ordered, ordered[1:])), residual
+    assert all(a < b for a, b in zip(ordered, ordered[1:], strict=False)), residual
 
 
 @pytest.mark.parametrize("key,dtype", [("noisy_photo", np.uint8), ("noisy_gray", np.uint16),

@@ -63,7 +63,6 @@ def noisy_gray(size: int | None = None) -> list[tuple]:
 def low_resolution(size: int | None = None) -> list[tuple]:
     """skimage chelsea blurred with an isotropic Gaussian (σ 1.6 px) and decimated x2, uint8 RGB."""
     import torch
-
     from skimage import data
 
     from .degradations import blur_decimate, gaussian_kernel

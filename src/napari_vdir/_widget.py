@@ -189,10 +189,11 @@ class RestoreWidget(Container):
         plane = None
         if self.extent.value == PLANE and data.ndim > (3 if layer.rgb else 2):
             plane = vl.current_plane(layer, self._viewer.dims.point)
+        strength = round(float(self.strength.value), 3)  # slider float noise must not move 1.0 off neutral
         return dict(layer=layer, task=task, scale=scale, model=model, device=self.device.value, plane=plane,
                     tile_size=self.tile_size.value or None, ensemble=self.ensemble.value,
                     samples=self.samples.value, latent=self.show_latent.value,
-                    uncertainty=self.show_uncertainty.value, strength=float(self.strength.value))
+                    uncertainty=self.show_uncertainty.value, strength=strength)
 
     def run(self, *_, layer=None):
         """Start a restoration of ``layer`` (default: the chosen input layer) on a worker thread."""

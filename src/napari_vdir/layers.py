@@ -98,7 +98,7 @@ def current_plane(layer, world_point) -> tuple[int, ...]:
     if lead == 0:
         return ()
     pos = np.asarray(layer.world_to_data(world_point), dtype=float)[:lead]
-    return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(pos, data.shape[:lead]))
+    return tuple(int(np.clip(round(p), 0, n - 1)) for p, n in zip(pos, data.shape[:lead], strict=False))
 
 
 def restore_layer(layer, task: str, *, scale: int | None = None, model=None, device="auto",
