@@ -101,7 +101,7 @@ def test_settings_run_in_priority_order_and_cli_writes_reports(datasets, tiny_we
     (result,) = report["results"]
     assert result["n_images"] == 1 and set(result["methods"]) == {"noisy", "skimage-wavelet", "ours"}
     md = (out / "evaluation.md").read_text()
-    assert "Command: `python -m napari_vdir.evaluate --datasets" in md and "| Val20 | camera | all | 1 |" in md
+    assert "Command: `python -m napari_vdir.evaluate --datasets" in md and "| Val20 | camera | first 1 of 20 | 1 |" in md
     assert json.loads((out / "evaluation.json").read_text())["results"][0]["set"] == "Val20"
 
     merged = ev.main(["--out", str(tmp_path / "merged"), "--merge", str(out / "evaluation.json"),

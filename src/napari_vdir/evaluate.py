@@ -118,10 +118,13 @@ def settings_from(sets, sigmas=None, qualities=None, sr_settings=None) -> list[S
 
 # ---------------------------------------------------------------- data and degradations
 
-def load_images(root: Path, setting: Setting, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+def _folder(root: Path, setting: Setting) -> Path:
     folder = Path(root) / ("LIVE1" if setting.dataset == "LIVE1-Y" else setting.dataset)
-    if (folder / "HR").is_dir():
-        folder = folder / "HR"
+    return folder / "HR" if (folder / "HR").is_dir() else folder
+
+
+def load_images(root: Path, setting: Setting, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    folder = _folder(root, setting)
     gray = setting.gray and setting.dataset != "LIVE1-Y"  # LIVE1-Y is made from the colour files
     images = []
     for path in list_images(folder)[:limit]:
@@ -319,13 +322,17 @@ def make_methods(setting: Setting, wanted, models=None, ensemble=False) -> dict:
 # ---------------------------------------------------------------- running
 
 def evaluate_setting(root: Path, setting: Setting, *, methods=None, max_images=None, bm3d_max_images=24,
-                     models=None, ensemble=False, log=print) -> dict:
-    """Per-image metrics and timings of every method on one set/setting."""
+                     models=None, ensemble=False, log=print, on_image=None) -> dict:
+    """Per-image metrics and timings of every method on one set/setting.
+
+    ``on_image(result)`` is called after every image with the result so far (``n_images`` = images done).
+    """
     images = load_images(root, setting, max_images)
     if not images:
         raise FileNotFoundError(f"no images for {setting.dataset} under {root}")
     fns = make_methods(setting, methods, models, ensemble)
-    result = {"set": setting.dataset, "task": setting.task, "setting": setting.label, "n_images": len(images),
+    result = {"set": setting.dataset, "task": setting.task, "setting": setting.label, "n_images": 0,
+              "images_in_set": len(list_images(_folder(root, setting))),
               "model": _describe_model(setting, models) if "ours" in fns else None,
               "methods": {m: {"images": [], "metrics": [], "seconds_per_mp": []} for m in fns}}
     for i, (name, clean) in enumerate(images):
@@ -344,6 +351,9 @@ def evaluate_setting(root: Path, setting: Setting, *, methods=None, max_images=N
         log(f"{setting.key} [{i + 1}/{len(images)}] {name}: " + ", ".join(
             f"{m} {rec['metrics'][-1]['psnr']:.2f}" for m, rec in result["methods"].items() if rec["images"]
             and rec["images"][-1] == name))
+        result["n_images"] = i + 1
+        if on_image is not None:
+            on_image(result)
     return result
 
 
@@ -413,7 +423,9 @@ def to_markdown(report: dict) -> str:
             summary = summarise(r["methods"])
             n = r["n_images"]
             cells = [_cell(task, summary[m], n) if m in summary else "" for m in methods]
-            lines.append(f"| {r['set']} | {r['setting']} | all | {n} | " + " | ".join(cells)
+            total = r.get("images_in_set", n)
+            images = "all" if n == total else f"first {n} of {total}"
+            lines.append(f"| {r['set']} | {r['setting']} | {images} | {n} | " + " | ".join(cells)
                          + f" | {_target(r, summary)} |")
             k = min(s["n"] for s in summary.values())
             if k < n:  # the same first k images for every method
@@ -529,12 +541,15 @@ def main(argv=None) -> dict:
     if args.figures is not None:
         for path in real_noise_figures(args.datasets, args.figures, models=args.models, ensemble=args.ensemble):
             print(f"wrote {path} ({path.stat().st_size // 1024} KB)", flush=True)
+    def save(result):  # after every image, so an interrupted run still leaves its numbers
+        report["results"][-1] = result
+        write_report(report, args.out)
+
     for setting in settings:
+        report["results"].append(None)
         result = evaluate_setting(args.datasets, setting, methods=args.methods, max_images=args.max_images,
                                   bm3d_max_images=args.bm3d_max_images, models=args.models, ensemble=args.ensemble,
-                                  log=lambda msg: print(msg, flush=True))
-        report["results"].append(result)
-        write_report(report, args.out)
+                                  log=lambda msg: print(msg, flush=True), on_image=save)
         print(f"== {setting.key}: " + ", ".join(f"{m} {s['psnr']:.2f}" for m, s in summarise(result["methods"]).items()),
               flush=True)
     write_report(report, args.out)
