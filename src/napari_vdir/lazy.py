@@ -50,8 +50,7 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
     net, _ = cached_model(path, "cpu", Path(path).stat().st_mtime)
     margin = tile_margin(net)
     h_axis, w_axis = x.ndim - 3, x.ndim - 2
-    given = [tuple(c * model_scale for c in x.chunks[a]) if a in (h_axis, w_axis) else x.chunks[a]
-             for a in range(x.ndim)]
+    given = _scale_axes(x.chunks, (h_axis, w_axis), model_scale)
     chunks = list(x.chunks)
     chunks[-1] = (x.shape[-1],)
     for axis in (h_axis, w_axis):
@@ -60,14 +59,11 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
 
     depth = {axis: margin if len(x.chunks[axis]) > 1 else 0 for axis in (h_axis, w_axis)}
     padded = da.overlap.overlap(x, depth=depth, boundary="none", allow_rechunk=False)
-    out_chunks = list(padded.chunks)
-    for axis in (h_axis, w_axis):
-        out_chunks[axis] = tuple(c * model_scale for c in padded.chunks[axis])
-    restored = padded.map_blocks(_restore_block, chunks=tuple(out_chunks), dtype=image.dtype,
-                                 meta=np.empty((0,) * x.ndim, dtype=image.dtype), **options)
+    restored = padded.map_blocks(_restore_block, chunks=_scale_axes(padded.chunks, depth, model_scale),
+                                 dtype=image.dtype, meta=np.empty((0,) * x.ndim, dtype=image.dtype), **options)
     out = da.overlap.trim_internal(restored, {axis: d * model_scale for axis, d in depth.items()},
                                    boundary="none")
-    out = out.rechunk(tuple(given))  # the caller's chunking (x scale), e.g. regular chunks for to_zarr
+    out = out.rechunk(given)  # the caller's chunking (x scale), e.g. regular chunks for to_zarr
     return out[..., 0] if layout.channel_axis is None else da.moveaxis(out, -1, layout.channel_axis)
 
 
@@ -84,6 +80,11 @@ def spatial_chunks(size: int, chunk: int, margin: int) -> tuple[int, ...]:
     else:
         sizes[-1] += rest
     return tuple(sizes)
+
+
+def _scale_axes(chunks: tuple, axes, scale: int) -> tuple:
+    """``chunks`` with the sizes along ``axes`` multiplied by the output scale."""
+    return tuple(tuple(c * scale for c in sizes) if axis in axes else sizes for axis, sizes in enumerate(chunks))
 
 
 def _restore_block(block: np.ndarray, **options) -> np.ndarray:
