@@ -407,7 +407,8 @@ def _level_of(result):
 def to_markdown(report: dict) -> str:
     lines = ["# VDIR evaluation (protocol peers-v1)", ""]
     lines += [f"Command: `{c}`" for c in report["commands"]]
-    lines += ["", f"{report['environment']}. Cells are mean PSNR (dB) / mean SSIM [/ more figures as noted] "
+    lines += [""] + ([report["note"], ""] if report.get("note") else [])
+    lines += [f"{report['environment']}. Cells are mean PSNR (dB) / mean SSIM [/ more figures as noted] "
               "over the set; `n` = images; `(n=k)` marks a method run on the first k images only. "
               "`ours` = the shipped model for the setting, blind. Targets are the project's for `ours`.", ""]
     results = report["results"]
@@ -517,6 +518,7 @@ def parse_args(argv=None):
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble for ours")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--figures", type=Path, default=None, help="also write RNI15 noisy|restored crops here")
+    p.add_argument("--note", default=None, help="a line of text for the report's header")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="combine these evaluation.json files into --out instead of running")
     return p.parse_args(argv)
@@ -526,17 +528,21 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.merge:
         report = merge_reports([json.loads(Path(f).read_text()) for f in args.merge])
+        report["note"] = args.note or report.get("note")
         write_report(report, args.out)
         return report
     import torch
+
+    from .devices import device_label, select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = [s for s in settings_from(args.sets, args.sigmas, args.qualities, args.sr_settings)
                 if args.tasks is None or s.task in args.tasks]
     command = "python -m napari_vdir.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = {"protocol": PROTOCOL, "commands": [command.strip()], "results": [],
-              "environment": f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), CPU"
+    report = {"protocol": PROTOCOL, "commands": [command.strip()], "results": [], "note": args.note,
+              "environment": f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
+                             f"ours on {device_label(select_device('auto'))}"
                              + (", x8 self-ensemble for ours" if args.ensemble else "")}
     if args.figures is not None:
         for path in real_noise_figures(args.datasets, args.figures, models=args.models, ensemble=args.ensemble):
