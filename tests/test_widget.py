@@ -138,28 +138,44 @@ def test_cancel_mid_run_keeps_viewer_and_gui_stays_responsive(make_napari_viewer
     use_weights(widget, tiny_weights[("denoise", 1, 1)])
     widget.tile_size.value = 16  # 16 tiles per plane, 1024 in all
 
+    # record, from the worker thread, which tiles finish after Cancel was pressed
+    after_cancel = []
+    forward = widget._set_progress
+
+    def record(done, total):
+        if widget._cancel_event is not None and widget._cancel_event.is_set():
+            after_cancel.append(done)
+        forward(done, total)
+
+    widget._set_progress = record
+
     ticks = []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(1))
     timer.start(5)
     widget.run()
-    qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=TIMEOUT_MS)
-    assert widget.running and not widget.run_button.enabled
-    # the event loop keeps turning: timers fire, the dims slider moves, progress advances
-    start, first = len(ticks), widget.progress.value
-    viewer.dims.set_current_step(0, 40)
-    qtbot.wait(200)
-    assert widget.running, "the run should still be in flight"
-    assert len(ticks) > start and widget.progress.value > first
-    assert viewer.dims.current_step[0] == 40
+    try:
+        qtbot.waitUntil(lambda: widget.progress.value > 0, timeout=TIMEOUT_MS)
+        assert widget.running and not widget.run_button.enabled
+        # the event loop keeps turning while tiles are computed: timers fire, the dims slider
+        # moves, progress advances
+        start, first = len(ticks), widget.progress.value
+        viewer.dims.set_current_step(0, 40)
+        qtbot.waitUntil(lambda: len(ticks) > start + 5 and widget.progress.value > first, timeout=TIMEOUT_MS)
+        assert widget.running, "the run should still be in flight"
+        assert viewer.dims.current_step[0] == 40
 
-    assert widget.run() is None  # a second run is refused while one is in flight
-    assert any("already running" in m for m in notes["info"])
+        assert widget.run() is None  # a second run is refused while one is in flight
+        assert any("already running" in m for m in notes["info"])
 
-    widget.cancel_button.clicked.emit()
-    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
-    timer.stop()
+        widget.cancel_button.clicked.emit()
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    finally:  # never leave a worker running into the viewer's teardown
+        widget.cancel()
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+        timer.stop()
     assert widget.progress.value < widget.progress.max
+    assert len(after_cancel) <= 1, after_cancel  # stops within the tile in flight
     assert [layer.name for layer in viewer.layers] == names
     assert widget.status.value.startswith("cancelled")
     assert notes["error"] == []

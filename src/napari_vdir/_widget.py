@@ -127,6 +127,7 @@ class RestoreWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._set_progress = ensure_main_thread(self._set_progress_now)
+        self.native.destroyed.connect(self._on_destroyed)
         self._update_device_label()
         for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
             event.connect(self.layer.reset_choices)
@@ -222,7 +223,14 @@ class RestoreWidget(Container):
             self._cancel_event.set()
             self.status.value = "cancelling…"
 
+    def _on_destroyed(self, *_):
+        """Closing the dock (or the viewer) mid-run stops the worker at the next tile."""
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+
     def _set_progress_now(self, done: int, total: int):
+        if self._worker is None:  # a late tick after the run ended (or the widget closed)
+            return
         self.progress.max = max(int(total), 1)
         self.progress.value = int(done)
 
