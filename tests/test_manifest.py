@@ -18,8 +18,11 @@ def test_manifest_validates_and_resolves():
     assert {w.display_name for w in pm.contributions.widgets} == {"Denoise", "Super-resolve", "Remove JPEG artifacts"}
     assert {s.key for s in pm.contributions.sample_data} == {"noisy_photo", "noisy_gray", "low_resolution",
                                                              "jpeg_damaged"}
+    import importlib
+
     for command in pm.contributions.commands:
-        assert callable(command.resolve()), command.id
+        module, attr = command.python_name.split(":")
+        assert callable(getattr(importlib.import_module(module), attr)), command.id
 
 
 def test_plugin_modules_import_without_torch():
