@@ -392,7 +392,8 @@ def _target(result, summary):
     metric, value = target
     got = summary["ours"].get(metric)
     mark = "met" if got is not None and got >= value else "not met"
-    return f"{'RGB ' if metric == 'psnr_rgb' else ''}≥ {value:.1f}: {mark}"
+    n, total = summary["ours"]["n"], result.get("images_in_set", result["n_images"])
+    return f"{'RGB ' if metric == 'psnr_rgb' else ''}≥ {value:.1f}: {mark}" + (f" (on {n} of {total})" if n < total else "")
 
 
 def _level_of(result):
@@ -452,7 +453,8 @@ def write_report(report: dict, out: Path) -> None:
 
 
 def merge_reports(reports: list[dict]) -> dict:
-    """Results of several runs in one report; a later run's method replaces an earlier one's."""
+    """Results of several runs in one report; per setting, a method's result from a later run replaces an
+    earlier one's unless it covers fewer images (an interrupted run)."""
     merged = {"protocol": PROTOCOL, "commands": [], "environment": reports[0]["environment"], "results": []}
     index = {}
     for rep in reports:
@@ -460,8 +462,11 @@ def merge_reports(reports: list[dict]) -> dict:
         for r in rep["results"]:
             key = (r["set"], r["setting"])
             if key in index:
-                index[key]["methods"].update(r["methods"])
+                methods = index[key]["methods"]
+                methods.update({m: rec for m, rec in r["methods"].items()
+                                if len(rec["images"]) >= len(methods.get(m, {"images": []})["images"])})
                 index[key]["n_images"] = max(index[key]["n_images"], r["n_images"])
+                index[key]["model"] = index[key].get("model") or r.get("model")
             else:
                 index[key] = json.loads(json.dumps(r))
                 merged["results"].append(index[key])
