@@ -47,12 +47,28 @@ def test_image(size: int) -> np.ndarray:
     return np.clip(np.rint(big + noise), 0, 255).astype(np.uint8)
 
 
-def run_one(size: int, precision: str, tile_size: int | None, model: str) -> dict:
-    """Runs inside the subprocess: time one restore and report this process's peak RSS."""
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM starts afresh at exec; ru_maxrss would include the
+    parent's RSS at fork time on Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(size: int, precision: str, tile_size: int | None, model: str, budget_s: float | None = None) -> dict:
+    """Runs inside the subprocess: time one restore and report this process's peak RSS.
+
+    With ``budget_s`` the restore is cancelled after that many seconds and the speed is
+    extrapolated from the tiles done (the peak RSS is then a lower bound).
+    """
     import torch
 
     from napari_vdir import restore
-    from napari_vdir.inference import PlaneRestorer, cached_model
+    from napari_vdir.inference import PlaneRestorer, RestorationCancelled, cached_model
 
     image = test_image(size)
     # Warm-up: oneDNN builds its kernels per input shape on the first call. Up to 1024² the same
@@ -62,22 +78,30 @@ def run_one(size: int, precision: str, tile_size: int | None, model: str) -> dic
     restore(warm, "denoise", model=model, precision=precision, tile_size=tile_size, device="cpu")
     net, _ = cached_model(model, "cpu", Path(model).stat().st_mtime)
     tiles = PlaneRestorer(net, torch.device("cpu"), tile_size=tile_size).count_steps(size, size)
+    done = [0]
     start = time.perf_counter()
-    restore(image, "denoise", model=model, precision=precision, tile_size=tile_size, device="cpu")
+    try:
+        restore(image, "denoise", model=model, precision=precision, tile_size=tile_size, device="cpu",
+                progress=lambda n, total: done.__setitem__(0, n),
+                cancel=lambda: budget_s is not None and time.perf_counter() - start > budget_s)
+    except RestorationCancelled:
+        pass
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tiles": tiles, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"seconds": seconds, "tiles": tiles, "tiles_done": done[0], "rss_mb": peak_rss_mb(),
             "threads": torch.get_num_threads()}
 
 
-def measure(size, precision, tile_size, model) -> dict:
+def measure(size, precision, tile_size, model, budget_s=None) -> dict:
     load_before = os.getloadavg()[0]
-    cmd = [sys.executable, __file__, "--one", json.dumps([size, precision, tile_size]), "--model", model]
+    cmd = [sys.executable, __file__, "--one", json.dumps([size, precision, tile_size, budget_s]), "--model", model]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     row = json.loads(proc.stdout.strip().splitlines()[-1])
+    fraction = row["tiles_done"] / row["tiles"]
     row.update(size=size, precision=precision, tile_size=tile_size, load_before=load_before,
-               load_after=os.getloadavg()[0], mps=size * size / 1e6 / row["seconds"])
-    print(f"  {size}² {precision:8s} tile {tile_size or 'default'}: {row['seconds']:.1f} s, {row['mps']:.3f} MP/s, "
-          f"{row['rss_mb']:.0f} MB, load {load_before:.1f}->{row['load_after']:.1f}", flush=True)
+               load_after=os.getloadavg()[0], mps=fraction * size * size / 1e6 / row["seconds"])
+    print(f"  {size}² {precision:8s} tile {tile_size or 'default'}: {row['seconds']:.1f} s "
+          f"({row['tiles_done']}/{row['tiles']} tiles), {row['mps']:.3f} MP/s, {row['rss_mb']:.0f} MB, "
+          f"load {load_before:.1f}->{row['load_after']:.1f}", flush=True)
     return row
 
 
@@ -134,13 +158,17 @@ def report(rows: list[dict], acc: list[dict], model: str, header: str) -> str:
         "- Peak RSS is that configuration's own process (fresh subprocess, `ru_maxrss`), torch import included.",
         "- The CPU is shared with other engineers: the 1-minute load average before/after each run is shown; "
         "with 2 cores, a load above ~2 means the run was competing and its time is pessimistic.", "",
-        "| size | precision | tiling | tiles | time (s) | MP/s | peak RSS (MB) | load before → after |",
+        "- A run with a time budget (`--budget-s`) that ran out is marked *partial*: its MP/s is extrapolated "
+        "from the tiles done and its peak RSS is a lower bound (the full-image output buffers are not all "
+        "written yet).", "",
+        "| size | precision | tiling | tiles done | time (s) | MP/s | peak RSS (MB) | load before → after |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tiling = f"{r['tile_size']}² tiles" if r["tile_size"] else "default (whole)" if r["tiles"] == 1 else \
             "default (512² tiles)"
-        lines.append(f"| {r['size']}² | {r['precision']} | {tiling} | {r['tiles']} | {r['seconds']:.1f} | "
+        done = f"{r['tiles']}" if r["tiles_done"] == r["tiles"] else f"{r['tiles_done']}/{r['tiles']} *partial*"
+        lines.append(f"| {r['size']}² | {r['precision']} | {tiling} | {done} | {r['seconds']:.1f} | "
                      f"{r['mps']:.3f} | {r['rss_mb']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} |")
     by = {(r["size"], r["precision"], r["tile_size"]): r for r in rows}
     for size in sorted({r["size"] for r in rows}):
@@ -165,6 +193,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="weights file (default: the shipped denoise-rgb)")
     parser.add_argument("--quick", action="store_true", help="small sizes, print only")
+    parser.add_argument("--budget-s", type=float, help="stop a 4096² run after this many seconds and extrapolate "
+                        "(for a busy shared machine)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, in this subprocess
     args = parser.parse_args(argv)
     if args.model is None:
@@ -178,8 +208,8 @@ def main(argv=None) -> int:
     print(header, flush=True)
     acc = accuracy(args.model)
     rows = []
-    for cfg in QUICK_CONFIGS if args.quick else CONFIGS:
-        rows.append(measure(*cfg, args.model))
+    for size, precision, tile_size in QUICK_CONFIGS if args.quick else CONFIGS:
+        rows.append(measure(size, precision, tile_size, args.model, args.budget_s if size > 1024 else None))
         if not args.quick:  # rewritten after every configuration: a long run interrupted keeps its results
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(report(rows, acc, args.model, header))
