@@ -62,6 +62,17 @@ def test_restore_sr_with_suffix(capsys, files, tmp_path, tiny_weights):
     assert np.asarray(Image.open(tmp_path / "photo_x2.png")).shape == (80, 104, 3)
 
 
+def test_folder_input(capsys, tmp_path, rng, tiny_weights):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((24, 28)) * 255).astype(np.uint8)).save(folder / f"{name}.png")
+    code, _, err = run(capsys, "restore", folder, "--task", "jpeg", "-o", tmp_path / "out",
+                       "--model", tiny_weights[("jpeg", 1, 1)])
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_jpeg.png", "b_jpeg.png"]
+
+
 def test_never_overwrites(capsys, files, tmp_path, tiny_weights):
     model = tiny_weights[("denoise", 1, 3)]
     before = (files / "photo.png").read_bytes()
