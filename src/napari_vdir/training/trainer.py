@@ -68,7 +68,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DDP(self.model, device_ids=ids, find_unused_parameters=recipe.losses.estimate == 0)
+            self.train_model = DDP(self.model, device_ids=ids, find_unused_parameters=True)
             self.train_decoder = DDP(self.decoder, device_ids=ids)
             self.train_discriminator = DDP(self.discriminator, device_ids=ids)
         self.step = 0
@@ -124,9 +124,14 @@ class Trainer:
 
     def finished(self) -> bool:
         r = self.recipe
-        if r.time_budget_minutes and self.train_seconds >= 60 * r.time_budget_minutes:
-            return True
-        return self.step >= r.steps
+        done = self.step >= r.steps
+        if r.time_budget_minutes:
+            done = done or self.train_seconds >= 60 * r.time_budget_minutes
+            if self.world > 1:  # every rank must stop at the same step
+                flag = torch.tensor([float(done)], device=self.device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                done = bool(flag.item())
+        return done
 
     # ------------------------------------------------------------------ one step
     def next_batch(self):
@@ -156,9 +161,10 @@ class Trainer:
                 y_hat = self.train_decoder(out.c)
                 terms["decoder"] = F.l1_loss(y_hat.float(), y.float())
             if w.gan > 0:
+                # the plain (unwrapped) critic: this term trains the generator side only
                 for p in self.discriminator.parameters():
                     p.requires_grad_(False)
-                terms["gan"] = losses.generator_adversarial(self.train_discriminator(y_hat).float())
+                terms["gan"] = losses.generator_adversarial(self.discriminator(y_hat).float())
                 for p in self.discriminator.parameters():
                     p.requires_grad_(True)
             if out.estimate is not None:
@@ -171,8 +177,9 @@ class Trainer:
         self.opt_g.step()
         if w.gan > 0:
             with autocast_context(self.device, self.precision):
-                d_loss = losses.discriminator_loss(self.train_discriminator(y).float(),
-                                                   self.train_discriminator(y_hat.detach()).float())
+                # one forward over real and fake together (DDP allows one forward per backward)
+                real, fake = self.train_discriminator(torch.cat([y, y_hat.detach()])).float().chunk(2)
+                d_loss = losses.discriminator_loss(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
@@ -233,7 +240,7 @@ class Trainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         torch.set_rng_state(state["rng_torch"].cpu())
-        self.generator.set_state(state["rng_generator"].cpu() if self.device.type != "cuda" else state["rng_generator"].cpu())
+        self.generator.set_state(state["rng_generator"].cpu())
         self.cpu_generator.set_state(state["rng_cpu_generator"].cpu())
         if self.device.type == "cuda" and state["rng_cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
@@ -254,8 +261,11 @@ class Trainer:
         return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress=None) -> Path:
-        """Train until the recipe's steps (or time budget) are done; returns the weights file."""
+    def fit(self, progress=None, stop_at: int | None = None) -> Path:
+        """Train until the recipe's steps (or time budget) are done; returns the weights file.
+
+        ``stop_at`` ends the run early at that step with a checkpoint, as Ctrl-C does.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         if not hasattr(self, "sampler"):
             self.load_data()
@@ -295,6 +305,8 @@ class Trainer:
                         progress(self, row)
                     if self.step % self.recipe.checkpoint_every == 0:
                         self.save_checkpoint()
+                    if stop_at is not None and self.step >= stop_at:
+                        return self.save_checkpoint()
                     if interrupted["flag"]:
                         path = self.save_checkpoint()
                         raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {path}")

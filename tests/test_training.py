@@ -1,0 +1,157 @@
+"""The training tool: losses, fine-tuning, exact resume, recipes, CLI errors, DDP on CPU."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from napari_vdir import restore
+from napari_vdir.training import losses
+from napari_vdir.training.__main__ import main as training_main
+from napari_vdir.training.config import Recipe, load_recipe
+from napari_vdir.training.trainer import Trainer
+from napari_vdir.weights import load_weights
+
+TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clean")
+    photo = data.astronaut()
+    for i, (top, left) in enumerate([(0, 0), (200, 200), (300, 50)]):
+        Image.fromarray(photo[top:top + 128, left:left + 128]).save(folder / f"img{i}.png")
+    return folder
+
+
+def tiny_recipe(folder, **kw) -> Recipe:
+    values = dict(name="tiny", task="denoise", channels=3, arch=TINY_ARCH, steps=6, patch=32, batch=4,
+                  lr=1e-3, val_every=3, checkpoint_every=3, data={"train": [str(folder)], "val": str(folder),
+                                                                   "val_images": 2, "val_crop": 64})
+    values.update(kw)
+    return Recipe.model_validate(values)
+
+
+def test_loss_terms():
+    mu, logvar = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
+    assert losses.kl_divergence(mu, logvar) == 0
+    assert losses.kl_divergence(mu + 1, logvar) == pytest.approx(0.5)
+    logits = torch.zeros(2, 1, 4, 4)
+    assert losses.generator_adversarial(logits) == pytest.approx(math.log(2))
+    assert losses.discriminator_loss(logits, logits) == pytest.approx(2 * math.log(2))
+
+
+@pytest.mark.parametrize("task,scale,degradation", [("denoise", None, "awgn+poisson"), ("sr", 2, "blur"),
+                                                    ("jpeg", None, "jpeg"), ("real-denoise", None, "camera")])
+def test_every_term_finite_and_loss_falls(image_folder, tmp_path, task, scale, degradation):
+    torch.manual_seed(0)
+    recipe = tiny_recipe(image_folder, task=task, scale=scale, degradation=degradation, steps=40, lr=3e-3,
+                         batch=8, data={"train": [str(image_folder)]})
+    trainer = Trainer(recipe, tmp_path, device="cpu", precision="float32")
+    trainer.load_data()
+    rows = [trainer.train_step() for _ in range(40)]
+    expected = {"restore", "kl", "decoder", "gan", "disc"} | ({"estimate"} if task != "real-denoise" else set())
+    assert expected <= set(rows[0])
+    assert all(math.isfinite(v) for r in rows for v in r.values())
+    first, last = np.mean([r["restore"] for r in rows[:5]]), np.mean([r["restore"] for r in rows[-5:]])
+    assert last < first
+
+
+def test_fine_tune_beats_its_start(image_folder, tmp_path, tiny_weights):
+    start = tiny_weights[("denoise", 1, 3)]
+    out = tmp_path / "run"
+    code = training_main(["--task", "denoise", "--data", str(image_folder), "--init", str(start), "--steps", "20",
+                          "--patch", "32", "--batch", "8", "--lr", "3e-3", "--out", str(out), "--quiet",
+                          "--device", "cpu", "--name", "mine"])
+    assert code == 0
+    weights = out / "mine.safetensors"
+    _, info = load_weights(weights)
+    assert info.trained_steps == 20 and info.task == "denoise"
+    clean = np.asarray(Image.open(image_folder / "img1.png"), np.float32) / 255
+    noisy = clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape).astype(np.float32)
+
+    def score(model):
+        out = np.clip(restore(noisy, "denoise", model=model), 0, 1)
+        return -10 * np.log10(np.mean((out - clean) ** 2))
+
+    assert score(weights) > score(start) + 0.5
+
+
+def test_minimal_cli_form_from_scratch(image_folder, tmp_path):
+    code = training_main(["--task", "jpeg", "--data", str(image_folder), "--steps", "2", "--patch", "32",
+                          "--batch", "2", "--out", str(tmp_path), "--quiet", "--device", "cpu"])
+    assert code == 0
+    weights = tmp_path / "jpeg.safetensors"
+    image = np.asarray(Image.open(image_folder / "img0.png"))
+    assert restore(image, "jpeg", model=weights).shape == image.shape
+    assert (tmp_path / "log.csv").read_text().startswith("step,")
+
+
+def test_resume_is_exact(image_folder, tmp_path):
+    straight = Trainer(tiny_recipe(image_folder), tmp_path / "a", device="cpu", precision="float32")
+    straight.fit()
+    # stop after 3 steps (a checkpoint is written), then resume in a fresh trainer
+    half = Trainer(tiny_recipe(image_folder), tmp_path / "b", device="cpu", precision="float32")
+    half.fit(stop_at=3)
+    resumed = Trainer(tiny_recipe(image_folder), tmp_path / "b", device="cpu", precision="float32")
+    resumed.load_data()
+    resumed.resume(tmp_path / "b" / "checkpoint.pt")
+    assert resumed.step == 3
+    resumed.fit()
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_shipped_recipes_are_valid():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "training").glob("*.yaml"))
+    assert len(recipes) == 7
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.arch.width == 64 and recipe.steps > 0
+
+
+def test_bad_recipes_are_rejected(tmp_path, image_folder):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"name: x\ntask: denoise\nsteps: 5\ndata: {{train: [{image_folder}]}}\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        load_recipe(bad)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        tiny_recipe(image_folder, patch=30)
+    with pytest.raises(ValueError, match="does not fit task"):
+        tiny_recipe(image_folder, degradation="jpeg")
+    with pytest.raises(ValueError, match="scale"):
+        tiny_recipe(image_folder, task="sr")
+    assert training_main(["--recipe", str(bad), "--out", str(tmp_path)]) == 2
+
+
+def test_bad_folders_are_reported(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert training_main(["--task", "denoise", "--data", str(empty), "--steps", "1", "--out", str(tmp_path),
+                          "--channels", "3"]) == 2
+    assert "no usable images" in capsys.readouterr().err
+    assert training_main(["--task", "denoise", "--data", str(tmp_path / "missing"), "--steps", "1",
+                          "--out", str(tmp_path), "--channels", "3"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_ddp_two_gloo_processes(image_folder, tmp_path):
+    """torchrun with two CPU processes (gloo) trains and writes one weights file."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "napari_vdir.training", "--task", "denoise", "--data", str(image_folder), "--steps", "3",
+           "--patch", "32", "--batch", "2", "--out", str(tmp_path), "--quiet", "--device", "cpu"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, info = load_weights(tmp_path / "denoise.safetensors")
+    assert info.trained_steps == 3
