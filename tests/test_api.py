@@ -178,3 +178,9 @@ def test_bad_task_scale_model(denoise_gray, rng):
 def test_float_far_outside_unit_range_warns(denoise_gray):
     with pytest.warns(UserWarning, match="rescale"):
         restore(np.full((16, 16), 500.0, np.float32), "denoise", model=denoise_gray)
+
+
+def test_channel_axis_false_means_gray_stack(denoise_gray, rng):
+    stack = rng.random((2, 16, 3)).astype(np.float32)  # Z, Y, X with X = 3 — not RGB
+    out = restore(stack, "denoise", model=denoise_gray, channel_axis=False, details=True)
+    assert out.image.shape == stack.shape and out.latent.shape == (2, 4, 4, 1)

@@ -41,6 +41,8 @@ class Layout:
     @classmethod
     def of(cls, shape: tuple[int, ...], channel_axis: int | None) -> "Layout":
         ndim = len(shape)
+        if channel_axis is False:  # explicitly no channel axis, e.g. a gray stack whose last axis is 3 long
+            return cls(None, ndim)
         if channel_axis is not None:
             if not -ndim <= channel_axis < ndim:
                 raise ValueError(f"channel_axis={channel_axis} is out of range for a {ndim}-D array")
@@ -130,7 +132,7 @@ def _steer_degradation(task: str):
 
 
 def restore(image, task: str, *, scale: int | None = None, model: str | Path | None = None,
-            channel_axis: int | None = None, device="auto", tile_size: int | None = None,
+            channel_axis: int | None | bool = None, device="auto", tile_size: int | None = None,
             ensemble: bool = False, samples: int = 1, details: bool = False, progress=None, cancel=None,
             precision: str = "auto", strength: float = 1.0, intensity_range=None, seed: int = 0):
     """Restore an image (or an nD stack, plane by plane) with VDIR.
@@ -139,7 +141,8 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     ----------
     image : array-like or dask array
         2-D gray, RGB ``(H, W, 3)``, or a stack with leading axes (Z, T, ...) and an optional
-        ``channel_axis``. A dask array gives back a lazy dask array.
+        ``channel_axis``. A last axis of length 3 is taken as RGB unless ``channel_axis=False``.
+        A dask array gives back a lazy dask array.
     task : {"denoise", "real-denoise", "sr", "jpeg"}
     scale : 2 or 4, for ``task="sr"``.
     model : shipped model name or path to a ``.safetensors`` weights file (default: the task's shipped model).
