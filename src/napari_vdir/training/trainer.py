@@ -257,7 +257,7 @@ class Trainer:
                          description=f"VDIR {r.task} ({r.degradation}), {r.channels} channel(s)"
                          + (f", x{r.scale}" if r.scale else ""),
                          recipe=recipe, quality={"val_psnr": val} if val is not None else {},
-                         trained_steps=self.step)
+                         trained_steps=self.step + (self.init_info.trained_steps if self.init_info else 0))
         return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
 
     # ------------------------------------------------------------------ loop
