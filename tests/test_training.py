@@ -106,7 +106,7 @@ def test_resume_is_exact(image_folder, tmp_path):
     resumed.resume(tmp_path / "b" / "checkpoint.pt")
     assert resumed.step == 3
     resumed.fit()
-    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

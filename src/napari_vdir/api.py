@@ -39,7 +39,7 @@ class Layout:
     ndim: int
 
     @classmethod
-    def of(cls, shape: tuple[int, ...], channel_axis: int | None) -> "Layout":
+    def of(cls, shape: tuple[int, ...], channel_axis: int | None) -> Layout:
         ndim = len(shape)
         if channel_axis is False:  # explicitly no channel axis, e.g. a gray stack whose last axis is 3 long
             return cls(None, ndim)
@@ -74,7 +74,7 @@ class Layout:
 def check_image(image: np.ndarray) -> None:
     """Reject what cannot be restored, with a message the user can act on."""
     dt = image.dtype
-    if dt == bool or np.issubdtype(dt, np.complexfloating) or not (np.issubdtype(dt, np.number)):
+    if dt == np.bool_ or np.issubdtype(dt, np.complexfloating) or not (np.issubdtype(dt, np.number)):
         raise TypeError(f"unsupported dtype {dt}: give uint8, uint16 (or another integer type) or float data")
     if image.size == 0:
         raise ValueError(f"the image is empty (shape {image.shape})")
@@ -100,7 +100,7 @@ class Intensity:
     high: float = 1.0
 
     @classmethod
-    def of(cls, image, intensity_range=None) -> "Intensity":
+    def of(cls, image, intensity_range=None) -> Intensity:
         dt = np.dtype(image.dtype)
         if dt == np.uint8:
             return cls(dt, 0.0, 255.0)

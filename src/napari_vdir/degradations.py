@@ -125,7 +125,7 @@ def random_kernels(n: int, scale: int, generator=None, device="cpu") -> tuple[to
     isotropic = torch.rand(n, generator=g) < 0.5
     minor = torch.where(isotropic, major, minor)
     theta = uniform(n, 0, math.pi, g, "cpu")
-    ks = np.stack([gaussian_kernel(float(a), float(b), float(t)) for a, b, t in zip(major, minor, theta)])
+    ks = np.stack([gaussian_kernel(float(a), float(b), float(t)) for a, b, t in zip(major, minor, theta, strict=True)])
     params = torch.stack([major, minor], dim=1) / 5.0
     return torch.from_numpy(ks).float().to(device), params.to(device)
 
@@ -157,7 +157,7 @@ def jpeg_batch(x: torch.Tensor, qualities) -> torch.Tensor:
     """JPEG-compress every image of a (N, C, H, W) batch on the CPU with Pillow."""
     arr = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     out = []
-    for img, q in zip(arr, qualities):
+    for img, q in zip(arr, qualities, strict=True):
         img = img[..., 0] if img.shape[-1] == 1 else img
         dec = jpeg_roundtrip(img, int(q))
         out.append(dec[..., None] if dec.ndim == 2 else dec)

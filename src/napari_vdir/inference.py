@@ -114,7 +114,7 @@ class PlaneRestorer:
             xt = _forward(x, k, flip)
             st = None if steer is None else _forward(steer, k, flip)
             acc = []
-            for s in range(self.samples):
+            for _ in range(self.samples):
                 img, mu, est = self._tiled(xt, st, sample=self.samples > 1, generator=generator)
                 acc.append(_inverse(img, k, flip))
                 if latent is None:

@@ -50,7 +50,7 @@ class ArchConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ArchConfig":
+    def from_dict(cls, values: dict) -> ArchConfig:
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown architecture keys: {sorted(unknown)}")

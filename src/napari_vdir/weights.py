@@ -60,7 +60,7 @@ class ModelInfo:
         }
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str] | None, source: str) -> "ModelInfo":
+    def from_metadata(cls, meta: dict[str, str] | None, source: str) -> ModelInfo:
         if not meta or meta.get("format") != FORMAT:
             raise WeightsError(f"{source}: not a napari-vdir weights file (no '{FORMAT}' metadata)")
         try:

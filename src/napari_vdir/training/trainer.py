@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import csv
 import math
 import os
@@ -103,7 +102,7 @@ class Trainer:
             if missing:
                 raise ValueError(f"{r.data.degraded}: no degraded twin for {missing[:3]} (pairs match by file name)")
             degraded = [by_name[n] for n, _ in clean]
-            for (n, c), d in zip(clean, degraded):
+            for (n, c), d in zip(clean, degraded, strict=True):
                 if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
                     raise ValueError(f"pair {n}: clean {c.shape[:2]} and degraded {d.shape[:2]} sizes do not match")
         self.sampler = PatchSampler([x for _, x in clean], r.patch, self.device, degraded, s)
