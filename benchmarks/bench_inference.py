@@ -94,7 +94,9 @@ def run_one(size: int, precision: str, tile_size: int | None, model: str, budget
 def measure(size, precision, tile_size, model, budget_s=None) -> dict:
     load_before = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--one", json.dumps([size, precision, tile_size, budget_s]), "--model", model]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{size}² {precision} failed:\n{proc.stderr[-2000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     fraction = row["tiles_done"] / row["tiles"]
     row.update(size=size, precision=precision, tile_size=tile_size, load_before=load_before,
