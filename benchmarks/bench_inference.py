@@ -204,7 +204,8 @@ def main(argv=None) -> int:
 
         args.model = str(resolve_model(None, "denoise", 3))
     if args.one:
-        print(json.dumps(run_one(*json.loads(args.one), model=args.model)))
+        size, precision, tile_size, budget_s = json.loads(args.one)
+        print(json.dumps(run_one(size, precision, tile_size, args.model, budget_s)))
         return 0
     header = machine()
     print(header, flush=True)
