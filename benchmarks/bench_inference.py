@@ -157,9 +157,9 @@ def report(rows: list[dict], acc: list[dict], model: str, header: str) -> str:
         "- `auto` = bf16 autocast + channels_last (restore()'s default on this CPU); `float32` = exact path.",
         "- `default` tiling = one pass up to 1024², else 512² tiles with an 84 px margin "
         "(whole images are measured at 512² only).",
-        "- Peak RSS is that configuration's own process (fresh subprocess, `ru_maxrss`), torch import included.",
+        "- Peak RSS is that configuration's own process (fresh subprocess, `VmHWM`), torch import included.",
         "- The CPU is shared with other engineers: the 1-minute load average before/after each run is shown; "
-        "with 2 cores, a load above ~2 means the run was competing and its time is pessimistic.", "",
+        "with 2 cores, a load above ~2 means the run was competing and its time is pessimistic.",
         "- A run with a time budget (`--budget-s`) that ran out is marked *partial*: its MP/s is extrapolated "
         "from the tiles done and its peak RSS is a lower bound (the full-image output buffers are not all "
         "written yet).", "",
@@ -176,8 +176,7 @@ def report(rows: list[dict], acc: list[dict], model: str, header: str) -> str:
     for size in sorted({r["size"] for r in rows}):
         a, b = by.get((size, "float32", None)), by.get((size, "auto", None))
         if a and b:
-            lines.append(f"\nSpeed-up of `auto` over `float32` at {size}² (default tiling): "
-                         f"{a['seconds'] / b['seconds']:.2f}x.")
+            lines.append(f"\nSpeed-up of `auto` over `float32` at {size}² (default tiling): {b['mps'] / a['mps']:.2f}x.")
     lines += ["", f"## Accuracy cost of bf16 (`auto`) vs float32 — CBSD68 photos + AWGN σ={SIGMA:g}, float input", ""]
     if acc:
         lines += ["| image | PSNR noisy | PSNR float32 | PSNR auto | Δ PSNR (auto − fp32) | max abs diff (0-255) | "
