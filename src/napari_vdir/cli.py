@@ -144,7 +144,9 @@ def plan_outputs(inputs: list[Path], outdir: Path, suffix: str, overwrite: bool)
     sources = {p.resolve() for p in inputs}
     jobs, seen = [], set()
     for src in inputs:
-        dst = outdir / f"{src.stem}{suffix}{src.suffix}"
+        # a restored JPEG is saved losslessly: re-encoding it would bring artifacts back
+        extension = ".png" if src.suffix.lower() in (".jpg", ".jpeg") else src.suffix
+        dst = outdir / f"{src.stem}{suffix}{extension}"
         key = dst.resolve()
         if key in sources:
             raise CliError(f"{dst}: output would overwrite an input file; choose another -o folder or --suffix")

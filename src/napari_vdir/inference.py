@@ -108,23 +108,27 @@ class PlaneRestorer:
         steer = None
         if self.strength != 1.0 and degrade_more is not None:
             steer = _pad4(degrade_more(plane))
-        outs, latent, estimate, draws = [], None, None, []
+        # running sums, not lists of full-size copies: a 4096^2 plane must stay within ~2 GB
+        total, squares, draws, latent, estimate = None, None, 0, None, None
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         for k, flip in (_TRANSFORMS if self.ensemble else _TRANSFORMS[:1]):
             xt = _forward(x, k, flip)
             st = None if steer is None else _forward(steer, k, flip)
-            acc = []
             for _ in range(self.samples):
                 img, mu, est = self._tiled(xt, st, sample=self.samples > 1, generator=generator)
-                acc.append(_inverse(img, k, flip))
+                img = _inverse(img, k, flip)
+                if self.samples > 1:
+                    squares = img * img if squares is None else squares.addcmul_(img, img)
+                total = img if total is None else total.add_(img)
+                draws += 1
                 if latent is None:
                     latent, estimate = mu, est
-            draws.extend(acc)
-            outs.append(torch.stack(acc).mean(0))
-        image = torch.stack(outs).mean(0)[:, : h * self.scale, : w * self.scale]
+        crop = (slice(None), slice(0, h * self.scale), slice(0, w * self.scale))
+        image = total.div_(draws)[crop]
         uncertainty = None
-        if self.samples > 1:
-            uncertainty = torch.stack(draws).std(0)[:, : h * self.scale, : w * self.scale]
+        if squares is not None:  # unbiased std over all draws (samples x transforms)
+            variance = (squares.div_(draws) - total * total).clamp_(min=0) * (draws / (draws - 1))
+            uncertainty = variance.sqrt_()[crop]
         if estimate is not None:
             estimate = estimate[:, :h, :w].mean(dim=(1, 2))
         return PlaneResult(image, latent, estimate, uncertainty)
