@@ -463,10 +463,12 @@ def merge_reports(reports: list[dict]) -> dict:
             key = (r["set"], r["setting"])
             if key in index:
                 methods = index[key]["methods"]
-                methods.update({m: rec for m, rec in r["methods"].items()
-                                if len(rec["images"]) >= len(methods.get(m, {"images": []})["images"])})
+                taken = {m: rec for m, rec in r["methods"].items()
+                         if len(rec["images"]) >= len(methods.get(m, {"images": []})["images"])}
+                methods.update(taken)
                 index[key]["n_images"] = max(index[key]["n_images"], r["n_images"])
-                index[key]["model"] = index[key].get("model") or r.get("model")
+                if "ours" in taken:  # the weights behind the "ours" numbers now in the report
+                    index[key]["model"] = r.get("model")
             else:
                 index[key] = json.loads(json.dumps(r))
                 merged["results"].append(index[key])
