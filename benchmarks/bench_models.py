@@ -14,6 +14,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,8 @@ def main() -> None:
     for name, path in shipped_models().items():
         info = read_info(path)
         image = noisy_rgb if info.channels == 3 else noisy_gray
-        seconds = timed(lambda: napari_vdir.restore(image, info.task, scale=info.scale if info.task == "sr" else None,
-                                                    model=name))
+        seconds = timed(partial(napari_vdir.restore, image, info.task,
+                                scale=info.scale if info.task == "sr" else None, model=name))
         rows.append((name, seconds / mp))
     try:
         import bm3d
@@ -65,7 +66,7 @@ def main() -> None:
 
         for label, image, channels in (("colour", noisy_rgb, 3), ("gray", noisy_gray, 1)):
             peer = FFDNetPeer(channels)
-            rows.append((f"FFDNet {label} (true sigma)", timed(lambda: peer(image, SIGMA)) / mp))
+            rows.append((f"FFDNet {label} (true sigma)", timed(partial(peer, image, SIGMA)) / mp))
     except ImportError:
         rows.append(("FFDNet", float("nan")))
     lines = [

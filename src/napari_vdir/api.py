@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ class Restoration:
     uncertainty: np.ndarray | None
     device: str
     model: ModelInfo
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-TASK_TITLES = {"denoise": "denoise", "real-denoise": "real-denoise", "sr": "sr", "jpeg": "jpeg"}
-
 
 def output_name(layer_name: str, task: str) -> str:
     return f"{layer_name} [{task}]"

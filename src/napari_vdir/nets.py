@@ -8,7 +8,7 @@ super-resolver and the non-AWGN estimator targets are this project's design.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -220,7 +220,6 @@ class Forward:
     logvar: torch.Tensor
     c: torch.Tensor
     estimate: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
 
 
 class VDIR(nn.Module):
