@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..nets import ArchConfig
 from ..tasks import ESTIMATES, check_task
 
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "jpeg"]
@@ -17,11 +18,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_PAPER = ArchConfig()
+
+
 class ArchSpec(Strict):
-    width: int = Field(64, ge=4)
-    rir_blocks: int = Field(5, ge=1)
-    res_blocks: int = Field(5, ge=1)
-    encoder_width: int = Field(64, ge=4)
+    """Width and depth of the network; the defaults are the paper's (``nets.ArchConfig``)."""
+
+    width: int = Field(_PAPER.width, ge=4)
+    rir_blocks: int = Field(_PAPER.rir_blocks, ge=1)
+    res_blocks: int = Field(_PAPER.res_blocks, ge=1)
+    encoder_width: int = Field(_PAPER.encoder_width, ge=4)
 
 
 class DataSpec(Strict):
