@@ -155,3 +155,22 @@ def test_ddp_two_gloo_processes(image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     _, info = load_weights(tmp_path / "denoise.safetensors")
     assert info.trained_steps == 3
+
+
+def test_paired_folders(image_folder, tmp_path):
+    """Degraded/clean pairs matched by file name; a missing twin is reported by name."""
+    noisy_dir = tmp_path / "noisy"
+    noisy_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for path in sorted(image_folder.glob("*.png")):
+        clean = np.asarray(Image.open(path), np.float32)
+        Image.fromarray(np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)).save(noisy_dir / path.name)
+    out = tmp_path / "run"
+    assert training_main(["--task", "real-denoise", "--data", str(image_folder), "--degraded", str(noisy_dir),
+                          "--steps", "3", "--patch", "32", "--batch", "2", "--out", str(out), "--quiet",
+                          "--device", "cpu"]) == 0
+    _, info = load_weights(out / "real-denoise.safetensors")
+    assert info.trained_steps == 3
+    (noisy_dir / "img0.png").unlink()
+    assert training_main(["--task", "real-denoise", "--data", str(image_folder), "--degraded", str(noisy_dir),
+                          "--steps", "1", "--out", str(tmp_path / "r2"), "--quiet", "--device", "cpu"]) == 2

@@ -18,7 +18,7 @@ from ..nets import VDIR, ArchConfig, Decoder, Discriminator
 from ..weights import ModelInfo, load_weights, resolve_model, save_weights
 from . import losses
 from .config import Recipe
-from .data import PatchSampler, degrade, load_folder, validation_set
+from .data import Batch, PatchSampler, degrade, load_folder, validation_set
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,9 +135,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def next_batch(self):
         clean, degraded = self.sampler.sample(self.recipe.batch, self.cpu_generator)
-        if degraded is not None:
-            from .data import Batch
-
+        if degraded is not None:  # paired data: the degradation parameters are unknown
             return Batch(degraded, clean, None)
         return degrade(clean, self.recipe, self.generator, self.cpu_generator)
 
