@@ -237,3 +237,13 @@ def test_sample_data_opens(make_napari_viewer, key, dtype):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, key)
     assert viewer.layers[-1].data.dtype == dtype
+
+
+def test_gray_stack_with_width_three_is_not_taken_for_rgb(tiny_weights, make_napari_viewer):
+    """napari decides RGB; a gray (Z, Y, X=3) layer is restored as gray planes."""
+    from napari_vdir.layers import restore_layer
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(0).random((2, 16, 3)).astype(np.float32), rgb=False)
+    result = restore_layer(layer, "denoise", model=tiny_weights[("denoise", 1, 1)])
+    assert result.layers[0][0].shape == (2, 16, 3)

@@ -128,9 +128,8 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     alpha = None
     if rgb and sub.shape[-1] == 4:  # RGBA: restore the colour, carry alpha along
         sub, alpha = sub[..., :3], sub[..., 3:]
-    if not rgb and sub.shape[-1] == 3 and sub.ndim >= 3:
-        raise ValueError("a gray stack whose last axis has length 3 would be read as RGB; transpose it first")
-    res = restore(sub, task, scale=scale, model=model, channel_axis=-1 if rgb else None, device=device,
+    # napari already decided whether the layer is RGB; never let restore() guess from a length-3 axis
+    res = restore(sub, task, scale=scale, model=model, channel_axis=-1 if rgb else False, device=device,
                   tile_size=tile_size, ensemble=ensemble, samples=samples, details=True, progress=progress,
                   cancel=cancel, strength=strength, intensity_range=intensity_range)
     s = res.model.scale

@@ -16,10 +16,9 @@ import numpy as np
 
 from .api import Layout
 from .inference import cached_model, tile_margin
+from .nets import LATENT_STRIDE  # block origins on multiples of it keep each block's latent grid on the image's
 from .tasks import check_task
 from .weights import resolve_model
-
-LATENT_ALIGN = 4  # block origins on multiples of this keep every block's latent grid on the whole image's
 
 
 def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None, device="auto", tile_size=None,
@@ -70,7 +69,7 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
 def spatial_chunks(size: int, chunk: int, margin: int) -> tuple[int, ...]:
     """Chunk sizes for one spatial axis: multiples of 4 (so every block origin is one), at least
     ``margin`` (so overlapping never rechunks), a short last chunk merged into the one before."""
-    chunk = max(margin, LATENT_ALIGN, round(chunk / LATENT_ALIGN) * LATENT_ALIGN)
+    chunk = max(margin, LATENT_STRIDE, round(chunk / LATENT_STRIDE) * LATENT_STRIDE)
     if chunk >= size:
         return (size,)
     sizes = [chunk] * (size // chunk)
@@ -97,5 +96,5 @@ def _restore_block(block: np.ndarray, **options) -> np.ndarray:
 def _check_options(x, options: dict) -> None:
     """Run the same checks as a block will (task vs model, channels, precision, ...) on a tiny
     dummy plane on the CPU, so a wrong argument raises here rather than at compute time."""
-    dummy = np.zeros((LATENT_ALIGN, LATENT_ALIGN, x.shape[-1]), dtype=x.dtype)
+    dummy = np.zeros((LATENT_STRIDE, LATENT_STRIDE, x.shape[-1]), dtype=x.dtype)
     _restore_block(dummy, **{**options, "device": "cpu", "ensemble": False, "samples": 1, "tile_size": None})
