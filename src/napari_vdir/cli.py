@@ -221,21 +221,16 @@ DEMO_CROP_ORIGIN = (16, 144)  # the astronaut's face and helmet in skimage.data.
 def demo_images(size: int = 256, sigma: float = 25.0, seed: int = 0):
     """(clean, noisy) uint8 RGB: a crop of skimage.data.astronaut() with Gaussian noise of std
     ``sigma`` (0-255 scale) from a fixed seed, clipped and quantised like a saved photo."""
-    import numpy as np
-    import torch
     from skimage import data
 
-    from . import degradations as deg
+    from ._sample_data import noisy_u8
 
     if not 16 <= size <= 512:
         raise CliError(f"--size must be between 16 and 512, got {size}")
     full = data.astronaut()
     top, left = (min(o, full.shape[k] - size) for k, o in enumerate(DEMO_CROP_ORIGIN))
     clean = full[top:top + size, left:left + size]
-    x = torch.from_numpy(clean.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-    generator = torch.Generator().manual_seed(seed)
-    noisy = deg.add_gaussian_noise(x, torch.tensor([sigma]), generator)[0].permute(1, 2, 0).numpy()
-    return clean, np.clip(np.rint(noisy * 255.0), 0, 255).astype(np.uint8)
+    return clean, noisy_u8(clean, sigma, seed)
 
 
 def cmd_demo(args) -> int:
