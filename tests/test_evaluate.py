@@ -107,3 +107,18 @@ def test_settings_run_in_priority_order_and_cli_writes_reports(datasets, tiny_we
     merged = ev.main(["--out", str(tmp_path / "merged"), "--merge", str(out / "evaluation.json"),
                       str(out / "evaluation.json")])
     assert len(merged["results"]) == 1 and len(merged["commands"]) == 2
+
+
+def test_ensemble_is_its_own_column(datasets, tiny_weights, tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "real-denoise-rgb.safetensors").write_bytes(tiny_weights[("real-denoise", 1, 3)].read_bytes())
+    setting = ev.settings_from(["Val20"])[0]
+    assert "ours-x8" not in ev.make_methods(setting, None, folder)  # 8x slower: only on request
+    report = ev.main(["--datasets", str(datasets), "--out", str(tmp_path / "out"), "--sets", "Val20",
+                      "--max-images", "1", "--methods", "ours", "--ensemble", "--models", str(folder)])
+    methods = report["results"][0]["methods"]
+    assert set(methods) == {"ours", "ours-x8"}
+    plain, x8 = (methods[m]["metrics"][0]["psnr"] for m in ("ours", "ours-x8"))
+    assert plain != x8
+    assert "| ours | ours-x8 |" in (tmp_path / "out" / "evaluation.md").read_text()

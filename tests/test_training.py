@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from napari_vdir.training import losses
 from napari_vdir.training.__main__ import main as training_main
 from napari_vdir.training.config import Recipe, load_recipe
 from napari_vdir.training.trainer import Trainer
-from napari_vdir.weights import load_weights
+from napari_vdir.weights import load_weights, read_info, shipped_models
 
 TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
 
@@ -110,14 +111,19 @@ def test_resume_is_exact(image_folder, tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_shipped_recipes_are_valid():
-    from pathlib import Path
-
-    recipes = sorted((Path(__file__).parents[1] / "training").glob("*.yaml"))
-    assert len(recipes) == 7
-    for path in recipes:
-        recipe = load_recipe(path)
-        assert recipe.arch.width == 64 and recipe.steps > 0
+def test_shipped_recipes_describe_the_shipped_weights():
+    """One recipe per shipped model, with the architecture, task and channels of the weights it produced."""
+    root = Path(__file__).parents[1] / "training"
+    recipes = {path.stem: load_recipe(path) for path in sorted(root.glob("*.yaml"))}
+    shipped = shipped_models()
+    assert sorted(recipes) == sorted(shipped)
+    for name, recipe in recipes.items():
+        info = read_info(shipped[name])
+        assert recipe.name == name and recipe.steps > 0
+        assert (recipe.task, recipe.channels, recipe.scale or 1) == (info.task, info.channels, info.scale)
+        assert recipe.arch.model_dump() == {k: getattr(info.arch, k) for k in recipe.arch.model_dump()}, name
+    for path in sorted((root / "paper").glob("*.yaml")):  # the paper-size GPU recipes stay valid
+        assert load_recipe(path).arch.rir_blocks == 5
 
 
 def test_bad_recipes_are_rejected(tmp_path, image_folder):

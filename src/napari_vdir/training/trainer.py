@@ -284,6 +284,7 @@ class Trainer:
                     row = {"step": 0, "seconds": 0.0, "val_psnr": self.validate()}
                     self.history.append(row)
                     writer.writerow(row)
+                    fh.flush()
                 while not self.finished():
                     t0 = time.perf_counter()
                     row = self.train_step()
