@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train every shipped model at once, one process per recipe, then collect the weights and logs.
 # usage: training/train_shipped.sh OUTDIR [TIME_BUDGET_MINUTES] [extra flags for every run]
+# RECIPES="training/paper/*.yaml training/sr-*.yaml" picks other recipes (default: training/*.yaml).
 # With a time budget each run anneals its learning rate over that much training time (the shipped
 # weights were made this way on one GPU; the step count each reached is in its recipe and log).
 set -u
@@ -9,7 +10,7 @@ budget=${1:-}; [ $# -gt 0 ] && shift
 runs=${RUNS_DIR:-$out/runs}
 mkdir -p "$out" "$runs"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src PYTHONUNBUFFERED=1
-for recipe in training/*.yaml; do
+for recipe in ${RECIPES:-training/*.yaml}; do
   name=$(basename "$recipe" .yaml)
   python3 -m napari_vdir.training --recipe "$recipe" --out "$runs/$name" --quiet \
     ${budget:+--time-budget "$budget"} "$@" > "$runs/$name.log" 2>&1 &
