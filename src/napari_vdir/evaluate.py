@@ -557,8 +557,7 @@ def main(argv=None) -> dict:
     command = "python -m napari_vdir.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     report = {"protocol": PROTOCOL, "commands": [command.strip()], "results": [], "note": args.note,
               "environment": f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s), "
-                             f"ours on {device_label(select_device('auto'))}"
-}
+                             f"ours on {device_label(select_device('auto'))}"}
     if args.figures is not None:
         for path in real_noise_figures(args.datasets, args.figures, models=args.models, ensemble=args.ensemble):
             print(f"wrote {path} ({path.stat().st_size // 1024} KB)", flush=True)
