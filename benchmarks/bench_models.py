@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_inference import describe_model  # same folder: run as a script
 from skimage import data
 
 import napari_vdir
@@ -58,8 +59,7 @@ def main() -> None:
         image = noisy_rgb if info.channels == 3 else noisy_gray
         seconds = timed(partial(napari_vdir.restore, image, info.task,
                                 scale=info.scale if info.task == "sr" else None, model=name))
-        arch = info.arch
-        rows.append((f"{name} (width {arch.width}, {arch.rir_blocks}x{arch.res_blocks} blocks)", seconds / mp))
+        rows.append((f"{name} ({describe_model(path)[0]})", seconds / mp))
     try:
         import bm3d
 

@@ -68,6 +68,7 @@ METHODS = {"awgn": ("noisy", "bm3d", "ffdnet", "skimage-nlm", "skimage-wavelet",
            "real": ("noisy", "skimage-nlm", "skimage-wavelet", "ours", "ours-x8"),
            "sr": ("bicubic", "lanczos", "ours", "ours-x8"),
            "jpeg": ("jpeg", "skimage-tv", "ours", "ours-x8")}
+OURS = {"ours", "ours-x8"}  # the methods that run the shipped weights
 # "ours-x8" (the x8 self-ensemble, 8x slower) runs only when asked for: --ensemble or --methods ours-x8.
 ON_REQUEST = {"ours-x8"}
 METRICS = {"awgn": ("psnr", "ssim"), "real": ("psnr", "ssim"), "sr": ("psnr", "ssim", "psnr_rgb"),
@@ -339,7 +340,7 @@ def evaluate_setting(root: Path, setting: Setting, *, methods=None, max_images=N
     fns = make_methods(setting, methods, models, ensemble)
     result = {"set": setting.dataset, "task": setting.task, "setting": setting.label, "n_images": 0,
               "images_in_set": len(list_images(_folder(root, setting))),
-              "model": _describe_model(setting, models) if {"ours", "ours-x8"} & fns.keys() else None,
+              "model": _describe_model(setting, models) if OURS & fns.keys() else None,
               "methods": {m: {"images": [], "metrics": [], "seconds_per_mp": []} for m in fns}}
     for i, (name, clean) in enumerate(images):
         ref, x = degrade(setting, clean, i)
@@ -474,7 +475,7 @@ def merge_reports(reports: list[dict]) -> dict:
                          if len(rec["images"]) >= len(methods.get(m, {"images": []})["images"])}
                 methods.update(taken)
                 index[key]["n_images"] = max(index[key]["n_images"], r["n_images"])
-                if {"ours", "ours-x8"} & taken.keys():  # the weights behind the "ours" numbers now in the report
+                if OURS & taken.keys():  # the weights behind the "ours" numbers now in the report
                     index[key]["model"] = r.get("model")
             else:
                 index[key] = json.loads(json.dumps(r))
