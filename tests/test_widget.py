@@ -125,6 +125,14 @@ def test_plane_and_stack_with_physical_axes(make_napari_viewer, qtbot, tiny_weig
     np.testing.assert_allclose(lat.scale, (1.0, 2.0, 2.0, 2.0))
     np.testing.assert_allclose(lat.translate, (0.0, 10.0, 1.75, 1.75))
     assert tuple(lat.axis_labels) == ("latent c", "z", "y", "x")
+    assert viewer.layers["stack [denoise] uncertainty"].data.shape == (3, 32, 32)
+
+    # a rerun without the companions removes the earlier run's, which no longer match the output
+    widget.show_latent.value = False
+    widget.show_uncertainty.value = False
+    run_and_wait(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["stack", "stack [denoise]"]
 
 
 def test_cancel_mid_run_keeps_viewer_and_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights, notes):

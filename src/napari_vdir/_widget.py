@@ -246,6 +246,7 @@ class RestoreWidget(Container):
         res = outcome.result
         for layer_data in res.layers:
             vl.add_or_update(self._viewer, layer_data)
+        vl.remove_stale(self._viewer, res)
         self.last_result = res
         self.estimate_label.value = res.summary()
         self.device_label.value = res.device

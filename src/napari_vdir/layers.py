@@ -44,6 +44,9 @@ class LayerRestoration:
     device: str = ""
     model: str = ""
     task: str = ""
+    # companion layers (latent c, uncertainty) of an earlier run that this run did not produce: they
+    # no longer describe the output and are removed from the viewer
+    stale: list = field(default_factory=list)
 
     def summary(self) -> str:
         return describe_estimate(self.task, self.estimate)
@@ -167,11 +170,19 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
         layers.append((unc.astype(np.float32), {"name": uncertainty_name(layer.name, task), "scale": tuple(out_scale),
                                                 "translate": tuple(in_translate), "colormap": "inferno",
                                                 "blending": "additive", **common}, "image"))
-    return LayerRestoration(layers, res.estimate, res.device, res.model.name, task)
+    produced = {meta["name"] for _, meta, _ in layers}
+    stale = [n for n in (latent_name(layer.name, task), uncertainty_name(layer.name, task)) if n not in produced]
+    return LayerRestoration(layers, res.estimate, res.device, res.model.name, task, stale)
 
 
 def _plain(estimate: dict) -> dict:
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in estimate.items()}
+
+
+def remove_stale(viewer, result: LayerRestoration) -> None:
+    for name in result.stale:
+        if name in viewer.layers:
+            viewer.layers.remove(viewer.layers[name])
 
 
 def add_or_update(viewer, layer_data: tuple):
