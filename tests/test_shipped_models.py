@@ -82,8 +82,8 @@ def test_noise_estimate_tracks_sigma():
         assert abs(est - sigma) < 0.2 * sigma
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped JPEG models' estimator reads ~38 whatever the quality "
-                   "(collapsed to the mean of 10-80 in their short training); retrain to fix")
+@pytest.mark.xfail(strict=True, reason="the shipped JPEG models' estimator reads a constant (~39 gray, ~44 "
+                   "colour) whatever the quality: EST(c) has not learned JPEG quality in any training so far")
 def test_jpeg_estimate_tracks_quality():
     clean = photo()
     q10 = restore(deg.jpeg_roundtrip(clean, 10), "jpeg", details=True).estimate["jpeg_quality"]
