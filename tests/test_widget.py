@@ -255,3 +255,21 @@ def test_gray_stack_with_width_three_is_not_taken_for_rgb(tiny_weights, make_nap
     layer = viewer.add_image(np.random.default_rng(0).random((2, 16, 3)).astype(np.float32), rgb=False)
     result = restore_layer(layer, "denoise", model=tiny_weights[("denoise", 1, 1)])
     assert result.layers[0][0].shape == (2, 16, 3)
+
+
+def test_dask_uint16_plane_matches_stack(tiny_weights):
+    """A lazy (dask) uint16 layer is normalised by its whole range, like a numpy one: a plane restored
+    alone equals that plane of a whole-stack run, although the bright spot is in another plane."""
+    import dask.array as da
+    from napari.layers import Image
+
+    from napari_vdir.layers import restore_layer
+
+    stack = np.random.default_rng(2).integers(200, 3000, size=(3, 32, 32)).astype(np.uint16)
+    stack[2, :4, :4] = 60000
+    layer = Image(da.from_array(stack, chunks=(1, 32, 32)), name="lazy")
+    weights = tiny_weights[("denoise", 1, 1)]
+    plane = restore_layer(layer, "denoise", model=weights, plane=(0,)).layers[0][0]
+    whole = restore_layer(layer, "denoise", model=weights).layers[0][0]
+    assert plane.shape == (1, 32, 32) and whole.shape == (3, 32, 32)
+    np.testing.assert_array_equal(plane[0], whole[0])

@@ -113,16 +113,15 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     where the plane sits, so it overlays the input in the viewer.
     """
     from .api import restore
+    from .lazy import global_intensity_range
 
     data = layer_array(layer)
     rgb = bool(layer.rgb)
     lead = data.ndim - (3 if rgb else 2)
     offset = (0,) * lead
-    # Integer data beyond uint8 is normalised by the whole layer's range, so a plane restored
-    # alone matches the same plane of a whole-stack run.
-    intensity_range = None
-    if np.issubdtype(data.dtype, np.integer) and data.dtype != np.uint8 and isinstance(data, np.ndarray):
-        intensity_range = (float(data.min()), float(data.max()))
+    # Integer data beyond uint8 is normalised by the whole layer's range (dask or zarr data too,
+    # reduced chunk by chunk), so a plane restored alone matches the same plane of a whole-stack run.
+    intensity_range = global_intensity_range(data)
     if plane is not None and lead:
         offset = tuple(int(i) for i in plane)
         sub = np.asarray(data[offset])[(None,) * lead]

@@ -37,9 +37,8 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
     channels = 3 if x.shape[-1] == 3 else 1
     path = str(resolve_model(model, task, channels, model_scale))
 
-    if intensity_range is None and np.issubdtype(image.dtype, np.integer) and image.dtype != np.uint8:
-        low, high = da.compute(image.min(), image.max())
-        intensity_range = (float(low), float(high))
+    if intensity_range is None:
+        intensity_range = global_intensity_range(image)
 
     options = dict(task=task, scale=scale, model=path, device=device, tile_size=tile_size, ensemble=ensemble,
                    samples=samples, precision=precision, strength=strength, intensity_range=intensity_range,
@@ -64,6 +63,23 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
                                    boundary="none")
     out = out.rechunk(given)  # the caller's chunking (x scale), e.g. regular chunks for to_zarr
     return out[..., 0] if layout.channel_axis is None else da.moveaxis(out, -1, layout.channel_axis)
+
+
+def global_intensity_range(array) -> tuple[float, float] | None:
+    """(min, max) of the whole array for integer data other than uint8, else None (``restore``'s default).
+
+    numpy arrays are reduced directly; dask, zarr and other array-likes chunk by chunk, so a
+    larger-than-memory stack is read once but never held in memory whole.
+    """
+    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.uint8:
+        return None
+    if isinstance(array, np.ndarray):
+        return float(array.min()), float(array.max())
+    import dask.array as da
+
+    lazy = array if isinstance(array, da.Array) else da.from_array(array, chunks="auto")
+    low, high = da.compute(lazy.min(), lazy.max())
+    return float(low), float(high)
 
 
 def spatial_chunks(size: int, chunk: int, margin: int) -> tuple[int, ...]:
