@@ -199,29 +199,34 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     runner.total = p * len(groups) * runner.count_steps(h, w)
     steer = _steer_degradation(task) if strength != 1.0 else None
     s = model_scale
-    out = np.empty((p, h * s, w * s, c), dtype=np.float32)
+    # Each plane goes back to the input's dtype as soon as it is done, so a large uint8/uint16 stack
+    # never has a float32 copy of the whole result beside it.
+    out = np.empty((p, h * s, w * s, c), dtype=intensity.dtype)
     hq, wq = (h + 3) // 4, (w + 3) // 4
-    latents = np.empty((p, len(groups), 4, hq, wq), dtype=np.float32)
+    latents = np.empty((p, len(groups), 4, hq, wq), dtype=np.float32) if details else None
     est_fields = ESTIMATES[task] if info.arch.estimate_dims else ()
     estimates = np.full((p, len(groups), len(est_fields)), np.nan, dtype=np.float64)
-    uncert = np.empty_like(out) if samples > 1 else None
+    uncert = np.empty(out.shape, dtype=np.float32) if samples > 1 else None
     for i in range(p):
         normalised = intensity.forward(planes[i])
+        restored = np.empty((h * s, w * s, c), dtype=np.float32)
         for j, g in enumerate(groups):
             x = torch.from_numpy(np.ascontiguousarray(normalised[..., g].transpose(2, 0, 1)))
             if replicate:
                 x = x.expand(3, -1, -1).contiguous()
             res = runner.restore_plane(x, steer)
             img = res.image.mean(0, keepdim=True) if replicate else res.image
-            out[i, ..., g] = img.permute(1, 2, 0).numpy()
-            latents[i, j] = res.latent.numpy()
+            restored[..., g] = img.permute(1, 2, 0).numpy()
+            if latents is not None:
+                latents[i, j] = res.latent.numpy()
             if res.estimate is not None:
                 estimates[i, j] = res.estimate.numpy()
             if uncert is not None:
                 u = res.uncertainty.mean(0, keepdim=True) if replicate else res.uncertainty
                 uncert[i, ..., g] = u.permute(1, 2, 0).numpy()
+        out[i] = intensity.inverse(restored)
 
-    result = layout.from_planes(intensity.inverse(out), lead)
+    result = layout.from_planes(out, lead)
     if not details:
         return result
     latent = latents[:, 0] if len(groups) == 1 else latents
