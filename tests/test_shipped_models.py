@@ -82,7 +82,7 @@ def test_noise_estimate_tracks_sigma():
         assert abs(est - sigma) < 0.2 * sigma
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped JPEG models' estimator reads a constant (~39 gray, ~44 "
+@pytest.mark.xfail(strict=True, reason="the shipped JPEG models' estimator reads a near-constant (~40-44 gray, ~44 "
                    "colour) whatever the quality: EST(c) has not learned JPEG quality in any training so far")
 def test_jpeg_estimate_tracks_quality():
     clean = photo()
