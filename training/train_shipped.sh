@@ -2,6 +2,8 @@
 # Train every shipped model at once, one process per recipe, then collect the weights and logs.
 # usage: training/train_shipped.sh OUTDIR [TIME_BUDGET_MINUTES] [extra flags for every run]
 # RECIPES="training/paper/*.yaml training/sr-*.yaml" picks other recipes (default: training/*.yaml).
+# FROM_SHIPPED=1 fine-tunes each recipe's model from its shipped weights (models/<name>.safetensors)
+# instead of training it from scratch.
 # With a time budget each run anneals its learning rate over that much training time (the shipped
 # weights were made this way on one GPU; the step count each reached is in its recipe and log).
 set -u
@@ -12,7 +14,8 @@ mkdir -p "$out" "$runs"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}src PYTHONUNBUFFERED=1
 for recipe in ${RECIPES:-training/*.yaml}; do
   name=$(basename "$recipe" .yaml)
-  python3 -m napari_vdir.training --recipe "$recipe" --out "$runs/$name" --quiet \
+  init=(); [ -n "${FROM_SHIPPED:-}" ] && init=(--init "models/$name.safetensors")
+  python3 -m napari_vdir.training --recipe "$recipe" --out "$runs/$name" --quiet "${init[@]}" \
     ${budget:+--time-budget "$budget"} "$@" > "$runs/$name.log" 2>&1 &
 done
 collect() {

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, help="patch size in pixels (multiple of 4)")
     p.add_argument("--batch", type=int, help="patches per step")
     p.add_argument("--lr", type=float, help="peak learning rate (cosine decay)")
+    p.add_argument("--warmup-steps", type=int,
+                   help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps)")
     p.add_argument("--val-every", type=int, help="validate every N steps")
     p.add_argument("--seed", type=int)
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
@@ -68,7 +70,7 @@ def recipe_from_args(args):
 
     overrides = {"task": args.task, "channels": args.channels, "scale": args.scale, "degradation": args.degradation,
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
-                 "val_every": args.val_every, "seed": args.seed, "name": args.name,
+                 "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,
                  "time_budget_minutes": args.time_budget}
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
