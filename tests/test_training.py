@@ -96,6 +96,16 @@ def test_minimal_cli_form_from_scratch(image_folder, tmp_path):
     assert (tmp_path / "log.csv").read_text().startswith("step,")
 
 
+def test_warmup_steps_flag_ramps_the_learning_rate(image_folder, tmp_path):
+    code = training_main(["--task", "denoise", "--data", str(image_folder), "--steps", "4", "--patch", "32",
+                          "--batch", "2", "--lr", "1e-3", "--warmup-steps", "4", "--val-every", "1",
+                          "--out", str(tmp_path), "--quiet", "--device", "cpu"])
+    assert code == 0
+    rows = (tmp_path / "log.csv").read_text().splitlines()[2:]  # header and the step-0 row
+    lrs = [float(row.split(",")[2]) for row in rows]
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+
+
 def test_resume_is_exact(image_folder, tmp_path):
     straight = Trainer(tiny_recipe(image_folder), tmp_path / "a", device="cpu", precision="float32")
     straight.fit()
