@@ -17,6 +17,19 @@ from torch import nn
 LATENT_CHANNELS = 4
 LATENT_STRIDE = 4
 
+# Inclusive bounds of every architecture size. They are far above anything trained here (the
+# paper's network is width 64, 5 x 5 blocks) and keep a forged weights file from asking for a
+# network that does not fit in memory: they are checked before anything is built.
+ARCH_LIMITS: dict[str, tuple[int, int]] = {
+    "channels": (1, 3),
+    "scale": (1, 4),
+    "width": (1, 256),
+    "rir_blocks": (1, 32),
+    "res_blocks": (1, 32),
+    "encoder_width": (1, 256),
+    "estimate_dims": (0, 8),
+}
+
 
 @dataclass(frozen=True)
 class ArchConfig:
@@ -36,25 +49,29 @@ class ArchConfig:
     estimate_dims: int = 1
 
     def __post_init__(self):
+        for name in ARCH_LIMITS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.scale not in (1, 2, 4):
             raise ValueError(f"scale must be 1, 2 or 4, got {self.scale}")
-        for name in ("width", "rir_blocks", "res_blocks", "encoder_width"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer")
-        if self.estimate_dims < 0:
-            raise ValueError("estimate_dims must be >= 0")
+        for name, (low, high) in ARCH_LIMITS.items():
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> ArchConfig:
+        if not isinstance(values, dict):
+            raise ValueError(f"the architecture must be a JSON object, got {type(values).__name__}")
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
-        return cls(**{k: int(v) for k, v in values.items()})
+        return cls(**values)
 
     @property
     def receptive_radius(self) -> int:

@@ -7,6 +7,7 @@ the metadata is JSON text, checked before any tensor reaches the network.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -62,13 +63,18 @@ class ModelInfo:
     @classmethod
     def from_metadata(cls, meta: dict[str, str] | None, source: str) -> ModelInfo:
         if not meta or meta.get("format") != FORMAT:
-            raise WeightsError(f"{source}: not a napari-vdir weights file (no '{FORMAT}' metadata)")
+            raise WeightsError(f"{source}: not a napari-vdir weights file (no '{FORMAT}' metadata); "
+                               "use a file made by `python -m napari_vdir.training` or a shipped model")
         try:
             version = int(meta["format_version"])
             if version > FORMAT_VERSION:
                 raise WeightsError(f"{source}: weights format {version} is newer than this napari-vdir "
                                    f"understands ({FORMAT_VERSION}); upgrade napari-vdir")
-            arch = ArchConfig.from_dict(json.loads(meta["arch"]))
+            try:
+                arch = ArchConfig.from_dict(json.loads(meta["arch"]))
+            except (ValueError, TypeError) as err:
+                raise WeightsError(f"{source}: invalid architecture in its metadata ({_one_line(err)}); "
+                                   "the file is damaged or was not written by napari-vdir") from err
             info = cls(name=meta["name"], task=meta["task"], arch=arch,
                        description=meta.get("description", ""),
                        recipe=json.loads(meta.get("recipe", "{}")),
@@ -76,8 +82,12 @@ class ModelInfo:
                        trained_steps=int(meta.get("trained_steps", 0)))
         except WeightsError:
             raise
-        except (KeyError, ValueError, TypeError) as err:
-            raise WeightsError(f"{source}: invalid metadata ({err})") from err
+        except KeyError as err:
+            raise WeightsError(f"{source}: invalid metadata (no {err.args[0]!r} entry)") from err
+        except (ValueError, TypeError) as err:
+            raise WeightsError(f"{source}: invalid metadata ({_one_line(err)})") from err
+        if not isinstance(info.recipe, dict) or not isinstance(info.quality, dict):
+            raise WeightsError(f"{source}: invalid metadata ('recipe' and 'quality' must be JSON objects)")
         if info.task not in TASKS:
             raise WeightsError(f"{source}: unknown task {info.task!r} in metadata")
         if (info.task == "sr") != (arch.scale > 1):
@@ -101,48 +111,152 @@ def save_weights(path: str | Path, model: VDIR, info: ModelInfo, *, half: bool =
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=info.to_metadata())
+    # written beside the target and renamed when complete: a full disk or a kill never leaves a
+    # truncated file under the final name (the file keeps the usual umask permissions)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        save_file(tensors, str(partial), metadata=info.to_metadata())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
-def read_info(path: str | Path) -> ModelInfo:
-    """Read and validate only the metadata of a weights file."""
-    from safetensors import safe_open
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a shipped model's header is ~30 KB
+_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4}
 
+
+def read_header(path: str | Path) -> tuple[dict[str, str] | None, dict[str, dict]]:
+    """(metadata, tensor table) of a safetensors file, read and checked without loading any tensor.
+
+    The tensor table maps each name to ``{"dtype", "shape", "data_offsets"}``. Offsets are checked
+    against the file's size, so a truncated file is found here. Torch checkpoints (zip or pickle)
+    are recognised by their first bytes and never opened further: nothing is ever unpickled.
+    """
     path = _existing(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start = f.read(9)
+        if size == 0:
+            raise WeightsError(f"{path}: the file is empty (0 bytes); export the model again")
+        length = int.from_bytes(start[:8], "little") if size >= 8 else -1
+        looks_safetensors = 0 <= length <= size - 8 and start[8:9] == b"{"
+        if not looks_safetensors and _is_torch_checkpoint(path, start):
+            raise WeightsError(f"{path}: this is a training checkpoint (torch.save), not a weights file; "
+                               f"use OUT/<name>.safetensors from the same training run")
+        if size < 8:
+            raise WeightsError(f"{path}: truncated weights file ({size} bytes)")
+        if length > size - 8:
+            raise WeightsError(f"{path}: truncated or not a safetensors weights file (its header claims "
+                               f"{length} bytes, the file has {size})")
+        if length > MAX_HEADER_BYTES:
+            raise WeightsError(f"{path}: not a napari-vdir weights file (a {length}-byte header)")
+        f.seek(8)
+        raw = f.read(length)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise WeightsError(f"{path}: corrupt or truncated weights file ({err})") from err
-    return ModelInfo.from_metadata(meta, str(path))
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise WeightsError(f"{path}: corrupt or not a safetensors file (its header is not JSON)") from err
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise WeightsError(f"{path}: corrupt safetensors metadata (values must be strings)")
+    data_bytes, end_max = size - 8 - length, 0
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
+            ok = all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise WeightsError(f"{path}: corrupt safetensors header (entry {name!r})")
+        if dtype not in _ITEMSIZE:
+            raise WeightsError(f"{path}: tensor {name} is {dtype}; napari-vdir weights are F16, BF16 or F32")
+        numel = 1
+        for n in shape:
+            numel *= n
+        if end - begin != numel * _ITEMSIZE[dtype]:
+            raise WeightsError(f"{path}: corrupt safetensors header (tensor {name} has the wrong byte size)")
+        end_max = max(end_max, end)
+    if end_max > data_bytes:
+        raise WeightsError(f"{path}: truncated weights file (tensors need {end_max} bytes of data, "
+                           f"the file holds {data_bytes}); copy or export it again")
+    return meta, header
+
+
+def _is_torch_checkpoint(path: Path, start: bytes) -> bool:
+    """torch.save writes a zip holding ``<name>/data.pkl`` (or, legacy, a bare pickle)."""
+    if len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5:  # pickle protocol 2-5
+        return True
+    if start[:4] != b"PK\x03\x04":
+        return False
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:  # reads the directory only
+            return any(n.endswith("data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@lru_cache(maxsize=16)
+def expected_shapes(arch: ArchConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a VDIR with ``arch``, from a network on the meta device
+    (nothing is allocated). ``arch`` is already within ``nets.ARCH_LIMITS``."""
+    with torch.device("meta"):
+        model = VDIR(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_tensors(path, arch: ArchConfig, table: dict[str, dict]) -> None:
+    """The tensors named in the file's header are exactly those of ``arch``, with its shapes."""
+    expected = expected_shapes(arch)
+    missing = sorted(set(expected) - set(table))
+    unexpected = sorted(set(table) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{path}: tensors do not match the architecture in its metadata "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, entry in table.items():
+        if tuple(entry["shape"]) != expected[key]:
+            raise WeightsError(f"{path}: tensor {key} has shape {tuple(entry['shape'])}, "
+                               f"the architecture needs {expected[key]}")
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """Read and validate the metadata of a weights file against its tensor table (no tensor is loaded)."""
+    path = _existing(path)
+    meta, table = read_header(path)
+    info = ModelInfo.from_metadata(meta, str(path))
+    check_tensors(path, info.arch, table)
+    return info
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[VDIR, ModelInfo]:
-    """Build the network described by a weights file and load its tensors, checking every one."""
+    """Build the network described by a weights file and load its tensors, checking every one.
+
+    Everything that the header says is checked first (:func:`read_info`): the network is built
+    only for a bounded architecture whose tensors the file really holds.
+    """
     from safetensors.torch import load_file
 
     path = _existing(path)
     info = read_info(path)
     try:
         tensors = load_file(str(path), device="cpu")
-    except Exception as err:
-        raise WeightsError(f"{path}: corrupt or truncated weights file ({err})") from err
-    model = VDIR(info.arch)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(f"{path}: tensors do not match the architecture in its metadata "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    except Exception as err:  # safetensors raises its own error types for corrupt data
+        raise WeightsError(f"{path}: corrupt or truncated weights file ({_one_line(err)})") from err
     for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise WeightsError(f"{path}: tensor {key} has shape {tuple(value.shape)}, "
-                               f"the architecture needs {tuple(expected[key].shape)}")
         if not torch.isfinite(value).all():
-            raise WeightsError(f"{path}: tensor {key} contains NaN or inf")
+            raise WeightsError(f"{path}: tensor {key} contains NaN or inf; the model diverged in training, "
+                               "export an earlier checkpoint")
+    model = VDIR(info.arch)
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model.eval().to(device), info
+
+
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
 
 
 def _existing(path) -> Path:
