@@ -1,19 +1,22 @@
 """Command line: ``napari-vdir restore | models | demo`` (also ``python -m napari_vdir``).
 
 Errors a user can cause (missing, unreadable or unsupported files, an output that would
-overwrite something, a model that does not fit the task) end with a one-line message on
-stderr and a non-zero exit status, never a traceback.
+overwrite something, a model that does not fit the task, a bad option) end with a one-line
+message on stderr, in the command line's words, and a non-zero exit status, never a traceback.
+Outputs appear whole or not at all (written beside their name, then renamed).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
-from .io import IMAGE_SUFFIXES, ImageFileError, list_images, read_image, write_image
+from .io import IMAGE_SUFFIXES, ImageFileError, list_images, read_image_file, write_image
 from .tasks import TASKS
 
 PROG = "napari-vdir"
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, (CliError, ImageFileError, WeightsError, RestorationCancelled, ValueError,
                                 TypeError, OSError)):
             raise
-        _error(err)
+        _error(err if isinstance(err, (CliError, ImageFileError, OSError)) else cli_words(str(err)))
         return 1
 
 
@@ -59,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", action="store_true", help="average the 8 flips/rotations (8x slower)")
     p.add_argument("--samples", type=int, default=1, metavar="N",
                    help="average N draws of the latent (default 1: deterministic)")
-    p.add_argument("--suffix", help="added to each output name (default: _<task>)")
+    p.add_argument("--strength", type=float, default=1.0, metavar="X",
+                   help="1: the plain result (default); >1 restores harder, <1 more gently")
+    p.add_argument("--suffix", help="added to each output name (default: _<task>); files in an input folder "
+                   "that already end in it are earlier outputs and are skipped")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     p.set_defaults(command=cmd_restore)
 
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME|PATH", help="shipped model name or .safetensors file "
                    "(default: the task's shipped model; see `napari-vdir models`)")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bf16/AMP where the device supports it; float32: exact")
 
@@ -91,35 +97,90 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def cmd_restore(args) -> int:
     from .api import restore
 
-    if args.samples < 1:
-        raise CliError(f"--samples must be at least 1, got {args.samples}")
-    inputs = collect_inputs(args.inputs)
+    check_options(args)
     suffix = f"_{args.task}" if args.suffix is None else args.suffix
+    inputs = collect_inputs(args.inputs, skip_suffix=suffix)
     jobs = plan_outputs(inputs, args.output, suffix, args.overwrite)
-    args.output.mkdir(parents=True, exist_ok=True)
+    created = make_folder(args.output)
     failed = 0
-    for src, dst in jobs:
-        try:
-            image = read_image(src)
-        except ImageFileError as err:  # one bad file does not stop the others
-            _error(err)
-            failed += 1
-            continue
-        start = time.perf_counter()
-        with TileProgress(src.name) as progress:
-            result = restore(image, args.task, scale=args.scale, model=args.model, device=args.device,
-                             tile_size=args.tile_size, ensemble=args.ensemble, samples=args.samples,
-                             precision=args.precision, progress=progress)
-        write_image(dst, result)
-        print(f"{src} -> {dst}  {_shape(image)} -> {_shape(result)} {result.dtype}, "
-              f"{time.perf_counter() - start:.1f} s")
+    try:
+        for src, dst in jobs:
+            try:
+                image, layout = read_image_file(src)
+            except ImageFileError as err:  # one bad file does not stop the others
+                _error(err)
+                failed += 1
+                continue
+            start = time.perf_counter()
+            with TileProgress(src.name) as progress:
+                result = restore(image, args.task, scale=args.scale, model=args.model,
+                                 channel_axis=layout.channel_axis, device=args.device, tile_size=args.tile_size,
+                                 ensemble=args.ensemble, samples=args.samples, strength=args.strength,
+                                 precision=args.precision, progress=progress)
+            write_image(dst, result, layout)
+            print(f"{src} -> {dst}  {_shape(image)} -> {_shape(result)} {result.dtype}, "
+                  f"{time.perf_counter() - start:.1f} s")
+    finally:
+        remove_if_empty(created)  # a run that wrote nothing leaves no empty folder behind
     if failed and len(jobs) > 1:
         _error(f"{failed} of {len(jobs)} files could not be read")
     return 1 if failed else 0
 
 
-def collect_inputs(names: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their image files; missing or unsupported -> CliError."""
+DEVICE_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_options(args) -> None:
+    """Refuse option values restore() would refuse, in the command line's words, before any work."""
+    if args.task == "sr" and args.scale is None:
+        raise CliError("--task sr needs --scale 2 or --scale 4")
+    if args.task != "sr" and args.scale is not None:
+        raise CliError(f"--scale only applies to --task sr, not --task {args.task}")
+    if args.samples < 1:
+        raise CliError(f"--samples must be at least 1, got {args.samples}")
+    if args.tile_size is not None and args.tile_size < 16:
+        raise CliError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
+    if not math.isfinite(args.strength):
+        raise CliError(f"--strength must be a finite number (1: plain result), got {args.strength}")
+    check_model_device(args)
+
+
+def check_model_device(args) -> None:
+    if not DEVICE_NAMES.fullmatch(args.device):
+        raise CliError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
+    if args.model is not None and Path(args.model).is_file():
+        check_not_checkpoint(Path(args.model))
+
+
+def check_not_checkpoint(path: Path) -> None:
+    """A training checkpoint (torch.save: a zip or pickle) passed as weights gets its own message."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if path.suffix.lower() not in (".pt", ".pth", ".ckpt") and head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        return
+    exported = sorted(path.parent.glob("*.safetensors"))
+    use = (f"use the weights training exported beside it, {exported[0]}" if len(exported) == 1 else
+           "use the <name>.safetensors file that training exports beside it")
+    raise CliError(f"{path}: this is a training checkpoint (for --resume), not a weights file; {use}")
+
+
+# restore()'s keyword names -> this command line's flags, for messages that come from the API
+API_WORDS = {"scale": "--scale", "tile_size": "--tile-size", "samples": "--samples", "strength": "--strength",
+             "device": "--device", "precision": "--precision", "model": "--model", "ensemble": "--ensemble"}
+
+
+def cli_words(message: str) -> str:
+    """``task 'sr' needs scale=2 or scale=4`` -> ``--task sr needs --scale 2 or --scale 4``."""
+    message = re.sub(r"\btask '([\w-]+)'", r"--task \1", message)
+    return re.sub(r"\b(" + "|".join(API_WORDS) + r")=(?!=)", lambda m: API_WORDS[m.group(1)] + " ", message)
+
+
+def collect_inputs(names: list[str], skip_suffix: str = "") -> list[Path]:
+    """Files as given, folders expanded to their image files; missing or unsupported -> CliError.
+
+    Files in a folder whose name ends in ``skip_suffix`` are this command's earlier outputs
+    (``restore folder -o folder`` run again); they are skipped, with a note. Named files never are.
+    """
     inputs: list[Path] = []
     for name in names:
         path = Path(name)
@@ -127,7 +188,14 @@ def collect_inputs(names: list[str]) -> list[Path]:
             found = list_images(path)
             if not found:
                 raise CliError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            inputs.extend(found)
+            outputs = [p for p in found if skip_suffix and p.stem.endswith(skip_suffix)]
+            if outputs:
+                if len(outputs) == len(found):
+                    raise CliError(f"{path}: only earlier outputs (names ending in {skip_suffix!r}) in this "
+                                   "folder; name files to restore them again")
+                _note(f"{path}: skipped {len(outputs)} file{'s' * (len(outputs) > 1)} ending in {skip_suffix!r} "
+                      "(earlier outputs; name them to restore them again)")
+            inputs.extend(p for p in found if p not in outputs)
         elif not path.exists():
             raise CliError(f"{path}: no such file")
         elif path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -139,17 +207,28 @@ def collect_inputs(names: list[str]) -> list[Path]:
 
 
 def plan_outputs(inputs: list[Path], outdir: Path, suffix: str, overwrite: bool) -> list[tuple[Path, Path]]:
-    """(input, output) pairs; refuses to overwrite an input, to write one output twice, or to
-    replace an existing file without ``overwrite`` — all checked before any work starts."""
-    sources = {p.resolve() for p in inputs}
+    """(input, output) pairs; refuses to overwrite an input (the same file by inode, so hard and
+    symbolic links count), to write one output twice, or to replace an existing file without
+    ``overwrite`` — all checked before any work starts."""
+    if outdir.exists() and not outdir.is_dir():
+        raise CliError(f"{outdir}: exists and is not a folder; -o takes a folder")
+    sources = {}
+    for p in inputs:
+        st = p.stat()
+        sources[(st.st_dev, st.st_ino)] = p
     jobs, seen = [], set()
     for src in inputs:
         # a restored JPEG is saved losslessly: re-encoding it would bring artifacts back
         extension = ".png" if src.suffix.lower() in (".jpg", ".jpeg") else src.suffix
         dst = outdir / f"{src.stem}{suffix}{extension}"
         key = dst.resolve()
-        if key in sources:
-            raise CliError(f"{dst}: output would overwrite an input file; choose another -o folder or --suffix")
+        if dst.exists():
+            st = dst.stat()
+            same = sources.get((st.st_dev, st.st_ino))
+            if same is not None:
+                link = "" if same.resolve() == key else f" (it is the same file as {same})"
+                raise CliError(f"{dst}: output would overwrite an input file{link}; "
+                               "choose another -o folder or --suffix")
         if key in seen:
             raise CliError(f"{dst}: two inputs would be written to this same output; restore them separately")
         if dst.exists() and not overwrite:
@@ -157,6 +236,25 @@ def plan_outputs(inputs: list[Path], outdir: Path, suffix: str, overwrite: bool)
         seen.add(key)
         jobs.append((src, dst))
     return jobs
+
+
+def make_folder(folder: Path) -> list[Path]:
+    """mkdir -p; returns the folders it created, innermost first."""
+    created = []
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        created.append(p)
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    for p in folders:
+        try:
+            p.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
 
 
 class TileProgress:
@@ -238,6 +336,7 @@ def cmd_demo(args) -> int:
 
     from .api import restore
 
+    check_model_device(args)
     clean, noisy = demo_images(args.size, args.sigma, args.seed)
     start = time.perf_counter()
     res = restore(noisy, "denoise", model=args.model, device=args.device, precision=args.precision, details=True)
@@ -265,6 +364,10 @@ def cmd_demo(args) -> int:
 def _error(message) -> None:
     text = " ".join(str(message).split()) or type(message).__name__
     print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    print(f"{PROG}: note: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

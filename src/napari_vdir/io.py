@@ -2,20 +2,49 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 
 
 class ImageFileError(ValueError):
     """An input file is missing, unreadable or of an unsupported kind."""
 
 
+@dataclass(frozen=True)
+class FileLayout:
+    """What a file says about its array's axes: for ``restore()`` and for writing the result back.
+
+    ``channel_axis`` is what ``restore()`` takes: None leaves the choice to its default rule (a last
+    axis of 3 is RGB, of 4 RGBA), an int names the axis of a TIFF's samples. ``alpha``: the last
+    axis is RGBA. ``tiff`` holds the photometric / planarconfig / extrasamples to write back.
+    """
+
+    channel_axis: int | None = None
+    alpha: bool = False
+    tiff: dict = field(default_factory=dict)
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read PNG/JPEG/BMP with Pillow and TIFF with tifffile (uint16 and multi-page stacks kept)."""
-    path = Path(path)
+    """Read PNG/JPEG/BMP with Pillow and TIFF with tifffile (uint16 and multi-page stacks kept).
+
+    Pillow images come back as gray or RGB (alpha dropped); :func:`read_image_file` keeps alpha.
+    """
+    return _read(Path(path), keep_alpha=False)[0]
+
+
+def read_image_file(path: str | Path) -> tuple[np.ndarray, FileLayout]:
+    """The image (alpha kept, as RGBA) and its :class:`FileLayout`."""
+    return _read(Path(path), keep_alpha=True)
+
+
+def _read(path: Path, keep_alpha: bool) -> tuple[np.ndarray, FileLayout]:
     if not path.is_file():
         raise ImageFileError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -23,43 +52,103 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageFileError(f"{path}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
+            return _read_tiff(path)
         from PIL import Image
 
         with Image.open(path) as im:
             if im.mode in ("I;16", "I;16B", "I;16L"):
-                return np.asarray(im, dtype=np.uint16)
+                return np.asarray(im, dtype=np.uint16), FileLayout()
+            if keep_alpha and ("A" in im.getbands() or "transparency" in im.info):
+                return np.asarray(im.convert("RGBA")), FileLayout(alpha=True)
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
-            return np.asarray(im)
+            return np.asarray(im), FileLayout()
     except ImageFileError:
         raise
     except Exception as err:
         raise ImageFileError(f"{path}: cannot read image ({err})") from err
 
 
-def write_image(path: str | Path, image: np.ndarray) -> Path:
-    """Write TIFF with tifffile (any dtype, stacks) or PNG/JPEG with Pillow (uint8, 2-D or RGB)."""
+def _read_tiff(path: Path) -> tuple[np.ndarray, FileLayout]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        image = series.asarray()
+        axes, page = series.axes, series.keyframe
+    if "S" not in axes or image.shape != tuple(series.shape):
+        if image.ndim >= 3 and image.shape[-1] in (2, 4):
+            # tifffile stores an (H, W, 2) array as H pages of W x 2 pixels: nobody means images
+            # 2 or 4 pixels wide, so the last axis is channels (restored one by one)
+            return image, FileLayout(channel_axis=-1)
+        return image, FileLayout()
+    axis = axes.index("S") - len(axes)
+    rgb = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+    extra = tuple(tifffile.EXTRASAMPLE(e).name.lower() for e in page.extrasamples)
+    tiff = dict(photometric="rgb" if rgb else "minisblack", planarconfig="contig" if axis == -1 else "separate")
+    if extra:
+        tiff["extrasamples"] = extra
+    alpha = rgb and axis == -1 and image.shape[-1] == 4 and extra[:1] in (("assocalpha",), ("unassalpha",))
+    return image, FileLayout(channel_axis=None if alpha else axis, alpha=alpha, tiff=tiff)
+
+
+def write_image(path: str | Path, image: np.ndarray, layout: FileLayout | None = None) -> Path:
+    """Write TIFF with tifffile (any dtype, stacks; ``layout`` from :func:`read_image_file` keeps the
+    input's samples layout) or PNG/JPEG/BMP with Pillow (uint8 gray, RGB or RGBA; uint16 gray PNG).
+
+    The file appears whole or not at all: it is written to a hidden temporary file beside ``path``
+    and renamed over it once complete, with the permissions of a new file (the umask applies).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        # Only (..., H, W, 3) is RGB; anything else (a Z-stack of 3 pages too) is pages of gray planes.
-        photometric = "rgb" if image.ndim >= 3 and image.shape[-1] == 3 else "minisblack"
-        tifffile.imwrite(path, image, photometric=photometric)
-        return path
-    from PIL import Image
+        options = dict(layout.tiff) if layout is not None and layout.tiff else {}
+        if not options:
+            # Only (..., H, W, 3) is RGB; anything else (a Z-stack of 3 pages too) is pages of gray planes.
+            options["photometric"] = "rgb" if image.ndim >= 3 and image.shape[-1] == 3 else "minisblack"
+            if layout is not None and layout.alpha and image.shape[-1] == 4:
+                options.update(photometric="rgb", extrasamples=("unassalpha",))
 
-    if image.dtype == np.uint16 and image.ndim == 2 and suffix == ".png":
-        Image.fromarray(image).save(path)
-        return path
-    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
-        raise ImageFileError(f"{path}: {suffix} holds 8-bit gray or RGB images only; write .tif instead")
-    Image.fromarray(image).save(path, quality=95) if suffix in (".jpg", ".jpeg") else Image.fromarray(image).save(path)
+        def save(fh):
+            tifffile.imwrite(fh, image, **options)
+    elif suffix in PIL_FORMATS:
+        from PIL import Image
+
+        gray16 = image.dtype == np.uint16 and image.ndim == 2 and suffix == ".png"
+        colour = image.ndim == 3 and (image.shape[-1] == 3 or (image.shape[-1] == 4 and suffix != ".jpg"
+                                                              and suffix != ".jpeg"))
+        if not gray16 and (image.dtype != np.uint8 or not (image.ndim == 2 or colour)):
+            raise ImageFileError(f"{path}: {suffix} holds 8-bit gray, RGB or RGBA images only; write .tif instead")
+        options = dict(quality=95) if PIL_FORMATS[suffix] == "JPEG" else {}
+
+        def save(fh):
+            Image.fromarray(image).save(fh, format=PIL_FORMATS[suffix], **options)
+    else:
+        raise ImageFileError(f"{path}: unsupported file type {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
+    write_atomically(path, save)
     return path
+
+
+def write_atomically(path: str | Path, save) -> None:
+    """Call ``save(binary_file)`` on a new hidden file beside ``path``, then rename it to ``path``.
+
+    On any failure (a full disk, Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    The file is created with mode 0o666 minus the umask, like any new file (not tempfile's 0o600).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    fh = open(tmp, "xb")  # O_EXCL; mode 0o666 & ~umask
+    try:
+        with fh:
+            save(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def list_images(folder: str | Path) -> list[Path]:
