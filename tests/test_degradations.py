@@ -82,3 +82,73 @@ def test_random_jpeg_reports_quality():
     x = clean_batch(3, 64)
     y, q = deg.random_jpeg(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and ((q >= 0.1) & (q <= 0.8)).all()
+
+
+def test_even_gaussian_kernels_are_centred_between_taps():
+    k = deg.gaussian_kernel(1.5, 1.5, 0.0, size=16)
+    assert k.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(k, k[::-1, ::-1])  # symmetric about (7.5, 7.5)
+    np.testing.assert_allclose(deg.gaussian_kernel(2.0, 1.0, 0.3), deg.gaussian_kernel(2.0, 1.0, 0.3, size=15))
+
+
+def test_blur_sample_refuses_an_origin_off_the_kernel_grid():
+    with pytest.raises(ValueError, match="even size"):
+        deg.blur_sample(torch.rand(1, 1, 32, 32), torch.ones(15, 15) / 225, 2)  # centred x2 needs an even kernel
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.5, 3.0])
+def test_equivalent_std_of_a_gaussian_is_its_std(sigma):
+    t = np.arange(32) - 15.5
+    g = np.exp(-0.5 * (t / sigma) ** 2)
+    assert deg.equivalent_std(g / g.sum(), 2) == pytest.approx(sigma, rel=3e-3)  # a sampled Gaussian
+    # wider resize kernels blur more: box < bicubic < bilinear, all wider at x4 than at x2
+    for s in (2, 4):
+        widths = [deg.equivalent_std(deg.resize_taps(n, s), s) for n in ("area", "bicubic", "bilinear")]
+        assert widths == sorted(widths) and widths[0] > 0.45 * s / 2
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_sr_mix_covers_every_member_and_is_seeded(scale):
+    hr = clean_batch(64, 32 * scale)
+    lr, params, members = deg.random_sr_degradation(hr, scale, torch.Generator().manual_seed(0), return_members=True)
+    assert lr.shape == (64, 3, 32, 32) and params.shape == (64, 2)
+    assert set(members) == {m for m, share in deg.SR_MIX.items() if share > 0}  # every member drawn
+    assert "paper" not in members  # the corner grid is not in the default mix (see SR_GRID_NOTE)
+    assert 0 <= lr.min() and lr.max() <= 1
+    again = deg.random_sr_degradation(hr, scale, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], lr) and torch.equal(again[1], params)
+    # targets as random_kernels gives them: stds / 5, major >= minor, and each separable member its width
+    assert (params[:, 0] >= params[:, 1]).all() and (params >= 0).all()  # 0: the aliased members
+    for m, p in zip(members, params, strict=True):
+        if m not in ("gaussian", "paper"):
+            taps = deg.sr_member_taps(m, scale)
+            assert p.tolist() == pytest.approx([deg.equivalent_std(taps, scale) / 5] * 2)
+        else:
+            assert 0.7 / 5 - 1e-6 <= p[1] <= p[0] <= 1.2 * scale / 5 + 1e-6
+
+
+def test_sr_mix_without_noise_is_the_member_itself_and_paper_is_selectable():
+    hr = clean_batch(6, 64)
+    clean = dict(noise=(0.0, 0, 0), jpeg=(0.0, 60, 60), quantise=0.0)
+    lr, _ = deg.random_sr_degradation(hr, 2, torch.Generator().manual_seed(1), mix={"area": 1.0}, **clean)
+    assert torch.allclose(lr, torch.nn.functional.avg_pool2d(hr, 2), atol=1e-6)
+    lr, params = deg.random_sr_degradation(hr, 2, torch.Generator().manual_seed(1), mix={"paper": 1.0}, **clean)
+    kernels, expected = deg.random_kernels(6, 2, torch.Generator().manual_seed(1))
+    assert params.shape == expected.shape
+    delta = torch.zeros(15, 15)
+    delta[7, 7] = 1
+    sharp = deg.blur_sample(hr, delta, 2, origin=0)
+    assert torch.equal(sharp, hr[..., ::2, ::2])  # origin 0 is the paper's corner grid
+
+
+def test_sr_mix_adds_mild_noise_and_jpeg_when_asked():
+    hr = clean_batch(8, 64)
+    g = torch.Generator().manual_seed(2)
+    base, _ = deg.random_sr_degradation(hr, 2, g, mix={"area": 1.0}, noise=(0.0, 0, 0), jpeg=(0.0, 60, 60),
+                                        quantise=0.0)
+    noisy, _ = deg.random_sr_degradation(hr, 2, torch.Generator().manual_seed(2), mix={"area": 1.0},
+                                         noise=(1.0, 4.0, 4.0), jpeg=(0.0, 60, 60), quantise=0.0)
+    assert (noisy - base).std().item() * 255 == pytest.approx(4.0, rel=0.1)
+    saved, _ = deg.random_sr_degradation(hr, 2, torch.Generator().manual_seed(2), mix={"area": 1.0},
+                                         noise=(0.0, 0, 0), jpeg=(1.0, 60, 60), quantise=0.0)
+    assert torch.allclose(saved, deg.jpeg_batch(base, [60] * 8))

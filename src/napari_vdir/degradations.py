@@ -103,9 +103,13 @@ def add_camera_noise(x: torch.Tensor, generator=None) -> torch.Tensor:
 
 
 def gaussian_kernel(sigma_major: float, sigma_minor: float, theta: float, size: int = KERNEL_SIZE) -> np.ndarray:
-    """Anisotropic Gaussian kernel (stds along the rotated axes, in pixels), sums to 1."""
-    half = size // 2
-    y, x = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)
+    """Anisotropic Gaussian kernel (stds along the rotated axes, in pixels), sums to 1.
+
+    The Gaussian is centred on the middle of the array, ``(size - 1) / 2``: on the middle tap for an odd
+    ``size``, half-way between the two middle taps for an even one (what pixel-centred sampling at an
+    even scale needs, see :func:`blur_sample`).
+    """
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) - (size - 1) / 2
     rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
     cov = rot @ np.diag([sigma_major ** 2, sigma_minor ** 2]) @ rot.T
     inv = np.linalg.inv(cov)
@@ -136,12 +140,296 @@ def _cpu(generator):
 
 
 def blur_decimate(x: torch.Tensor, kernels: torch.Tensor, scale: int) -> torch.Tensor:
-    """Correlate each image with its kernel (reflected borders), keep pixel (0, 0) of each s x s block."""
+    """The paper's direct decimation: correlate each image with its kernel (reflected borders), keep pixel
+    (0, 0) of each s x s block.
+
+    This is the *corner* grid, not the project's convention (:data:`PIXEL_GRID`): low-res pixel ``i``
+    samples high-res coordinate ``s * i`` instead of the block centre ``s * i + (s - 1) / 2``, a shift of
+    (s - 1) / 2 high-res pixels (0.5 at x2, 1.5 at x4). It is kept to reproduce the paper's protocol;
+    :func:`blur_sample` with the default origin is the pixel-centred version.
+    """
     n, c, h, w = x.shape
     k = kernels.to(x).reshape(n, 1, 1, *kernels.shape[-2:]).expand(n, c, 1, -1, -1).reshape(n * c, 1, *kernels.shape[-2:])
     pad = kernels.shape[-1] // 2
     blurred = F.conv2d(F.pad(x.reshape(1, n * c, h, w), (pad,) * 4, mode="reflect"), k, groups=n * c)
     return blurred.reshape(n, c, h, w)[..., ::scale, ::scale]
+
+
+# ---------------------------------------------------------------- the pixel grid
+
+PIXEL_GRID = "centred"
+"""The project's one pixel-grid convention: a pixel's value belongs to its *centre*.
+
+With pixel ``k`` centred at coordinate ``k`` of its own image, a low-res image made at integer scale ``s``
+has low-res pixel ``i`` centred at high-res coordinate ``s * i + (s - 1) / 2`` (the centre of its s x s
+block) and high-res pixel ``j`` centred at low-res coordinate ``(j + 0.5) / s - 0.5``. This is what every
+camera (binning), every resize library (Pillow, scikit-image, OpenCV, MATLAB ``imresize``, PyTorch with
+``align_corners=False``) and napari (data pixel ``i`` drawn at world ``i * scale + translate``) assume.
+The paper's protocol (:func:`blur_decimate`) is the one exception: it samples the *corner* grid,
+``s * i``.
+"""
+
+
+def lr_centre(i, scale: int):
+    """High-res coordinate of the centre of low-res pixel ``i`` (pixel-centred grid)."""
+    return scale * np.asarray(i, dtype=float) + (scale - 1) / 2
+
+
+def hr_centre(j, scale: int):
+    """Low-res coordinate of the centre of high-res pixel ``j`` (pixel-centred grid)."""
+    return (np.asarray(j, dtype=float) + 0.5) / scale - 0.5
+
+
+def sampling_origin(scale: int, grid: str = PIXEL_GRID) -> float:
+    """High-res coordinate that low-res pixel 0 samples: (s - 1) / 2 on the centred grid, 0 on the paper's
+    corner grid."""
+    if grid not in ("centred", "corner"):
+        raise ValueError(f"grid must be 'centred' or 'corner', got {grid!r}")
+    return (scale - 1) / 2 if grid == "centred" else 0.0
+
+
+def _symmetric_index(n: int, before: int, after: int, device) -> torch.Tensor:
+    """Indices of a numpy-'symmetric' (edge repeated, MATLAB ``imresize``) padding of a length-n axis."""
+    idx = np.arange(-before, n + after) % (2 * n)
+    return torch.from_numpy(np.where(idx < n, idx, 2 * n - 1 - idx)).to(device)
+
+
+def blur_sample(x: torch.Tensor, kernels: torch.Tensor, scale, origin=None, border: str = "symmetric") -> torch.Tensor:
+    """Correlate each image with its kernel and sample the result every ``scale`` pixels from ``origin``.
+
+    ``kernels``: (N, kh, kw) or (kh, kw), one per image or one for all, centred on the middle of the array
+    (``(k - 1) / 2``). Low-res pixel ``i`` is the blurred image at high-res coordinate ``origin + s * i``;
+    ``origin`` defaults to the pixel-centred :func:`sampling_origin`, and ``(k - 1) / 2 - origin`` must be a
+    whole number (an even kernel size for an even scale on the centred grid). ``scale`` and ``origin`` may
+    be (rows, columns) pairs. The output is ``H // s`` x ``W // s``. Borders: ``"symmetric"`` repeats the
+    edge pixel (MATLAB ``imresize``, scipy's ``mode='reflect'``); ``"renormalise"`` drops the taps outside
+    the image and rescales the others to sum 1 (Pillow).
+    """
+    n, c, h, w = x.shape
+    sy, sx = (scale, scale) if np.isscalar(scale) else scale
+    if origin is None:
+        origin = (sampling_origin(sy), sampling_origin(sx))
+    oy, ox = (origin, origin) if np.isscalar(origin) else origin
+    k = kernels.to(x)
+    if k.ndim == 2:
+        k = k.expand(n, *k.shape)
+    kh, kw = k.shape[-2:]
+    lead = [(kh - 1) / 2 - oy, (kw - 1) / 2 - ox]
+    if any(v != int(v) or v < 0 for v in lead):
+        raise ValueError(f"a {kh}x{kw} kernel cannot be sampled from origin {origin} (pick an even size for an "
+                         "even scale on the centred grid)")
+    top, left = int(lead[0]), int(lead[1])
+    ho, wo = h // sy, w // sx
+    bottom = max(0, sy * (ho - 1) + kh - 1 - top - (h - 1))
+    right = max(0, sx * (wo - 1) + kw - 1 - left - (w - 1))
+    weight = k.reshape(n, 1, 1, kh, kw).expand(n, c, 1, kh, kw).reshape(n * c, 1, kh, kw)
+    flat = x.reshape(1, n * c, h, w)
+    if border == "symmetric":
+        rows, cols = _symmetric_index(h, top, bottom, x.device), _symmetric_index(w, left, right, x.device)
+        out = F.conv2d(flat.index_select(2, rows).index_select(3, cols), weight, stride=(sy, sx), groups=n * c)
+    elif border == "renormalise":
+        pad = (left, right, top, bottom)
+        out = F.conv2d(F.pad(flat, pad), weight, stride=(sy, sx), groups=n * c)
+        ones = F.pad(torch.ones(1, n * c, h, w, dtype=x.dtype, device=x.device), pad)
+        out = out / F.conv2d(ones, weight, stride=(sy, sx), groups=n * c)
+    else:
+        raise ValueError(f"border must be 'symmetric' or 'renormalise', got {border!r}")
+    return out[..., :ho, :wo].reshape(n, c, ho, wo)
+
+
+# ---------------------------------------------------------------- resize kernels, as the libraries do them
+
+def cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic convolution kernel: a = -0.5 in Pillow and MATLAB ``imresize``, -0.75 in OpenCV."""
+    t = np.abs(t)
+    inner = ((a + 2) * t - (a + 3)) * t * t + 1
+    outer = a * (((t - 5) * t + 8) * t - 4)
+    return np.where(t <= 1, inner, np.where(t < 2, outer, 0.0))
+
+
+def triangle(t: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 - np.abs(t), 0.0, None)
+
+
+def box(t: np.ndarray) -> np.ndarray:
+    return ((t >= -0.5) & (t < 0.5)).astype(np.float64)
+
+
+# name: (kernel, support in kernel units, antialiased: kernel stretched by the scale when downscaling)
+RESIZE_FILTERS = {
+    "area": (box, 0.5, True),            # box average = sensor binning, OpenCV INTER_AREA, Pillow BOX
+    "bilinear": (triangle, 1.0, True),   # Pillow BILINEAR, MATLAB 'bilinear', torch antialias=True
+    "bicubic": (cubic, 2.0, True),       # Pillow BICUBIC, MATLAB 'bicubic' (Keys a = -0.5)
+    "linear-noaa": (triangle, 1.0, False),  # OpenCV INTER_LINEAR, torch/skimage order 1 without antialiasing
+    "cubic-noaa": (lambda t: cubic(t, -0.75), 2.0, False),  # OpenCV INTER_CUBIC (a = -0.75, aliased)
+}
+
+
+def resize_taps(name: str, scale: int) -> np.ndarray:
+    """1-D weights (sum 1) of an integer-factor downscale by a resize filter, on the pixel-centred grid.
+
+    Tap ``k`` sits at high-res offset ``k - (len - 1) / 2`` from the low-res pixel's centre; antialiased
+    filters are stretched by ``scale`` (the weights are ``f(t / s)``, as Pillow and MATLAB compute them).
+    """
+    f, support, antialias = RESIZE_FILTERS[name]
+    reach = support * scale if antialias else support
+    size = scale + 2 * max(0, math.ceil(reach - scale / 2))  # at least the s x s block
+    t = np.arange(size) - (size - 1) / 2
+    w = f(t / scale if antialias else t)
+    return w / w.sum()
+
+
+def skimage_taps(scale: int) -> np.ndarray:
+    """``skimage.transform.resize(anti_aliasing=True)``: a Gaussian of std (s - 1) / 2 (scipy's, truncated
+    at 4 std) then linear interpolation at the pixel centres."""
+    sigma = (scale - 1) / 2
+    radius = int(4 * sigma + 0.5)
+    g = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return np.convolve(g / g.sum(), resize_taps("linear-noaa", scale))
+
+
+def separable(taps: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.outer(taps, taps))
+
+
+def equivalent_std(taps: np.ndarray, scale: int) -> float:
+    """Std (high-res pixels) of the Gaussian that attenuates the low-res Nyquist frequency, 1 / (2 s) cycles
+    per high-res pixel, as much as the 1-D sampling kernel ``taps`` does: the blur width the estimator head
+    learns for the separable members of the training mix (0 for the aliased ones, whose response there is
+    1 or more). A moment-based width would not do: Keys' a = -0.5 cubic has a zero second moment."""
+    t = np.arange(len(taps)) - (len(taps) - 1) / 2
+    f = 1.0 / (2 * scale)
+    response = float(np.sum(taps * np.cos(2 * math.pi * f * t)))
+    return float(math.sqrt(max(-math.log(min(max(response, 1e-6), 1.0)), 0.0) / (2 * math.pi ** 2 * f * f)))
+
+
+def resize_down(x: torch.Tensor, scale: int, name: str = "bicubic", border: str = "symmetric") -> torch.Tensor:
+    """Integer-factor downscale of a (N, C, H, W) batch as the resize libraries do it (pixel-centred).
+
+    ``border="renormalise"`` matches Pillow's ``Image.resize``, ``"symmetric"`` MATLAB's ``imresize``
+    (``name="bicubic"``: MATLAB's default). The size is ``H // s`` x ``W // s``.
+    """
+    taps = skimage_taps(scale) if name == "skimage" else resize_taps(name, scale)
+    return blur_sample(x, separable(taps), scale, border=border)
+
+
+def matlab_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB ``imresize(image, 1/scale)`` (bicubic, antialiased) of a uint8 H x W [x C] image, as uint8.
+
+    MATLAB resizes a uint8 image one axis at a time (rows first) and rounds each pass back to uint8;
+    so does this. The size is ``H // s`` x ``W // s``.
+    """
+    planes = image.reshape(*image.shape[:2], -1).astype(np.float64)
+    x = torch.from_numpy(planes.transpose(2, 0, 1).copy())[None]
+    taps = torch.from_numpy(resize_taps("bicubic", scale))
+    rows = blur_sample(x, taps[:, None], (scale, 1)).round().clamp(0, 255)
+    both = blur_sample(rows, taps[None, :], (1, scale)).round().clamp(0, 255)
+    out = both[0].numpy().transpose(1, 2, 0).astype(np.uint8)
+    return out.reshape(*out.shape[:2], *image.shape[2:])
+
+
+# ---------------------------------------------------------------- the blind-SR training mix
+
+# How low-res images are really made; each training image draws one member (share of the batch).
+# Every member samples the pixel-centred grid except "paper", the paper's direct decimation on the
+# corner grid, which is off by default: see SR_GRID_NOTE.
+SR_MIX = {
+    "gaussian": 0.35,     # iso/anisotropic Gaussian (random_kernels' ranges), sampled at the block centres
+    "area": 0.15,         # box average: sensor binning, OpenCV INTER_AREA, skimage downscale_local_mean
+    "bicubic": 0.20,      # antialiased Keys a=-0.5: Pillow BICUBIC, MATLAB imresize (the SR benchmarks' LR)
+    "bilinear": 0.10,     # antialiased triangle: Pillow BILINEAR, MATLAB 'bilinear', torch antialias=True
+    "skimage": 0.10,      # skimage.transform.resize(anti_aliasing=True)
+    "cubic-noaa": 0.05,   # OpenCV INTER_CUBIC: a=-0.75, no antialiasing (aliased)
+    "linear-noaa": 0.05,  # OpenCV INTER_LINEAR, torch bilinear without antialias (aliased)
+    "paper": 0.0,         # Gaussian + keep pixel (0, 0): the paper's protocol, corner grid
+}
+SR_GRID_NOTE = (
+    "The paper's direct decimation samples high-res coordinate s*i, the pixel-centred members s*i + (s-1)/2: "
+    "the same blurred image on two grids half a high-res pixel apart at x2 and 1.5 pixels at x4. The phase "
+    "cannot be told from the image, so a model trained on both learns to hedge between them; the mix uses "
+    "the centred variant of direct decimation ('gaussian') and the paper protocol is evaluated as published.")
+SR_NOISE = (0.3, 0.5, 4.0)  # probability, std range on the 0-255 scale
+SR_JPEG = (0.2, 60, 95)     # probability, quality range
+SR_QUANTISE = 0.5           # probability of rounding the low-res image to 8 bits (most real files are)
+
+
+def _gaussian_member(x: torch.Tensor, scale: int, generator, grid: str) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[0]
+    g = _cpu(generator)
+    major = uniform(n, 0.7, 1.2 * scale, g, "cpu")
+    minor = 0.7 + (major - 0.7) * torch.rand(n, generator=g)
+    minor = torch.where(torch.rand(n, generator=g) < 0.5, major, minor)
+    theta = uniform(n, 0, math.pi, g, "cpu")
+    origin = sampling_origin(scale, grid)
+    size = KERNEL_SIZE + (1 if (KERNEL_SIZE - 1) / 2 - origin != int((KERNEL_SIZE - 1) / 2 - origin) else 0)
+    ks = np.stack([gaussian_kernel(float(a), float(b), float(t), size) for a, b, t in zip(major, minor, theta,
+                                                                                          strict=True)])
+    lr = blur_sample(x, torch.from_numpy(ks), scale, origin=origin)
+    return lr, torch.stack([major, minor], dim=1) / 5.0
+
+
+def sr_member_taps(member: str, scale: int) -> np.ndarray:
+    """1-D sampling kernel of a separable (resize) member of :data:`SR_MIX`."""
+    return skimage_taps(scale) if member == "skimage" else resize_taps(member, scale)
+
+
+def sr_degrade(x: torch.Tensor, scale: int, member: str, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One member of the SR mix applied to a (N, C, H, W) batch, no noise: (low-res, estimator targets).
+
+    Targets are what :func:`random_kernels` returns: (major, minor) blur stds in high-res pixels / 5; for the
+    separable resize members both are the :func:`equivalent_std` of their kernel.
+    """
+    if member in ("gaussian", "paper"):
+        return _gaussian_member(x, scale, generator, "corner" if member == "paper" else PIXEL_GRID)
+    if member not in SR_MIX:
+        raise ValueError(f"unknown SR degradation {member!r}; choose from {', '.join(SR_MIX)}")
+    taps = sr_member_taps(member, scale)
+    lr = blur_sample(x, separable(taps), scale)
+    std = equivalent_std(taps, scale)
+    return lr, torch.full((x.shape[0], 2), std / 5.0)
+
+
+def draw_members(n: int, generator=None, mix: dict | None = None) -> list[str]:
+    """``n`` member names drawn with the mix's shares."""
+    mix = SR_MIX if mix is None else mix
+    names = [k for k, v in mix.items() if v > 0]
+    shares = torch.tensor([float(mix[k]) for k in names])
+    idx = torch.multinomial(shares / shares.sum(), n, replacement=True, generator=_cpu(generator))
+    return [names[i] for i in idx.tolist()]
+
+
+def random_sr_degradation(hr: torch.Tensor, scale: int, generator=None, mix: dict | None = None,
+                          noise=SR_NOISE, jpeg=SR_JPEG, quantise: float = SR_QUANTISE, return_members: bool = False):
+    """Blind-SR training degradation: every image of the (N, C, H, W) batch gets one member of the mix
+    (:data:`SR_MIX`), then, with their probabilities, mild Gaussian noise, JPEG and 8-bit rounding.
+
+    Returns (low-res (N, C, H/s, W/s), estimator targets (N, 2) as :func:`random_kernels`), plus the member
+    names when ``return_members``. All draws come from ``generator`` (CPU side; the batch may be on a GPU).
+    """
+    n = hr.shape[0]
+    g = _cpu(generator)
+    members = draw_members(n, g, mix)
+    lr = hr.new_empty(n, hr.shape[1], hr.shape[2] // scale, hr.shape[3] // scale)
+    params = torch.empty(n, 2)
+    for member in dict.fromkeys(members):
+        idx = [i for i, m in enumerate(members) if m == member]
+        lr[idx], params[idx] = sr_degrade(hr[idx], scale, member, g)
+    p_noise, lo, hi = noise
+    noisy = torch.rand(n, generator=g) < p_noise
+    if noisy.any():
+        sigma = (uniform(n, lo, hi, g, "cpu") * noisy).reshape(-1, 1, 1, 1)
+        lr = lr + (torch.randn(lr.shape, generator=g, dtype=lr.dtype) * sigma / 255.0).to(lr.device)
+    p_jpeg, q_lo, q_hi = jpeg
+    saved = torch.rand(n, generator=g) < p_jpeg
+    rounded = torch.rand(n, generator=g) < quantise
+    lr = lr.clamp(0, 1)
+    if rounded.any():
+        lr[rounded.to(lr.device)] = torch.round(lr[rounded.to(lr.device)] * 255.0) / 255.0
+    if saved.any():
+        q = torch.randint(q_lo, q_hi + 1, (int(saved.sum()),), generator=g).tolist()
+        lr[saved.to(lr.device)] = jpeg_batch(lr[saved.to(lr.device)], q)
+    params = params.to(hr.device)
+    return (lr, params, members) if return_members else (lr, params)
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:

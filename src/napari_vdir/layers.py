@@ -6,10 +6,11 @@ the widgets show.
 
 Geometry (napari puts the centre of data pixel ``i`` at world ``i * scale + translate``):
 
-* Super-resolution: the degradation the models learnt keeps pixel (0, 0) of every ``s x s`` block
-  after blurring (``degradations.blur_decimate``), so low-res pixel ``i`` *is* high-res pixel
-  ``s * i``. The output therefore keeps the input's translate and divides the spatial scale by ``s``:
-  ``(s * i) * (scale / s) + translate == i * scale + translate``.
+* Super-resolution follows the project's pixel-centred grid (``degradations.PIXEL_GRID``): high-res
+  pixel ``j`` has its centre at low-res coordinate ``(j + 0.5) / s - 0.5``
+  (``degradations.hr_centre``), so the s x s high-res pixels of low-res pixel ``i`` tile exactly the
+  area it covers. The output divides the spatial scale by ``s`` and moves the translate by
+  ``-(s - 1) / (2 s)`` input pixels (:func:`sr_geometry`): the output's outer edges meet the input's.
 * Latent c: cell ``i`` of the 1/4-resolution latent summarises input pixels ``4i .. 4i+3``, whose
   centre is ``4i + 1.5``. Scale ``4 * scale`` and translate ``translate + 1.5 * scale`` put the cell
   centre there. Its 4 channels become the *first* axis of the layer, so the leading (Z/T) axes stay
@@ -145,11 +146,10 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     in_translate[:lead] += np.asarray(offset) * in_scale[:lead]
     units = tuple(str(u) for u in layer.units)
     labels = tuple(layer.axis_labels)
-    out_scale = in_scale.copy()
-    out_scale[-2:] /= s
+    out_scale, out_translate = sr_geometry(in_scale, in_translate, s)
     common = {"units": units, "axis_labels": labels, "rotate": layer.rotate, "shear": layer.shear,
               "affine": layer.affine.affine_matrix}
-    out_meta = {"name": output_name(layer.name, task), "scale": tuple(out_scale), "translate": tuple(in_translate),
+    out_meta = {"name": output_name(layer.name, task), "scale": tuple(out_scale), "translate": tuple(out_translate),
                 "rgb": rgb, "contrast_limits": tuple(layer.contrast_limits), "gamma": layer.gamma,
                 "metadata": {"vdir": {"task": task, "model": res.model.name, "device": res.device,
                                       "strength": strength, "estimate": _plain(res.estimate)}}, **common}
@@ -167,11 +167,24 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     if uncertainty and res.uncertainty is not None:
         unc = res.uncertainty.mean(axis=-1) if rgb else res.uncertainty
         layers.append((unc.astype(np.float32), {"name": uncertainty_name(layer.name, task), "scale": tuple(out_scale),
-                                                "translate": tuple(in_translate), "colormap": "inferno",
+                                                "translate": tuple(out_translate), "colormap": "inferno",
                                                 "blending": "additive", **common}, "image"))
     produced = {meta["name"] for _, meta, _ in layers}
     stale = [n for n in (latent_name(layer.name, task), uncertainty_name(layer.name, task)) if n not in produced]
     return LayerRestoration(layers, res.estimate, res.device, res.model.name, task, stale)
+
+
+def sr_geometry(scale, translate, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, translate) of a layer ``factor`` times finer on the last two axes that overlays the input on
+    the pixel-centred grid: its pixel ``j`` is drawn where the input's coordinate ``(j + 0.5) / s - 0.5``
+    is. The leading axes are unchanged; ``factor`` 1 changes nothing."""
+    from .degradations import hr_centre
+
+    scale = np.asarray(scale, dtype=float).copy()
+    translate = np.asarray(translate, dtype=float).copy()
+    translate[-2:] += hr_centre(0, factor) * scale[-2:]
+    scale[-2:] /= factor
+    return scale, translate
 
 
 def _plain(estimate: dict) -> dict:
