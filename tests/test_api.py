@@ -201,3 +201,70 @@ def test_channel_axis_false_means_gray_stack(denoise_gray, rng):
     stack = rng.random((2, 16, 3)).astype(np.float32)  # Z, Y, X with X = 3 — not RGB
     out = restore(stack, "denoise", model=denoise_gray, channel_axis=False, details=True)
     assert out.image.shape == stack.shape and out.latent.shape == (2, 4, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def deep_rgb(tmp_path_factory):
+    """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
+    import torch
+
+    from napari_vdir.nets import VDIR, ArchConfig
+    from napari_vdir.weights import ModelInfo, save_weights
+
+    torch.manual_seed(0)
+    cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)
+    path = tmp_path_factory.mktemp("deep") / "deep.safetensors"
+    return save_weights(path, VDIR(cfg), ModelInfo(name="deep", task="denoise", arch=cfg), half=False)
+
+
+def _net(path):
+    from napari_vdir.inference import cached_model
+
+    return cached_model(str(path), "cpu", path.stat().st_mtime)[0]
+
+
+def test_cancel_a_quarter_into_a_single_pass_plane(deep_rgb, rng):
+    """A 1024² RGB plane runs as one tile; a cancel set when a quarter of the network has run stops
+    that pass within one block: the rest of the trunk and the tail never run, nothing is returned."""
+    import time
+
+    from napari_vdir.inference import plan_tiles, tile_margin
+
+    net = _net(deep_rgb)
+    image = rng.random((1024, 1024, 3)).astype(np.float32)
+    assert len(plan_tiles(1024, 1024, None, tile_margin(net))) == 1
+    groups = net.restorer.trunk.groups
+    ran, times, armed = [], {}, []
+    event = threading.Event()
+
+    def quarter(module, args):  # the second of four RIR groups starts: a quarter of the trunk is done
+        if armed:
+            times["set"] = time.perf_counter()
+            event.set()
+
+    handles = [groups[1].register_forward_pre_hook(quarter)]
+    for name, module in (("group 2", groups[2]), ("group 3", groups[3]), ("tail", net.restorer.tail)):
+        handles.append(module.register_forward_hook(lambda m, a, o, name=name: ran.append(name)))
+    try:
+        start = time.perf_counter()
+        restore(image, "denoise", model=deep_rgb)
+        full = time.perf_counter() - start
+        assert ran == ["group 2", "group 3", "tail"]  # without a cancel the hooks see a whole pass
+        ran.clear()
+        armed.append(True)
+        progress = []
+        with pytest.raises(RestorationCancelled):
+            restore(image, "denoise", model=deep_rgb, cancel=event, progress=lambda d, t: progress.append(d))
+        stopped = time.perf_counter() - times["set"]
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [] and progress == []
+    assert stopped < 0.5 * full, (stopped, full)
+
+
+def test_cancel_checks_do_not_change_the_result(deep_rgb, rng):
+    image = rng.random((64, 72, 3)).astype(np.float32)
+    plain = restore(image, "denoise", model=deep_rgb, precision="float32")
+    watched = restore(image, "denoise", model=deep_rgb, precision="float32", cancel=threading.Event())
+    np.testing.assert_array_equal(plain, watched)

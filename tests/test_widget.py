@@ -273,3 +273,122 @@ def test_dask_uint16_plane_matches_stack(tiny_weights):
     whole = restore_layer(layer, "denoise", model=weights).layers[0][0]
     assert plane.shape == (1, 32, 32) and whole.shape == (3, 32, 32)
     np.testing.assert_array_equal(plane[0], whole[0])
+
+
+@pytest.fixture(scope="module")
+def deep_rgb(tmp_path_factory):
+    """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
+    import torch
+
+    from napari_vdir.nets import VDIR, ArchConfig
+    from napari_vdir.weights import ModelInfo, save_weights
+
+    torch.manual_seed(0)
+    cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)
+    path = tmp_path_factory.mktemp("deep") / "deep.safetensors"
+    return save_weights(path, VDIR(cfg), ModelInfo(name="deep", task="denoise", arch=cfg), half=False)
+
+
+def _cached_net(path):
+    from napari_vdir.inference import cached_model
+
+    return cached_model(str(path), "cpu", path.stat().st_mtime)[0]
+
+
+@pytest.mark.parametrize("where", ["quarter", "after the last block"])
+def test_cancel_inside_a_single_pass_rgb_plane_adds_nothing(make_napari_viewer, qtbot, deep_rgb, notes, where):
+    """A 1024² RGB layer is one tile. Cancel pressed a quarter of the way into that pass stops it within
+    a block; pressed after the network's last cancel check, the finished result is dropped too."""
+    import threading
+
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(3).integers(0, 255, size=(1024, 1024, 3)).astype(np.uint8)
+    viewer.add_image(image, name="photo", rgb=True)
+    names = [layer.name for layer in viewer.layers]
+    widget = dock(viewer, "Denoise")
+    use_weights(widget, deep_rgb)
+    widget.show_latent.value = False
+
+    net = _cached_net(deep_rgb)
+    reached, tail_ran = threading.Event(), []
+
+    def pause_for_cancel(*_):  # worker thread: let the user press Cancel here, then go on
+        reached.set()
+        assert widget._cancel_event.wait(30)
+
+    if where == "quarter":
+        handle = net.restorer.trunk.groups[1].register_forward_pre_hook(pause_for_cancel)
+    else:
+        handle = net.restorer.tail.register_forward_hook(pause_for_cancel)
+    tail = net.restorer.tail.register_forward_hook(lambda *_: tail_ran.append(1))
+    try:
+        widget.run()
+        qtbot.waitUntil(reached.is_set, timeout=TIMEOUT_MS)
+        widget.cancel_button.clicked.emit()
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    finally:
+        widget.cancel()
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+        handle.remove()
+        tail.remove()
+    assert tail_ran == ([] if where == "quarter" else [1])
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.status.value.startswith("cancelled")
+    assert notes["error"] == [] and widget.last_result is None and widget.run_button.enabled
+
+
+def _forged_weights(good, tmp_path):
+    """Bad weights files a user might pick: forged sizes, a training checkpoint, truncated, empty."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+    arch = json.loads(meta["arch"])
+    arch["rir_blocks"] = 100000
+    files = {"invalid architecture": tmp_path / "forged.safetensors",
+             "training checkpoint": tmp_path / "checkpoint.pt",
+             "truncated": tmp_path / "cut.safetensors",
+             "empty": tmp_path / "empty.safetensors"}
+    save_file(load_file(str(good)), str(files["invalid architecture"]), metadata={**meta, "arch": json.dumps(arch)})
+    torch.save({"model": load_file(str(good))}, files["training checkpoint"])
+    files["truncated"].write_bytes(good.read_bytes()[:200])
+    files["empty"].write_bytes(b"")
+    return files
+
+
+def test_bad_weights_file_gives_a_notification_and_napari_keeps_running(make_napari_viewer, qtbot, tiny_weights,
+                                                                       notes, tmp_path):
+    import time
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(0).random((32, 32)).astype(np.float32), name="img")
+    widget = dock(viewer, "Denoise")
+    good = tiny_weights[("denoise", 1, 1)]
+    for reason, path in _forged_weights(good, tmp_path).items():
+        notes["error"].clear()
+        start = time.perf_counter()
+        use_weights(widget, path)  # chosen: checked at once
+        assert len(notes["error"]) == 1 and reason in notes["error"][0], notes["error"]
+        assert widget.run(layer=layer) is None  # Run refuses it before starting a worker
+        assert time.perf_counter() - start < 5
+        assert len(notes["error"]) == 2 and reason in notes["error"][1]
+        assert all("\n" not in m for m in notes["error"])
+        assert not widget.running and widget.run_button.enabled
+        assert [lay.name for lay in viewer.layers] == ["img"]
+    # napari and the widget still work: a good file restores
+    notes["error"].clear()
+    use_weights(widget, good)
+    assert notes["error"] == [] and widget.status.value.startswith("weights: ")
+    run_and_wait(qtbot, widget, layer)
+    assert notes["error"] == [] and "img [denoise]" in viewer.layers
+
+
+def test_weights_file_for_another_task_is_named_when_chosen(make_napari_viewer, tiny_weights, notes):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Denoise")
+    use_weights(widget, tiny_weights[("jpeg", 1, 1)])
+    assert len(notes["error"]) == 1 and "'jpeg' model" in notes["error"][0]

@@ -3,7 +3,9 @@
 Each is a magicgui ``Container`` that only gathers settings and calls the core through
 :func:`napari_vdir.layers.restore_layer` on a napari thread worker. Progress comes back per tile
 (and plane) through ``ensure_main_thread``; Cancel sets a ``threading.Event`` the core checks
-before every tile, so a cancelled run stops within one tile and adds nothing to the viewer.
+before every tile and between the network's blocks, so a cancelled run stops within one block and
+adds nothing to the viewer. A bad weights file is reported as a notification when it is chosen and
+when Run is pressed; napari keeps running.
 """
 
 from __future__ import annotations
@@ -47,8 +49,12 @@ class _Outcome:
 def _run_job(kwargs: dict) -> _Outcome:
     from .inference import RestorationCancelled
 
+    cancel = kwargs.get("cancel")
     try:
-        return _Outcome(result=vl.restore_layer(**kwargs))
+        result = vl.restore_layer(**kwargs)
+        if cancel is not None and cancel.is_set():  # pressed after the last check: still add nothing
+            return _Outcome(cancelled=True)
+        return _Outcome(result=result)
     except RestorationCancelled:
         return _Outcome(cancelled=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
@@ -122,6 +128,7 @@ class RestoreWidget(Container):
                      self.cancel_button, self.progress, self.status, self.estimate_label])
 
         self.model.changed.connect(self._on_model)
+        self.weights_path.changed.connect(self._on_weights_path)
         self.device.changed.connect(self._update_device_label)
         self.show_uncertainty.changed.connect(self._on_uncertainty)
         self.run_button.changed.connect(self.run)
@@ -146,6 +153,25 @@ class RestoreWidget(Container):
 
     def _on_model(self, value):
         self.weights_path.visible = value == WEIGHTS_FILE
+
+    def _on_weights_path(self, value):
+        """Check a chosen weights file at once (header and metadata only: fast, allocates nothing)."""
+        from .weights import WeightsError, read_info
+
+        path = Path(value)
+        if not path.is_file():
+            return
+        try:
+            info = read_info(path)
+        except WeightsError as exc:
+            self.status.value = "bad weights file"
+            show_error(f"{self.title}: {exc}")
+            return
+        if info.task not in self.tasks:
+            self.status.value = "weights file for another task"
+            show_error(f"{self.title}: {path.name} is a {info.task!r} model; this widget runs {', '.join(self.tasks)}")
+            return
+        self.status.value = f"weights: {info.name} ({info.task}, {'RGB' if info.channels == 3 else 'gray'})"
 
     def _on_uncertainty(self, checked):
         if checked and self.samples.value < 2:
@@ -235,7 +261,7 @@ class RestoreWidget(Container):
         self.progress.value = int(done)
 
     def _on_returned(self, outcome: _Outcome):
-        if outcome.cancelled:
+        if outcome.cancelled or (self._cancel_event is not None and self._cancel_event.is_set()):
             self.status.value = "cancelled; viewer unchanged"
             self.progress.value = 0
             return

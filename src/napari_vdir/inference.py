@@ -75,7 +75,11 @@ def _inverse(x, k, flip):
 
 
 class PlaneRestorer:
-    """Runs one model over planes, tile by tile, reporting progress and honouring cancel."""
+    """Runs one model over planes, tile by tile, reporting progress and honouring cancel.
+
+    ``cancel`` is checked before every tile and, inside a tile's pass, between the network's blocks
+    (``VDIR.forward(between_blocks=...)``), so even a plane that runs as one tile stops within one block.
+    """
 
     def __init__(self, model: VDIR, device: torch.device, precision: str = "auto", tile_size: int | None = None,
                  ensemble: bool = False, samples: int = 1, strength: float = 1.0, seed: int = 0,
@@ -92,6 +96,10 @@ class PlaneRestorer:
         self.progress, self.cancel = progress, cancel
         self.done = 0
         self.total = 0
+
+    def _check_cancel(self) -> None:
+        if is_cancelled(self.cancel):
+            raise RestorationCancelled("restoration cancelled")
 
     def count_steps(self, h: int, w: int) -> int:
         """Progress ticks one plane costs (tiles x transforms x samples)."""
@@ -141,8 +149,7 @@ class PlaneRestorer:
         latent = torch.empty(4, h // LATENT_STRIDE, w // LATENT_STRIDE)
         est = None
         for top, left, bottom, right in plan_tiles(h, w, self.tile_size, m):
-            if is_cancelled(self.cancel):
-                raise RestorationCancelled("restoration cancelled")
+            self._check_cancel()
             t0, l0 = max(0, top - m), max(0, left - m)
             b0, r0 = min(h, bottom + m), min(w, right + m)
             tile = x[None, :, t0:b0, l0:r0]
@@ -158,7 +165,8 @@ class PlaneRestorer:
                 if sample:
                     shape = (1, 4, (b0 - t0) // LATENT_STRIDE, (r0 - l0) // LATENT_STRIDE)
                     noise = torch.randn(shape, generator=generator).to(self.device)
-                res = self.model(y, sample=False, latent_shift=shift, with_estimate=True, noise=noise)
+                res = self.model(y, sample=False, latent_shift=shift, with_estimate=True, noise=noise,
+                                 between_blocks=None if self.cancel is None else self._check_cancel)
             img = res.image.float().cpu()[0]
             out[:, top * s:bottom * s, left * s:right * s] = img[:, (top - t0) * s:(bottom - t0) * s,
                                                                    (left - l0) * s:(right - l0) * s]

@@ -125,8 +125,14 @@ class RIRBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(*[ResBlock(width) for _ in range(res_blocks)], conv3x3(width, width))
 
-    def forward(self, x):
-        return x + self.body(x)
+    def forward(self, x, between_blocks=None):
+        if between_blocks is None:
+            return x + self.body(x)
+        h = x
+        for layer in self.body:
+            h = layer(h)
+            between_blocks()
+        return x + h
 
 
 class Trunk(nn.Module):
@@ -138,9 +144,12 @@ class Trunk(nn.Module):
         self.groups = nn.Sequential(*[RIRBlock(width, res_blocks) for _ in range(rir_blocks)])
         self.fuse = conv3x3(width, width)
 
-    def forward(self, x):
+    def forward(self, x, between_blocks=None):
         h = self.head(x)
-        return h + self.fuse(self.groups(h))
+        g = h
+        for group in self.groups:
+            g = group(g, between_blocks)
+        return h + self.fuse(g)
 
 
 def upsample_latent(c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -155,8 +164,8 @@ class Restorer(nn.Module):
         self.trunk = Trunk(cfg.channels + LATENT_CHANNELS, cfg.width, cfg.rir_blocks, cfg.res_blocks)
         self.tail = conv3x3(cfg.width, cfg.channels)
 
-    def forward(self, y, c):
-        h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1))
+    def forward(self, y, c, between_blocks=None):
+        h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1), between_blocks)
         return y + self.tail(h)
 
 
@@ -174,10 +183,14 @@ class SuperResolver(nn.Module):
         self.upsampler = nn.Sequential(*stages)
         self.tail = conv3x3(cfg.width, cfg.channels)
 
-    def forward(self, y, c):
-        h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1))
+    def forward(self, y, c, between_blocks=None):
+        h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1), between_blocks)
         base = F.interpolate(y, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return base + self.tail(self.upsampler(h))
+        for layer in self.upsampler:
+            h = layer(h)
+            if between_blocks is not None and isinstance(layer, nn.PixelShuffle):
+                between_blocks()
+        return base + self.tail(h)
 
 
 class Estimator(nn.Module):
@@ -253,18 +266,24 @@ class VDIR(nn.Module):
         return self.encoder(y)
 
     def forward(self, y, *, sample: bool = False, latent_shift: torch.Tensor | None = None,
-                with_estimate: bool = False, noise: torch.Tensor | None = None) -> Forward:
+                with_estimate: bool = False, noise: torch.Tensor | None = None,
+                between_blocks=None) -> Forward:
         """Restore ``y`` (N, C, H, W) with H, W multiples of 4.
 
         ``sample=False`` uses c = mu (deterministic); ``True`` draws c ~ q(c|y).
         ``noise`` (shaped like mu) draws c = mu + std * noise with the caller's random numbers.
         ``latent_shift`` is added to c (used for strength control).
+        ``between_blocks()`` is called after the encoder, after every block of the restorer's trunk and
+        after every upsampling stage: a cooperative cancel raises from it, so a pass stops within one
+        block (about 1/(rir_blocks * (res_blocks + 1)) of the work). It does not change the result.
         """
         mu, logvar = self.encoder(y)
+        if between_blocks is not None:
+            between_blocks()
         if noise is None and sample:
             noise = torch.randn_like(mu)
         c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise.to(mu)
         if latent_shift is not None:
             c = c + latent_shift
         estimate = self.estimator(c) if (with_estimate and self.estimator is not None) else None
-        return Forward(self.restorer(y, c), mu, logvar, c, estimate)
+        return Forward(self.restorer(y, c, between_blocks), mu, logvar, c, estimate)
