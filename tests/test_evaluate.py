@@ -122,3 +122,75 @@ def test_ensemble_is_its_own_column(datasets, tiny_weights, tmp_path):
     plain, x8 = (methods[m]["metrics"][0]["psnr"] for m in ("ours", "ours-x8"))
     assert plain != x8
     assert "| ours | ours-x8 |" in (tmp_path / "out" / "evaluation.md").read_text()
+
+
+def _y_psnr(ref, out, s):
+    to_y = lambda a: (16 + 65.481 * a[..., 0] + 128.553 * a[..., 1] + 24.966 * a[..., 2]) / 255  # noqa: E731
+    return _psnr(to_y(ref)[s:-s, s:-s], to_y(np.clip(out, 0, 1))[s:-s, s:-s])
+
+
+@pytest.mark.parametrize("level", ["x2_matlab", "x4_matlab"])
+def test_realworld_sr_uses_the_sets_own_lr_files_with_a_bicubic_baseline(datasets, tiny_weights, level):
+    s = int(level[1])
+    models = {("sr", s, 3): tiny_weights[("sr", s, 3)]}
+    r = ev.evaluate_setting(datasets, ev.Setting("Set5", level), methods=["bicubic", "bicubic-pil", "ours"],
+                            max_images=1, models=models)
+    hr = _first_image(datasets / "Set5" / "HR")  # baby.png, 512 x 512
+    lr = np.asarray(Image.open(datasets / "Set5" / "LR_bicubic" / f"X{s}" / f"babyx{s}.png"), dtype=np.float64) / 255
+    up = resize(lr, hr.shape, order=3, anti_aliasing=False)
+    assert r["methods"]["bicubic"]["metrics"][0]["psnr"] == pytest.approx(_y_psnr(hr, up, s), abs=1e-9)
+    keys = np.stack([np.asarray(Image.fromarray(lr[..., c].astype(np.float32)).resize(hr.shape[1::-1], Image.BICUBIC))
+                     for c in range(3)], -1)
+    assert r["methods"]["bicubic-pil"]["metrics"][0]["psnr"] == pytest.approx(_y_psnr(hr, keys, s), abs=1e-6)
+    assert np.isfinite(r["methods"]["ours"]["metrics"][0]["psnr"])
+    files = ev.lr_files(datasets, ev.Setting("Set5", level))
+    assert len(files) == 5 and files["woman.png"].name == f"womanx{s}.png"
+    assert ev.lr_files(datasets, ev.Setting("Set14", level)) == {}  # Set14 has none: matlab_bicubic makes them
+
+
+def test_realworld_lr_images_are_made_as_the_libraries_make_them():
+    rng = np.random.default_rng(0)
+    hr = np.round(rng.random((24, 36, 3)) * 255) / 255
+    u8 = np.round(hr * 255).astype(np.uint8)
+    from skimage.transform import downscale_local_mean
+
+    from napari_vdir.degradations import matlab_bicubic
+
+    for s in (2, 4):
+        area = ev.realworld_lr("area", hr, s)
+        np.testing.assert_allclose(area, np.round(downscale_local_mean(hr, (s, s, 1)) * 255) / 255)
+        pil = np.asarray(Image.fromarray(u8).resize((36 // s, 24 // s), Image.BICUBIC), dtype=np.float64) / 255
+        np.testing.assert_array_equal(ev.realworld_lr("pillow", hr, s), pil)
+        np.testing.assert_array_equal(ev.realworld_lr("matlab", hr, s), matlab_bicubic(u8, s) / 255.0)
+        for kind in ev.REALWORLD:  # 8-bit values, pixel-centred: a flat image stays flat
+            lr = ev.realworld_lr(kind, hr, s)
+            assert lr.shape == (24 // s, 36 // s, 3) and np.allclose(lr * 255, np.round(lr * 255))
+            assert np.allclose(ev.realworld_lr(kind, np.full((24, 36, 3), 100 / 255), s), 100 / 255)
+
+
+def test_centred_paper_blur_is_the_paper_blur_half_a_pixel_on():
+    ramp = np.broadcast_to(np.arange(64.0)[None, :, None], (64, 64, 3)) / 64
+    _, corner = ev.degrade(ev.Setting("Set5", "x2_g2.0"), ramp, 0)
+    _, centred = ev.degrade(ev.Setting("Set5", "x2_g2.0-centred"), ramp, 0)
+    inner = slice(8, -8)
+    np.testing.assert_allclose(corner[5, inner, 0] * 64, 2 * np.arange(32)[inner], atol=1e-9)
+    np.testing.assert_allclose(centred[5, inner, 0] * 64, 2 * np.arange(32)[inner] + 0.5, atol=1e-9)
+    with pytest.raises(ValueError):
+        ev.degrade(ev.Setting("Set5", "x2_g2.0-sideways"), ramp, 0)
+
+
+def test_realworld_settings_run_by_default_and_report_the_bicubic_margin(tmp_path):
+    keys = [s.key for s in ev.settings_from(["Set14", "Set5"])]
+    assert {f"Set14/{lv}" for lv in ev.REALWORLD_LEVELS} <= set(keys)
+    assert "Set5/x2_g2.0" in keys and "Set5/x4_matlab" in keys and "Set14/x2_g2.0" not in keys
+    fake = {"set": "Set14", "task": "sr", "setting": "x2_area", "n_images": 2, "images_in_set": 14, "model": None,
+            "methods": {m: {"images": ["a", "b"], "metrics": [{"psnr": p, "ssim": 0.9, "psnr_rgb": p} for p in ps],
+                            "seconds_per_mp": [1.0, 1.0]}
+                        for m, ps in {"bicubic": (30.0, 31.0), "ours": (32.5, 33.0)}.items()}}
+    report = {"commands": ["x"], "environment": "test", "results": [fake]}
+    md = ev.to_markdown(report)
+    assert "≥ bicubic + 2.0: met (+2.25) (on 2 of 14)" in md and "`area` = mean of every" in md
+    fake["setting"] = "x4_area"
+    assert "≥ bicubic + 1.5: met (+2.25)" in ev.to_markdown(report)
+    fake["methods"]["ours"]["metrics"][1]["psnr"] = 31.0
+    assert "not met (+1.25)" in ev.to_markdown(report)

@@ -11,7 +11,13 @@ reproduce those numbers:
   with ``data_range=1`` and skimage's default 7x7 window; tables give means of per-image values;
 * AWGN: ``clean + sigma/255 * default_rng(1000 + i).standard_normal``, not clipped;
 * blind SR: HR cropped to multiples of s, 21x21 kernel (g2.0 = variance 2, aniso = std 2/1 at -0.5 rad),
-  ``scipy.ndimage.correlate(mode='reflect')``, ``LR = blurred[::s, ::s]``; scored on BT.601 Y, shave s;
+  ``scipy.ndimage.correlate(mode='reflect')``, ``LR = blurred[::s, ::s]`` (the paper's corner grid);
+  ``g2.0-centred`` etc. sample the same blur at the block centres (the project's pixel-centred grid);
+  real-world low-res images (pixel-centred, 8-bit): ``matlab`` = MATLAB ``imresize`` bicubic (the set's own
+  ``LR_bicubic/X{s}`` files where it has them, Set5 and BSD100; ``degradations.matlab_bicubic`` otherwise),
+  ``area`` = the mean of every s x s block (binning, OpenCV ``INTER_AREA``), ``pillow`` = Pillow's
+  antialiased ``Image.resize(BICUBIC)``; every SR setting is scored on BT.601 Y, shave s, with the
+  bicubic-upscale baseline in the same run;
 * JPEG: Pillow's encoder with its defaults (4:2:0 for colour); LIVE1 is scored on Y, LIVE1-Y codes the
   uint8 Y channel itself as a gray JPEG (the ARCNN protocol), Classic5 is gray;
 * real noise: Val20 with synthetic camera noise (``degradations.add_camera_noise``, seed 2000 + i);
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import statistics
 import sys
@@ -44,21 +51,30 @@ from .io import list_images, read_image
 PROTOCOL = "peers-v1"
 GRAY_SETS = {"Set12", "BSD68", "Classic5", "LIVE1-Y"}
 SET_TASK = {"CBSD68": "awgn", "Set12": "awgn", "Kodak24": "awgn", "BSD68": "awgn",
-            "Set5": "sr", "BSD100": "sr", "LIVE1-Y": "jpeg", "Classic5": "jpeg", "LIVE1": "jpeg",
+            "Set5": "sr", "Set14": "sr", "BSD100": "sr", "LIVE1-Y": "jpeg", "Classic5": "jpeg", "LIVE1": "jpeg",
             "Val20": "real"}
-DEFAULT_SETS = ("CBSD68", "Set12", "Set5", "BSD100", "LIVE1-Y", "Classic5", "LIVE1", "Val20")
+DEFAULT_SETS = ("CBSD68", "Set12", "Set5", "Set14", "BSD100", "LIVE1-Y", "Classic5", "LIVE1", "Val20")
+# Low-res images as they are really made (pixel-centred, 8-bit); see the module docstring.
+REALWORLD = ("matlab", "area", "pillow")
+REALWORLD_LEVELS = tuple(f"x{s}_{kind}" for kind in REALWORLD for s in (2, 4))
 LEVELS = {"CBSD68": (30, 50), "Set12": (30,), "Kodak24": (30, 50), "BSD68": (30,),
-          "Set5": ("x2_g2.0", "x4_g2.0", "x2_aniso"), "BSD100": ("x2_g2.0",),
+          "Set5": ("x2_g2.0", "x4_g2.0", "x2_aniso", *REALWORLD_LEVELS), "Set14": REALWORLD_LEVELS,
+          "BSD100": ("x2_g2.0", *REALWORLD_LEVELS),
           "LIVE1-Y": (10, 30), "Classic5": (10, 30), "LIVE1": (10, 30), "Val20": ("camera",)}
 # Run order: the settings the project tracks first, everything else after.
 PRIORITY = [("CBSD68", 30), ("CBSD68", 50), ("Set12", 30), ("Set5", "x2_g2.0"), ("Set5", "x4_g2.0"),
             ("BSD100", "x2_g2.0"), ("LIVE1-Y", 10), ("LIVE1-Y", 30), ("Classic5", 10), ("LIVE1", 10),
-            ("Val20", "camera")]
+            ("Val20", "camera")] + [(d, lv) for d in ("Set5", "Set14", "BSD100") for lv in REALWORLD_LEVELS]
 # Project targets for "ours": PSNR in dB (RGB for LIVE1, i.e. its psnr_rgb figure).
 TARGETS = {("CBSD68", 30): ("psnr", 30.0), ("CBSD68", 50): ("psnr", 27.6), ("Set12", 30): ("psnr", 29.2),
            ("Set5", "x2_g2.0"): ("psnr", 33.0), ("Set5", "x4_g2.0"): ("psnr", 28.0),
            ("BSD100", "x2_g2.0"): ("psnr", 29.0), ("LIVE1-Y", 10): ("psnr", 28.9),
            ("LIVE1-Y", 30): ("psnr", 32.6), ("Classic5", 10): ("psnr", 29.0), ("LIVE1", 10): ("psnr_rgb", 27.0)}
+# Real-world SR: ours must beat the bicubic upscale of the same run by this many dB (Y-PSNR), per scale.
+# The baseline is the protocol's `bicubic` (scikit-image's cubic spline), the stronger of the two bicubic
+# columns (0.3-0.5 dB above `bicubic-pil`, the Keys/MATLAB upscale of the SR papers' tables).
+REALWORLD_MARGIN = {2: 2.0, 4: 1.5}
+REALWORLD_BASELINE = "bicubic"
 # Kernel (std along the major axis, std along the minor axis, angle) in HR pixels, 21x21.
 SR_KERNELS = {"g2.0": (math.sqrt(2.0), math.sqrt(2.0), 0.0), "aniso": (2.0, 1.0, -0.5)}
 SR_KERNEL_SIZE = 21
@@ -66,7 +82,7 @@ AWGN_SEED, CAMERA_SEED = 1000, 2000
 RESTORE_TASK = {"awgn": "denoise", "real": "real-denoise", "jpeg": "jpeg", "sr": "sr"}
 METHODS = {"awgn": ("noisy", "bm3d", "ffdnet", "skimage-nlm", "skimage-wavelet", "ours", "ours-x8"),
            "real": ("noisy", "skimage-nlm", "skimage-wavelet", "ours", "ours-x8"),
-           "sr": ("bicubic", "lanczos", "ours", "ours-x8"),
+           "sr": ("bicubic", "bicubic-pil", "lanczos", "ours", "ours-x8"),
            "jpeg": ("jpeg", "skimage-tv", "ours", "ours-x8")}
 OURS = {"ours", "ours-x8"}  # the methods that run the shipped weights
 # "ours-x8" (the x8 self-ensemble, 8x slower) runs only when asked for: --ensemble or --methods ours-x8.
@@ -76,6 +92,16 @@ METRICS = {"awgn": ("psnr", "ssim"), "real": ("psnr", "ssim"), "sr": ("psnr", "s
 CELL_NOTE = {"awgn": "PSNR / SSIM (RGB for colour sets)", "real": "PSNR / SSIM (RGB)",
              "sr": "PSNR / SSIM on Y, shave = scale; RGB PSNR",
              "jpeg": "PSNR / SSIM / PSNR-B on Y (gray for Classic5); LIVE1 adds RGB PSNR"}
+SR_LEGEND = [
+    "Settings: `g2.0` / `aniso` = the paper's protocol (Gaussian blur, keep pixel (0, 0) of every s x s block: "
+    "the corner grid); `-centred` = the same blur sampled at the block centres (the project's pixel-centred grid). "
+    "Real-world low-res images (pixel-centred, 8-bit): `matlab` = MATLAB `imresize` bicubic (the set's own "
+    "`LR_bicubic` files for Set5 and BSD100, `degradations.matlab_bicubic` for Set14), `area` = mean of every "
+    "s x s block (sensor binning, OpenCV `INTER_AREA`), `pillow` = Pillow's antialiased `resize(BICUBIC)`. "
+    "Their target is the project's for a blind model: ours ≥ the `bicubic` upscale (scikit-image's cubic spline, "
+    "the stronger bicubic column) + 2.0 dB at x2, + 1.5 dB at x4. `bicubic-pil` = Keys a = -0.5 upscale, as MATLAB "
+    "`imresize` and the SR papers' 'Bicubic' rows.",
+    ""]
 SECTION = {"awgn": "AWGN denoising", "sr": "Blind super-resolution", "jpeg": "JPEG artifact reduction",
            "real": "Real-noise denoising (Val20 + synthetic camera noise)"}
 
@@ -96,6 +122,15 @@ class Setting:
     @property
     def scale(self) -> int:
         return int(str(self.level).split("_")[0][1:]) if self.task == "sr" else 1
+
+    @property
+    def sr_kind(self) -> str:
+        """"g2.0", "aniso-centred", "matlab", ... (the part after "x2_")."""
+        return str(self.level).split("_", 1)[1] if self.task == "sr" else ""
+
+    @property
+    def realworld(self) -> bool:
+        return self.sr_kind in REALWORLD
 
     @property
     def label(self) -> str:
@@ -140,6 +175,19 @@ def load_images(root: Path, setting: Setting, limit: int | None = None) -> list[
     return images
 
 
+def torch_from(planes: np.ndarray):
+    """H x W x C float64 -> (1, C, H, W) tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
+
+
+def torch_tensor(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(a)
+
+
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     """BT.601 luma as MATLAB's rgb2ycbcr, float in [16/255, 235/255] (not rounded)."""
     return (16.0 + rgb @ np.array([65.481, 128.553, 24.966])) / 255.0
@@ -149,8 +197,48 @@ def sr_kernel(name: str) -> np.ndarray:
     return deg.gaussian_kernel(*SR_KERNELS[name], size=SR_KERNEL_SIZE)
 
 
-def degrade(setting: Setting, clean: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """(reference, degraded input) of image ``i`` of a set."""
+def _sr_key(stem: str) -> str:
+    """'babyx2' / 'img_001_SRF_2_LR' / 'img_001_SRF_4_HR' -> the image's own name ('baby', 'img_001')."""
+    return re.sub(r"(x\d+|_SRF_\d+_(HR|LR))$", "", stem)
+
+
+def lr_files(root: Path, setting: Setting) -> dict[str, Path]:
+    """HR file name -> the set's own MATLAB-bicubic LR file (``LR_bicubic/X{s}`` beside ``HR/``), if any."""
+    folder = _folder(root, setting)
+    lr_folder = folder.parent / "LR_bicubic" / f"X{setting.scale}"
+    if setting.sr_kind != "matlab" or folder.name != "HR" or not lr_folder.is_dir():
+        return {}
+    by_key = {_sr_key(p.stem): p for p in list_images(lr_folder)}
+    return {p.name: by_key[_sr_key(p.stem)] for p in list_images(folder) if _sr_key(p.stem) in by_key}
+
+
+def realworld_lr(kind: str, hr: np.ndarray, s: int, lr_file: Path | None = None) -> np.ndarray:
+    """A real-world low-res image (float in [0, 1], 8-bit values) of an HR image whose size is a multiple of s."""
+    u8 = np.round(hr * 255.0).astype(np.uint8)
+    if kind == "matlab":
+        if lr_file is not None:
+            lr = read_image(lr_file)
+            lr = np.stack([lr] * 3, -1) if lr.ndim == 2 and hr.ndim == 3 else lr
+        else:
+            lr = deg.matlab_bicubic(u8, s)
+    elif kind == "area":
+        h, w = hr.shape[:2]
+        lr = np.round(hr.reshape(h // s, s, w // s, s, *hr.shape[2:]).mean(axis=(1, 3)) * 255.0)
+    elif kind == "pillow":
+        planes = [u8] if u8.ndim == 2 or u8.shape[-1] == 3 else [u8[..., c] for c in range(u8.shape[-1])]
+        size = (hr.shape[1] // s, hr.shape[0] // s)
+        lr = np.stack([np.asarray(Image.fromarray(p).resize(size, Image.BICUBIC)) for p in planes], -1)
+        lr = lr.reshape(hr.shape[0] // s, hr.shape[1] // s, *hr.shape[2:])
+    else:
+        raise ValueError(f"unknown real-world SR setting {kind!r}; choose from {', '.join(REALWORLD)}")
+    lr = np.asarray(lr, dtype=np.float64) / 255.0
+    if lr.shape != (hr.shape[0] // s, hr.shape[1] // s, *hr.shape[2:]):
+        raise ValueError(f"low-res image {lr_file} is {lr.shape}, expected {hr.shape} / {s}")
+    return lr
+
+
+def degrade(setting: Setting, clean: np.ndarray, i: int, lr_file: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, degraded input) of image ``i`` of a set; ``lr_file``: the set's own low-res file (SR)."""
     task, level = setting.task, setting.level
     if task == "awgn":
         noise = np.random.default_rng(AWGN_SEED + i).standard_normal(clean.shape)
@@ -158,8 +246,19 @@ def degrade(setting: Setting, clean: np.ndarray, i: int) -> tuple[np.ndarray, np
     if task == "sr":
         s = setting.scale
         hr = clean[:clean.shape[0] // s * s, :clean.shape[1] // s * s]
-        k = sr_kernel(str(level).split("_", 1)[1])
+        if setting.realworld:
+            return hr, realworld_lr(setting.sr_kind, hr, s, lr_file)
+        name, _, grid = setting.sr_kind.partition("-")
+        if grid not in ("", "centred"):
+            raise ValueError(f"unknown SR setting {level!r}")
         planes = hr.reshape(*hr.shape[:2], -1)
+        if grid == "centred":  # the same Gaussian, sampled at the block centres (even size for even s)
+            size = SR_KERNEL_SIZE + (s + 1) % 2
+            k = deg.gaussian_kernel(*SR_KERNELS[name], size=size)
+            x = torch_from(planes)
+            lr = deg.blur_sample(x, torch_tensor(k), s)[0].numpy().transpose(1, 2, 0)
+            return hr, lr.reshape(lr.shape[0], lr.shape[1], *hr.shape[2:])
+        k = sr_kernel(name)
         blurred = np.stack([ndimage.correlate(planes[..., c], k, mode="reflect") for c in range(planes.shape[-1])], -1)
         return hr, blurred.reshape(hr.shape)[::s, ::s]
     if task == "jpeg":
@@ -246,11 +345,20 @@ def bicubic(lr, shape):
     return resize(lr, shape, order=3, anti_aliasing=False)
 
 
-def lanczos(lr, shape):
+def _pillow_up(lr, shape, flt):
     planes = lr[..., None] if lr.ndim == 2 else lr
-    up = [np.asarray(Image.fromarray(planes[..., c].astype(np.float32)).resize((shape[1], shape[0]), Image.LANCZOS))
+    up = [np.asarray(Image.fromarray(planes[..., c].astype(np.float32)).resize((shape[1], shape[0]), flt))
           for c in range(planes.shape[-1])]
     return np.stack(up, -1).reshape(shape).astype(np.float64)
+
+
+def lanczos(lr, shape):
+    return _pillow_up(lr, shape, Image.LANCZOS)
+
+
+def bicubic_pil(lr, shape):
+    """Keys a = -0.5 upscale on the pixel-centred grid: MATLAB ``imresize``'s bicubic, the SR papers' baseline."""
+    return _pillow_up(lr, shape, Image.BICUBIC)
 
 
 class FFDNetPeer:
@@ -302,7 +410,7 @@ def make_methods(setting: Setting, wanted, models=None, ensemble=False) -> dict:
     fns = {
         "noisy": lambda x, shape: x, "jpeg": lambda x, shape: x,
         "skimage-nlm": lambda x, shape: skimage_nlm(x), "skimage-wavelet": lambda x, shape: skimage_wavelet(x),
-        "skimage-tv": lambda x, shape: skimage_tv(x), "bicubic": bicubic, "lanczos": lanczos,
+        "skimage-tv": lambda x, shape: skimage_tv(x), "bicubic": bicubic, "bicubic-pil": bicubic_pil, "lanczos": lanczos,
         "ours": lambda x, shape: restore(x, restore_task, scale=scale, model=model),
         "ours-x8": lambda x, shape: restore(x, restore_task, scale=scale, model=model, ensemble=True),
     }
@@ -342,8 +450,9 @@ def evaluate_setting(root: Path, setting: Setting, *, methods=None, max_images=N
               "images_in_set": len(list_images(_folder(root, setting))),
               "model": _describe_model(setting, models) if OURS & fns.keys() else None,
               "methods": {m: {"images": [], "metrics": [], "seconds_per_mp": []} for m in fns}}
+    own_lr = lr_files(root, setting)
     for i, (name, clean) in enumerate(images):
-        ref, x = degrade(setting, clean, i)
+        ref, x = degrade(setting, clean, i, own_lr.get(name))
         megapixels = ref.shape[0] * ref.shape[1] / 1e6
         for m, fn in fns.items():
             if m == "bm3d" and bm3d_max_images is not None and i >= bm3d_max_images:
@@ -394,6 +503,8 @@ def _cell(task, s, n_all):
 
 def _target(result, summary):
     target = TARGETS.get((result["set"], _level_of(result)))
+    if result["task"] == "sr" and result["setting"].split("_", 1)[1] in REALWORLD:
+        return _relative_target(result, summary)
     if target is None or "ours" not in summary:
         return ""
     metric, value = target
@@ -401,6 +512,20 @@ def _target(result, summary):
     mark = "met" if got is not None and got >= value else "not met"
     n, total = summary["ours"]["n"], result.get("images_in_set", result["n_images"])
     return f"{'RGB ' if metric == 'psnr_rgb' else ''}≥ {value:.1f}: {mark}" + (f" (on {n} of {total})" if n < total else "")
+
+
+def _relative_target(result, summary):
+    """Real-world SR: ours >= bicubic + margin, on the images both ran."""
+    base = REALWORLD_BASELINE
+    if "ours" not in summary or base not in summary:
+        return ""
+    margin = REALWORLD_MARGIN[int(result["setting"].split("_")[0][1:])]
+    k = min(summary["ours"]["n"], summary[base]["n"])
+    sub = summarise({m: result["methods"][m] for m in ("ours", base)}, k)
+    gain = sub["ours"]["psnr"] - sub[base]["psnr"]
+    total = result.get("images_in_set", result["n_images"])
+    return (f"≥ {base} + {margin:.1f}: {'met' if gain >= margin else 'not met'} ({gain:+.2f})"
+            + (f" (on {k} of {total})" if k < total else ""))
 
 
 def _level_of(result):
@@ -426,7 +551,8 @@ def to_markdown(report: dict) -> str:
         if not rows:
             continue
         methods = [m for m in METHODS[task] if any(m in r["methods"] for r in rows)]
-        lines += [f"## {SECTION[task]}", "", f"Cells: {CELL_NOTE[task]}.", "",
+        lines += [f"## {SECTION[task]}", "", f"Cells: {CELL_NOTE[task]}.", ""] + (SR_LEGEND if task == "sr" else [])
+        lines += [
                   "| set | setting | images | n | " + " | ".join(methods) + " | target (ours) |",
                   "|---|---|---|---|" + "---|" * len(methods) + "---|"]
         for r in rows:
@@ -524,7 +650,7 @@ def parse_args(argv=None):
     p.add_argument("--tasks", type=_csv(), default=None, help="keep only these tasks: awgn,sr,jpeg,real")
     p.add_argument("--sigmas", type=_csv(int), default=None, help="AWGN sigmas (default per set: 30,50 / 30)")
     p.add_argument("--qualities", type=_csv(int), default=None, help="JPEG qualities (default 10,30)")
-    p.add_argument("--sr-settings", type=_csv(), default=None, help="e.g. x2_g2.0,x4_g2.0,x2_aniso")
+    p.add_argument("--sr-settings", type=_csv(), default=None, help="e.g. x2_g2.0,x4_g2.0,x2_aniso,x2_g2.0-centred,x2_matlab,x4_area,x4_pillow")
     p.add_argument("--methods", type=_csv(), default=None, help="keep only these methods (e.g. ours,noisy,bm3d)")
     p.add_argument("--max-images", type=int, default=None, help="first N images of every set")
     p.add_argument("--bm3d-max-images", type=int, default=24, help="BM3D on the first N images only (default 24)")
