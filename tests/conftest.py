@@ -48,3 +48,17 @@ def tiny_weights(tmp_path_factory) -> dict:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (minutes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests run with --runslow or when selected by marker (``-m slow``)."""
+    if config.getoption("--runslow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow (or -m slow) to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
