@@ -194,3 +194,21 @@ def test_realworld_settings_run_by_default_and_report_the_bicubic_margin(tmp_pat
     assert "≥ bicubic + 1.5: met (+2.25)" in ev.to_markdown(report)
     fake["methods"]["ours"]["metrics"][1]["psnr"] = 31.0
     assert "not met (+1.25)" in ev.to_markdown(report)
+
+
+def test_regrid_moves_a_corner_grid_image_onto_the_centred_grid():
+    """regrid by the known phase: the corner-grid sampling of a smooth image becomes its centred sampling."""
+    yy, xx = np.mgrid[0:128, 0:128] / 128.0
+    hr = np.stack([np.sin(2 * np.pi * 3 * xx) * np.cos(2 * np.pi * 2 * yy)] * 3, -1) * 0.4 + 0.5
+    for s in (2, 4):
+        corner, centred = hr[::s, ::s], hr[(s - 1) // 2::s, (s - 1) // 2::s]
+        if s % 2 == 0:  # half-integer centres: the mean of the two middle pixels on each axis
+            c = s // 2
+            centred = hr.reshape(128 // s, s, 128 // s, s, 3)[:, c - 1:c + 1, :, c - 1:c + 1].mean(axis=(1, 3))
+        moved = ev.regrid(corner, s, "corner", "centred")
+        inner = (slice(4, -4), slice(4, -4))
+        assert np.abs(moved - centred)[inner].max() < 0.01 < np.abs(corner - centred)[inner].max()
+        np.testing.assert_allclose(ev.regrid(moved, s, "centred", "corner")[inner], corner[inner], atol=0.01)
+    assert ev.regrid(corner, 2, "centred", "centred") is corner
+    assert ev.setting_grid(ev.Setting("Set5", "x2_g2.0")) == "corner"
+    assert ev.setting_grid(ev.Setting("Set5", "x2_g2.0-centred")) == ev.setting_grid(ev.Setting("Set5", "x4_area"))

@@ -121,6 +121,21 @@ def test_sr_layer_geometry_overlays_the_input(s):
     assert scale[0] == 2.0 and translate[0] == 1.0
 
 
+def test_sr_layer_geometry_of_a_corner_grid_model():
+    """A model trained on the paper's direct decimation draws low-res pixel i as high-res pixel s * i."""
+    from napari.layers import Image as ImageLayer
+
+    from napari_vdir.layers import sr_geometry
+
+    lr = ImageLayer(np.zeros((10, 12)), scale=(0.5, 0.25), translate=(3.0, -2.0))
+    scale, translate = sr_geometry(lr.scale, lr.translate, 4, grid="corner")
+    hr = ImageLayer(np.zeros((40, 48)), scale=scale, translate=translate)
+    for i in [(0, 0), (9, 11), (3, 5)]:
+        np.testing.assert_allclose(hr.data_to_world(4 * np.asarray(i)), lr.data_to_world(i))
+    assert deg.model_grid("sr", {"degradation": "blur"}) == "corner"
+    assert deg.model_grid("sr", {}) == deg.model_grid("sr", {"degradation": "sr-mix"}) == "centred"
+
+
 def test_restored_sr_layer_overlays_its_input(tiny_weights):
     """restore_layer end to end (no viewer): the output layer built from its kwargs overlays the input."""
     from napari.layers import Image as ImageLayer

@@ -188,6 +188,18 @@ def sampling_origin(scale: int, grid: str = PIXEL_GRID) -> float:
     return (scale - 1) / 2 if grid == "centred" else 0.0
 
 
+# Training degradations whose low-res images sample another grid than PIXEL_GRID ("blur" = the paper's
+# direct decimation, what the SR models shipped before the pixel-centred mix were trained on).
+DEGRADATION_GRID = {"blur": "corner"}
+
+
+def model_grid(task: str, recipe: dict | None) -> str:
+    """The grid an SR model draws its output on: the one its training degradation sampled."""
+    if task != "sr":
+        return PIXEL_GRID
+    return DEGRADATION_GRID.get((recipe or {}).get("degradation"), PIXEL_GRID)
+
+
 def _symmetric_index(n: int, before: int, after: int, device) -> torch.Tensor:
     """Indices of a numpy-'symmetric' (edge repeated, MATLAB ``imresize``) padding of a length-n axis."""
     idx = np.arange(-before, n + after) % (2 * n)

@@ -11,6 +11,8 @@ Geometry (napari puts the centre of data pixel ``i`` at world ``i * scale + tran
   (``degradations.hr_centre``), so the s x s high-res pixels of low-res pixel ``i`` tile exactly the
   area it covers. The output divides the spatial scale by ``s`` and moves the translate by
   ``-(s - 1) / (2 s)`` input pixels (:func:`sr_geometry`): the output's outer edges meet the input's.
+  Models trained on the paper's direct decimation (recipe degradation ``blur``, the corner grid) draw
+  low-res pixel ``i`` as high-res pixel ``s * i``; their output keeps the input's translate.
 * Latent c: cell ``i`` of the 1/4-resolution latent summarises input pixels ``4i .. 4i+3``, whose
   centre is ``4i + 1.5``. Scale ``4 * scale`` and translate ``translate + 1.5 * scale`` put the cell
   centre there. Its 4 channels become the *first* axis of the layer, so the leading (Z/T) axes stay
@@ -122,7 +124,8 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     offset = (0,) * lead
     # Integer data beyond uint8 is normalised by the whole layer's range (dask or zarr data too,
     # reduced chunk by chunk), so a plane restored alone matches the same plane of a whole-stack run.
-    intensity_range = global_intensity_range(data)
+    intensity_range = global_intensity_range(data, channel_axis=-1 if rgb else False,
+                                             alpha=rgb and data.shape[-1] == 4)
     if plane is not None and lead:
         offset = tuple(int(i) for i in plane)
         sub = np.asarray(data[offset])[(None,) * lead]
@@ -146,7 +149,7 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     in_translate[:lead] += np.asarray(offset) * in_scale[:lead]
     units = tuple(str(u) for u in layer.units)
     labels = tuple(layer.axis_labels)
-    out_scale, out_translate = sr_geometry(in_scale, in_translate, s)
+    out_scale, out_translate = sr_geometry(in_scale, in_translate, s, _grid(res.model))
     common = {"units": units, "axis_labels": labels, "rotate": layer.rotate, "shear": layer.shear,
               "affine": layer.affine.affine_matrix}
     out_meta = {"name": output_name(layer.name, task), "scale": tuple(out_scale), "translate": tuple(out_translate),
@@ -174,17 +177,26 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     return LayerRestoration(layers, res.estimate, res.device, res.model.name, task, stale)
 
 
-def sr_geometry(scale, translate, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def sr_geometry(scale, translate, factor: int, grid: str = "centred") -> tuple[np.ndarray, np.ndarray]:
     """(scale, translate) of a layer ``factor`` times finer on the last two axes that overlays the input on
     the pixel-centred grid: its pixel ``j`` is drawn where the input's coordinate ``(j + 0.5) / s - 0.5``
-    is. The leading axes are unchanged; ``factor`` 1 changes nothing."""
-    from .degradations import hr_centre
+    is. ``grid="corner"`` is for the SR models trained on the paper's direct decimation (they draw low-res
+    pixel ``i`` as high-res pixel ``s * i``): pixel ``j`` at input coordinate ``j / s``, the input's translate.
+    The leading axes are unchanged; ``factor`` 1 changes nothing."""
+    from .degradations import sampling_origin
 
     scale = np.asarray(scale, dtype=float).copy()
     translate = np.asarray(translate, dtype=float).copy()
-    translate[-2:] += hr_centre(0, factor) * scale[-2:]
+    # high-res pixel 0 sits sampling_origin high-res pixels before low-res pixel 0's centre
+    translate[-2:] -= sampling_origin(factor, grid) / factor * scale[-2:]
     scale[-2:] /= factor
     return scale, translate
+
+
+def _grid(info) -> str:
+    from .degradations import model_grid
+
+    return model_grid(getattr(info, "task", ""), getattr(info, "recipe", None))
 
 
 def _plain(estimate: dict) -> dict:
