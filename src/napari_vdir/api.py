@@ -32,30 +32,59 @@ class Restoration:
 
 @dataclass
 class Layout:
-    """Where the spatial and channel axes of the caller's array are."""
+    """Where the spatial and channel axes of the caller's array are, and whether the last channel is alpha.
+
+    Rules (``channel_axis=None``, the default): with 3+ dimensions a last axis of length 3 is RGB,
+    of length 4 RGBA (as napari reads them) and of length 2 two channels; anything else has no
+    channel axis. ``channel_axis=False`` means no channel axis; an int names it (length 3: RGB,
+    other lengths: channels). ``alpha``: None = only an auto-detected last axis of 4 is RGBA;
+    True = the last channel is alpha (2 channels: gray + alpha, 4: RGBA); False = never.
+    Alpha is carried over unchanged; 3 colour channels go through the colour model together,
+    any other number one by one through the gray model.
+    """
 
     channel_axis: int | None
     ndim: int
+    alpha: bool = False
 
     @classmethod
-    def of(cls, shape: tuple[int, ...], channel_axis: int | None) -> Layout:
+    def of(cls, shape: tuple[int, ...], channel_axis: int | None | bool = None, alpha: bool | None = None) -> Layout:
         ndim = len(shape)
+        if alpha is not None and not isinstance(alpha, (bool, np.bool_)):
+            raise TypeError(f"alpha must be None, True or False, got {alpha!r}")
         if channel_axis is False:  # explicitly no channel axis, e.g. a gray stack whose last axis is 3 long
+            if alpha:
+                raise ValueError("alpha=True needs a channel axis; give channel_axis")
             return cls(None, ndim)
+        if channel_axis is True or not (channel_axis is None or isinstance(channel_axis, (int, np.integer))):
+            raise TypeError(f"channel_axis must be None, False or an axis number, got {channel_axis!r}")
         if channel_axis is not None:
+            channel_axis = int(channel_axis)
             if not -ndim <= channel_axis < ndim:
                 raise ValueError(f"channel_axis={channel_axis} is out of range for a {ndim}-D array")
             channel_axis %= ndim
             if ndim < 3:
                 raise ValueError("an image with a channel axis needs at least 3 dimensions")
             if channel_axis >= ndim - 2 and channel_axis != ndim - 1:
-                raise ValueError("the channel axis must be the last axis or come before the two spatial axes")
-        elif ndim >= 3 and shape[-1] == 3:
-            channel_axis = ndim - 1  # (..., H, W, 3) is RGB, as napari assumes
-        return cls(channel_axis, ndim)
+                raise ValueError(f"channel_axis={channel_axis}: the channel axis must be the last axis or come "
+                                 "before the two spatial axes")
+            detected = False
+        elif ndim >= 3 and shape[-1] in (2, 3, 4):
+            channel_axis, detected = ndim - 1, True  # (..., H, W, 3) is RGB, (..., 4) RGBA, as napari assumes
+        else:
+            if alpha:
+                raise ValueError(f"alpha=True needs a channel axis; shape {tuple(shape)} has none "
+                                 "(give channel_axis)")
+            return cls(None, ndim)
+        n = shape[channel_axis]
+        if alpha is None:
+            alpha = detected and n == 4
+        elif alpha and n not in (2, 4):
+            raise ValueError(f"alpha=True needs 2 (gray + alpha) or 4 (RGBA) channels on channel_axis, got {n}")
+        return cls(channel_axis, ndim, bool(alpha))
 
     def to_planes(self, a):
-        """-> (P, H, W, C) with C the channel count (1 when there is no channel axis)."""
+        """-> (P, H, W, C) with C the channel count (1 when there is no channel axis), alpha included."""
         if self.channel_axis is None:
             a = a[..., None]
         else:
@@ -68,6 +97,26 @@ class Layout:
         if self.channel_axis is None:
             return a[..., 0]
         return np.moveaxis(a, -1, self.channel_axis)
+
+    def colour_channels(self, shape) -> int:
+        """Channels that are restored (alpha excluded)."""
+        n = 1 if self.channel_axis is None else shape[self.channel_axis]
+        return n - self.alpha
+
+    def per_channel(self, shape) -> bool:
+        """True when the colour channels are restored (and normalised) one by one."""
+        return self.colour_channels(shape) != 3 and self.channel_axis is not None
+
+    def colour_part(self, a):
+        """``a`` without its alpha channel (a view for numpy, lazy for dask)."""
+        if not self.alpha:
+            return a
+        index = [slice(None)] * a.ndim
+        index[self.channel_axis] = slice(0, a.shape[self.channel_axis] - 1)
+        return a[tuple(index)]
+
+
+EXACT_FLOAT64_INTEGERS = 2 ** 53
 
 
 def check_image(image: np.ndarray) -> None:
@@ -83,39 +132,166 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError("the image contains NaN or inf values; replace them (e.g. np.nan_to_num) first")
     if np.issubdtype(dt, np.signedinteger) and image.min() < 0:
         raise ValueError(f"signed integer image ({dt}) has negative values; shift or rescale it to >= 0 first")
+    if np.issubdtype(dt, np.integer) and dt.itemsize == 8 and int(image.max()) > EXACT_FLOAT64_INTEGERS:
+        raise ValueError(f"{dt} values above 2^53 cannot be restored exactly (float64 cannot hold them); "
+                         "rescale the data or convert it to float64 first")
+
+
+INTENSITY_MODES = ("auto", "minmax")
 
 
 @dataclass
 class Intensity:
     """Maps the caller's values to the model's [0, 1] intensity and back.
 
-    uint8: /255. Other integer types (uint16 microscopy): the data's own [min, max] maps to [0, 1]
-    and back, so the result keeps the input's intensity range. Floats: taken as [0, 1] intensity
-    as they are (values a little outside are valid noisy input) and returned unclipped.
+    ``low``/``high`` are floats (one range) or (C,) arrays (one per channel, along the last axis).
+    The mapping and its inverse are computed in float64; integers come back rounded and clipped to
+    the dtype's limits only (``clip=True``: to [low, high], the ``"minmax"`` mode), floats unclipped.
     """
 
     dtype: np.dtype
-    low: float = 0.0
-    high: float = 1.0
+    low: float | np.ndarray = 0.0
+    high: float | np.ndarray = 1.0
+    clip: bool = False
 
     @classmethod
-    def of(cls, image, intensity_range=None) -> Intensity:
+    def of(cls, image, intensity_range=None, layout: Layout | None = None) -> Intensity:
+        """The mapping ``restore`` uses for ``image`` (numpy or dask); see :func:`resolve_range`."""
+        layout = layout if layout is not None else Layout(None, image.ndim)
         dt = np.dtype(image.dtype)
-        if dt == np.uint8:
-            return cls(dt, 0.0, 255.0)
-        if np.issubdtype(dt, np.integer):
-            low, high = intensity_range if intensity_range is not None else (float(image.min()), float(image.max()))
-            return cls(dt, float(low), float(high) if high > low else float(low) + 1.0)
-        return cls(dt)
+        rng = resolve_range(image, intensity_range, layout)
+        if rng is None:
+            return cls(dt, 0.0, 255.0) if dt == np.uint8 else cls(dt)
+        rng = np.asarray(rng, dtype=np.float64)
+        low, high = (float(rng[0]), float(rng[1])) if rng.ndim == 1 else (rng[:, 0].copy(), rng[:, 1].copy())
+        high = np.where(np.asarray(high) > low, high, np.asarray(low) + 1.0)  # constant data: any span
+        high = float(high) if np.ndim(high) == 0 else high
+        return cls(dt, low, high, clip=isinstance(intensity_range, str) and intensity_range == "minmax")
+
+    @property
+    def identity(self) -> bool:
+        return np.ndim(self.low) == 0 and self.low == 0.0 and self.high == 1.0
+
+    @property
+    def span(self):
+        return np.asarray(self.high, dtype=np.float64) - np.asarray(self.low, dtype=np.float64)
+
+    @property
+    def _work(self):
+        """float32 is exact enough for 8/16-bit data (every value representable, 2^-24 relative error);
+        wider types (int32/int64, float64) are mapped in float64."""
+        return np.float32 if self.dtype.itemsize <= 2 else np.float64
 
     def forward(self, a: np.ndarray) -> np.ndarray:
-        return ((a.astype(np.float32) - self.low) / (self.high - self.low)).astype(np.float32)
+        if self.identity:
+            return a.astype(np.float32)
+        w = self._work
+        return ((a.astype(w) - np.asarray(self.low).astype(w)) / self.span.astype(w)).astype(np.float32, copy=False)
 
     def inverse(self, a: np.ndarray) -> np.ndarray:
+        if self.identity and not np.issubdtype(self.dtype, np.integer):
+            v = a
+        else:
+            w = self._work
+            v = a.astype(w) * self.span.astype(w) + np.asarray(self.low).astype(w)
         if np.issubdtype(self.dtype, np.integer):
-            v = np.rint(a * (self.high - self.low) + self.low)
-            return np.clip(v, self.low, self.high).astype(self.dtype)
-        return a.astype(self.dtype)
+            lo, hi = _integer_bounds(self.dtype)
+            v = np.rint(v)
+            if self.clip:
+                v = np.clip(v, np.maximum(self.low, lo), np.minimum(self.high, hi))
+            return np.clip(v, lo, hi).astype(self.dtype)
+        if self.dtype.itemsize < 4:  # float16: keep inside its finite range
+            top = float(np.finfo(self.dtype).max)
+            v = np.clip(v, -top, top)
+        return v.astype(self.dtype)
+
+
+def _integer_bounds(dtype) -> tuple[float, float]:
+    """The dtype's limits as float64 values that cast back without overflow (2^63 - 1 is not one)."""
+    info = np.iinfo(dtype)
+    hi = float(info.max)
+    if int(hi) > info.max:
+        hi = float(np.nextafter(hi, 0.0))
+    return float(info.min), hi
+
+
+def resolve_range(image, intensity_range, layout: Layout):
+    """The intensity range ``restore`` uses: None (uint8 /255, floats as they are), ``(low, high)``, or a
+    ``(C, 2)`` array with one range per colour channel (alpha excluded).
+
+    ``intensity_range``: None = the default (``"auto"`` for integer data other than uint8), ``"auto"`` =
+    :func:`napari_vdir.intensity.robust_range` of the whole array (per channel when channels are
+    restored one by one, joint for RGB), ``"minmax"`` = the data's min and max (and results clipped to
+    them), or explicit ``(low, high)`` / per-channel ``[(low, high), ...]`` with finite ``high > low``.
+    Works on numpy and dask arrays alike (dask: block by block), so both paths agree.
+    """
+    from .intensity import robust_range
+
+    dt = np.dtype(image.dtype)
+    if intensity_range is None:
+        if dt == np.uint8 or not np.issubdtype(dt, np.integer):
+            return None
+        intensity_range = "auto"
+    if isinstance(intensity_range, str):
+        if intensity_range not in INTENSITY_MODES:
+            raise ValueError(f"intensity_range must be None, 'auto', 'minmax' or (low, high), got {intensity_range!r}")
+        percentiles = (0.0, 100.0) if intensity_range == "minmax" else None
+        colour = layout.colour_part(image)
+        axis = layout.channel_axis if layout.per_channel(image.shape) else None
+        kwargs = {} if percentiles is None else {"percentiles": percentiles}
+        return robust_range(colour, channel_axis=axis, **kwargs)
+    return check_range(intensity_range, layout.colour_channels(image.shape))
+
+
+def check_range(intensity_range, channels: int):
+    """Validate an explicit ``(low, high)`` or ``[(low, high), ...]`` (one per channel)."""
+    try:
+        rng = np.asarray(intensity_range, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"intensity_range must be None, 'auto', 'minmax' or (low, high) numbers, "
+                        f"got {intensity_range!r}") from err
+    if rng.shape not in ((2,), (channels, 2)):
+        raise ValueError(f"intensity_range must be (low, high) or one (low, high) per channel ({channels}), "
+                         f"got shape {rng.shape}")
+    if not np.isfinite(rng).all() or not (rng[..., 1] > rng[..., 0]).all():
+        raise ValueError(f"intensity_range needs finite values with high > low, got {intensity_range!r}")
+    return (float(rng[0]), float(rng[1])) if rng.ndim == 1 else rng
+
+
+def check_options(*, tile_size, ensemble, samples, details, progress, cancel, precision, strength, seed) -> int:
+    """Refuse option values that cannot be meant, with what is allowed; returns the seed to use."""
+    from .devices import fast_dtype
+
+    def whole(name, value):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}={value!r}: {name} must be a whole number")
+        return int(value)
+
+    if tile_size is not None and whole("tile_size", tile_size) < 16:
+        raise ValueError(f"tile_size={tile_size}: tile_size must be at least 16 pixels (or None: automatic)")
+    if whole("samples", samples) < 1:
+        raise ValueError(f"samples={samples}: samples must be at least 1")
+    for name, value in (("ensemble", ensemble), ("details", details)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable progress(done, total), got {progress!r}")
+    if cancel is not None and not (callable(cancel) or hasattr(cancel, "is_set")):
+        raise TypeError(f"cancel must be None, a threading.Event or a callable, got {cancel!r}")
+    fast_dtype(torch.device("cpu"), precision)  # raises for an unknown precision
+    if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)):
+        raise TypeError(f"strength={strength!r}: strength must be a number (1: plain result)")
+    if not (np.isfinite(strength) and 0.0 <= float(strength) <= MAX_STRENGTH):
+        raise ValueError(f"strength={strength}: strength must be a finite number from 0 to {MAX_STRENGTH:g} "
+                         "(1: plain result, > 1 harder, < 1 gentler)")
+    if seed is None:  # a fresh random seed: independent Monte-Carlo draws on every call
+        return int(np.random.SeedSequence().entropy % (2 ** 63))
+    if whole("seed", seed) < 0 or int(seed) >= 2 ** 63:
+        raise ValueError(f"seed={seed}: seed must be None (random) or a whole number from 0 to 2^63 - 1")
+    return int(seed)
+
+
+MAX_STRENGTH = 4.0
 
 
 def _steer_degradation(task: str):
@@ -131,58 +307,73 @@ def _steer_degradation(task: str):
 
 
 def restore(image, task: str, *, scale: int | None = None, model: str | Path | None = None,
-            channel_axis: int | None | bool = None, device="auto", tile_size: int | None = None,
-            ensemble: bool = False, samples: int = 1, details: bool = False, progress=None, cancel=None,
-            precision: str = "auto", strength: float = 1.0, intensity_range=None, seed: int = 0):
+            channel_axis: int | None | bool = None, alpha: bool | None = None, device="auto",
+            tile_size: int | None = None, ensemble: bool = False, samples: int = 1, details: bool = False,
+            progress=None, cancel=None, precision: str = "auto", strength: float = 1.0, intensity_range=None,
+            seed: int | None = 0):
     """Restore an image (or an nD stack, plane by plane) with VDIR.
 
     Parameters
     ----------
     image : array-like or dask array
-        2-D gray, RGB ``(H, W, 3)``, or a stack with leading axes (Z, T, ...) and an optional
-        ``channel_axis``. A last axis of length 3 is taken as RGB unless ``channel_axis=False``.
-        A dask array gives back a lazy dask array.
+        2-D gray, RGB ``(H, W, 3)``, RGBA ``(H, W, 4)`` (alpha kept unchanged), ``(H, W, 2)`` two channels,
+        or a stack with leading axes (Z, T, ...) and an optional ``channel_axis``. A dask array gives back
+        a lazy dask array.
     task : {"denoise", "real-denoise", "sr", "jpeg"}
     scale : 2 or 4, for ``task="sr"``.
     model : shipped model name or path to a ``.safetensors`` weights file (default: the task's shipped model).
-    device : "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "mps".
-    tile_size : output tile size in pixels; None chooses by memory. Tiles overlap by the receptive field.
+    channel_axis : None (default rule: a last axis of 3 is RGB, of 4 RGBA, of 2 two channels), False (no
+        channel axis, e.g. a gray stack 3 pixels wide), or the axis (last, or before the two spatial axes).
+        3 channels go through the colour model; any other number one by one through the gray model.
+    alpha : None (only an auto-detected last axis of 4 is RGBA), True (the last channel is alpha: gray +
+        alpha or RGBA) or False (no alpha). Alpha is returned unchanged (repeated x scale for "sr").
+    device : "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps" or a ``torch.device``.
+    tile_size : output tile size in pixels (>= 16); None chooses by memory. Tiles overlap by the receptive field.
     ensemble : average the 8 flips/rotations (x8 self-ensemble).
     samples : average this many draws c ~ q(c|y) (1 = deterministic c = mu).
     details : return a :class:`Restoration` with the latent, the degradation estimate and uncertainty.
     progress : ``progress(done, total)`` called after every tile.
-    cancel : callable or ``threading.Event``; checked before every tile, raises ``RestorationCancelled``.
-    precision : "auto" (bf16 autocast on CPUs that support it, AMP on GPUs) or "float32".
-    strength : 1 = the plain result; > 1 restores harder (smoother), < 1 more gently. It moves the latent
-        c towards (or away from) that of a more degraded copy of the image.
-    intensity_range : (low, high) used to normalise integer data instead of the data's own min/max.
+    cancel : callable or ``threading.Event``; checked before every tile and between the network's blocks,
+        raises ``RestorationCancelled``.
+    precision : "auto" (bf16 autocast on CPUs that support it, AMP on GPUs), "float32", "bfloat16", "float16".
+    strength : from 0 to 4; 1 = the plain result; > 1 restores harder (smoother), < 1 more gently. It moves
+        the latent c towards (or away from) that of a more degraded copy of the image.
+    intensity_range : how values map to the model's [0, 1] intensity. None: uint8 / 255, other integers
+        ``"auto"``, floats as they are. ``"auto"``: the 0.1-99.9 percentile range of the whole array
+        (:func:`napari_vdir.intensity.robust_range`; per channel when channels are restored one by one),
+        mapped back exactly, values outside it kept. ``"minmax"``: the data's min and max (results
+        clipped to them). ``(low, high)`` or one ``(low, high)`` per channel: fixed.
+    seed : random seed of the Monte-Carlo draws (``samples > 1``); None draws a fresh one.
 
     Returns the restored array in the input's layout and dtype (x scale spatially for "sr"),
     or a :class:`Restoration` when ``details=True``.
     """
     model_scale = check_task(task, scale)
+    seed = check_options(tile_size=tile_size, ensemble=ensemble, samples=samples, details=details,
+                         progress=progress, cancel=cancel, precision=precision, strength=strength, seed=seed)
+    dev = select_device(device)
     if _is_dask(image):
         if details:
             raise ValueError("details=True is not available for dask arrays; restore a numpy array instead")
         from .lazy import restore_dask
 
-        return restore_dask(image, task, scale=scale, model=model, channel_axis=channel_axis, device=device,
-                            tile_size=tile_size, ensemble=ensemble, samples=samples, precision=precision,
-                            strength=strength, intensity_range=intensity_range, seed=seed)
+        return restore_dask(image, task, scale=scale, model=model, channel_axis=channel_axis, alpha=alpha,
+                            device=device, tile_size=tile_size, ensemble=ensemble, samples=samples,
+                            precision=precision, strength=strength, intensity_range=intensity_range, seed=seed)
     if not isinstance(image, np.ndarray):
         image = np.asarray(image)
     check_image(image)
-    layout = Layout.of(image.shape, channel_axis)
+    layout = Layout.of(image.shape, channel_axis, alpha)
+    intensity = Intensity.of(image, intensity_range, layout)
     planes, lead = layout.to_planes(image)
-    p, h, w, c = planes.shape
-    intensity = Intensity.of(image, intensity_range)
-    if np.issubdtype(image.dtype, np.floating):
+    p, h, w, c_all = planes.shape
+    c = c_all - layout.alpha  # colour channels; alpha (the last one) is carried over
+    if np.issubdtype(image.dtype, np.floating) and intensity.identity:
         lo, hi = float(np.min(image)), float(np.max(image))
         if lo < -3.0 or hi > 4.0:  # far beyond what noise around [0, 1] explains
             warnings.warn(f"float image spans [{lo:.3g}, {hi:.3g}]; floats are taken as [0, 1] intensity — "
-                          "rescale the data to [0, 1] for a meaningful result", stacklevel=2)
+                          "rescale the data to [0, 1] or pass intensity_range='auto'", stacklevel=2)
 
-    dev = select_device(device)
     channels = 3 if c == 3 else 1
     path = resolve_model(model, task, channels, model_scale)
     net, info = cached_model(str(path), str(dev), path.stat().st_mtime)
@@ -201,14 +392,14 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     s = model_scale
     # Each plane goes back to the input's dtype as soon as it is done, so a large uint8/uint16 stack
     # never has a float32 copy of the whole result beside it.
-    out = np.empty((p, h * s, w * s, c), dtype=intensity.dtype)
+    out = np.empty((p, h * s, w * s, c_all), dtype=intensity.dtype)
     hq, wq = (h + 3) // 4, (w + 3) // 4
     latents = np.empty((p, len(groups), 4, hq, wq), dtype=np.float32) if details else None
     est_fields = ESTIMATES[task] if info.arch.estimate_dims else ()
     estimates = np.full((p, len(groups), len(est_fields)), np.nan, dtype=np.float64)
-    uncert = np.empty(out.shape, dtype=np.float32) if samples > 1 else None
+    uncert = np.zeros((p, h * s, w * s, c_all), dtype=np.float32) if samples > 1 else None
     for i in range(p):
-        normalised = intensity.forward(planes[i])
+        normalised = intensity.forward(planes[i, ..., :c])
         restored = np.empty((h * s, w * s, c), dtype=np.float32)
         for j, g in enumerate(groups):
             x = torch.from_numpy(np.ascontiguousarray(normalised[..., g].transpose(2, 0, 1)))
@@ -224,7 +415,10 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
             if uncert is not None:
                 u = res.uncertainty.mean(0, keepdim=True) if replicate else res.uncertainty
                 uncert[i, ..., g] = u.permute(1, 2, 0).numpy()
-        out[i] = intensity.inverse(restored)
+        out[i, ..., :c] = intensity.inverse(restored)
+        if layout.alpha:
+            a = planes[i, ..., c:]
+            out[i, ..., c:] = np.repeat(np.repeat(a, s, axis=0), s, axis=1) if s > 1 else a
 
     result = layout.from_planes(out, lead)
     if not details:
@@ -235,18 +429,18 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     for k, f in enumerate(est_fields):
         values = estimates[:, :, k].mean(axis=1) * f.unit_scale
         estimate[f.name] = float(values[0]) if not lead else values.reshape(lead)
-    if task == "denoise" and np.issubdtype(intensity.dtype, np.integer) and intensity.dtype != np.uint8:
-        estimate["noise_sigma_data_units"] = _scaled(estimate.get("noise_sigma"), (intensity.high - intensity.low) / 255.0)
+    if "noise_sigma" in estimate and intensity.dtype != np.uint8:
+        # EST(c) reads sigma on the model's 0-255 scale of the normalised intensity; in data units it is
+        # sigma / 255 x the span each group was normalised by (per channel: its own span)
+        k = [f.name for f in est_fields].index("noise_sigma")
+        span = np.broadcast_to(intensity.span, (len(groups),)) if np.ndim(intensity.span) else intensity.span
+        values = (estimates[:, :, k] * span).mean(axis=1)
+        estimate["noise_sigma_data_units"] = float(values[0]) if not lead else values.reshape(lead)
     uncertainty = None
     if uncert is not None:
-        uncertainty = layout.from_planes(uncert * (intensity.high - intensity.low), lead)
+        uncert[..., :c] *= np.asarray(intensity.span, dtype=np.float32)
+        uncertainty = layout.from_planes(uncert, lead)
     return Restoration(result, latent, estimate, uncertainty, device_label(dev), info)
-
-
-def _scaled(value, factor):
-    if value is None:
-        return None
-    return value * factor if isinstance(value, float) else np.asarray(value) * factor
 
 
 def _is_dask(a) -> bool:

@@ -7,21 +7,37 @@ import contextlib
 import torch
 
 
+DEVICE_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
 def select_device(preference: str | torch.device = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
+    """'auto' picks CUDA, then Apple MPS, then CPU; 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device
+    are checked for availability. Anything else raises a ``ValueError``/``TypeError`` naming the choices."""
     if isinstance(preference, torch.device):
-        return preference
-    if preference in (None, "auto"):
+        device = preference
+    elif preference is None or preference == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(preference)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+    elif not isinstance(preference, str):
+        raise TypeError(f"device must be {DEVICE_CHOICES} or a torch.device, got {preference!r}")
+    else:
+        try:
+            device = torch.device(preference.strip().lower())
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"device must be {DEVICE_CHOICES}, got {preference!r}") from err
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be {DEVICE_CHOICES}, got {preference!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {preference!r} was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {preference!r}: there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device 'mps' was asked for but Apple MPS is not available")
+        raise ValueError(f"device {preference!r} was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
     return device
 
 

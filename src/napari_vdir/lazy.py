@@ -14,35 +14,36 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Layout
+from .api import Layout, resolve_range
 from .inference import cached_model, tile_margin
 from .nets import LATENT_STRIDE  # block origins on multiples of it keep each block's latent grid on the image's
 from .tasks import check_task
 from .weights import resolve_model
 
 
-def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None, device="auto", tile_size=None,
-                 ensemble=False, samples=1, precision="auto", strength=1.0, intensity_range=None, seed=0):
+def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None, alpha=None, device="auto",
+                 tile_size=None, ensemble=False, samples=1, precision="auto", strength=1.0, intensity_range=None,
+                 seed=0):
     """Restore a dask array block by block; returns a lazy dask array (see :func:`napari_vdir.restore`).
 
-    Nothing is restored until the result is computed. For integer data other than uint8 the global
-    min/max is computed here, once, unless ``intensity_range`` is given.
+    Nothing is restored until the result is computed. The intensity range (``"auto"``: the robust
+    percentile range, the default for integer data other than uint8) is computed here, once, over
+    the whole array, block by block, exactly as ``restore`` computes it for a numpy array.
     """
     import dask.array as da
 
     model_scale = check_task(task, scale)
-    layout = Layout.of(image.shape, channel_axis)
+    layout = Layout.of(image.shape, channel_axis, alpha)
     # Work on (..., H, W, C): the channel axis last (a length-1 one for gray data without one).
     x = image[..., None] if layout.channel_axis is None else da.moveaxis(image, layout.channel_axis, -1)
-    channels = 3 if x.shape[-1] == 3 else 1
+    channels = 3 if layout.colour_channels(image.shape) == 3 else 1
     path = str(resolve_model(model, task, channels, model_scale))
 
-    if intensity_range is None:
-        intensity_range = global_intensity_range(image)
+    intensity_range = resolve_range(image, intensity_range, layout)
 
     options = dict(task=task, scale=scale, model=path, device=device, tile_size=tile_size, ensemble=ensemble,
                    samples=samples, precision=precision, strength=strength, intensity_range=intensity_range,
-                   seed=seed)
+                   seed=seed, alpha=layout.alpha)
     _check_options(x, options)  # fail now, not later inside a worker
 
     net, _ = cached_model(path, "cpu", Path(path).stat().st_mtime)
@@ -65,21 +66,16 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
     return out[..., 0] if layout.channel_axis is None else da.moveaxis(out, -1, layout.channel_axis)
 
 
-def global_intensity_range(array) -> tuple[float, float] | None:
-    """(min, max) of the whole array for integer data other than uint8, else None (``restore``'s default).
+def global_intensity_range(array, channel_axis=None, alpha=None, intensity_range=None):
+    """The intensity range ``restore`` uses for the whole ``array`` (see ``api.resolve_range``): None for
+    uint8 and floats by default, else ``(low, high)`` or one ``(low, high)`` per channel.
 
-    numpy arrays are reduced directly; dask, zarr and other array-likes chunk by chunk, so a
-    larger-than-memory stack is read once but never held in memory whole.
+    Pass it as ``intensity_range`` when restoring parts of the array (one plane, a block) so that each
+    part is normalised like the whole. numpy arrays are reduced in pieces; dask, zarr and other
+    array-likes block by block, so a larger-than-memory stack is never held in memory whole.
     """
-    if not np.issubdtype(array.dtype, np.integer) or array.dtype == np.uint8:
-        return None
-    if isinstance(array, np.ndarray):
-        return float(array.min()), float(array.max())
-    import dask.array as da
-
-    lazy = array if isinstance(array, da.Array) else da.from_array(array, chunks="auto")
-    low, high = da.compute(lazy.min(), lazy.max())
-    return float(low), float(high)
+    layout = Layout.of(tuple(array.shape), channel_axis, alpha)
+    return resolve_range(array, intensity_range, layout)
 
 
 def spatial_chunks(size: int, chunk: int, margin: int) -> tuple[int, ...]:
