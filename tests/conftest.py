@@ -20,6 +20,8 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 def datasets() -> Path:
     path = SHARED / "datasets"
     if not path.is_dir():
+        if os.environ.get("NAPARI_VDIR_REQUIRE_DATASETS"):  # CI (.ci/run): missing datasets are an error
+            pytest.fail(f"{path} is missing and NAPARI_VDIR_REQUIRE_DATASETS is set")
         pytest.skip("../shared/datasets is not beside this clone")
     return path
 
