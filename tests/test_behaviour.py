@@ -50,8 +50,9 @@ def _gray(dtype, rng, shape=(37, 42)):
 
 INTEGER_DTYPES = [np.uint8, np.uint16, np.int16,
                   pytest.param(np.uint32, marks=pytest.mark.xfail(
-                      strict=True, reason="api.Intensity.forward goes through float32 (24-bit mantissa): uint32 "
-                      "values above 2**24 come back rounded (bug reported to the api.py owner)"))]
+                      strict=True, reason="the network input is float32 (24-bit mantissa): uint32 values above 2**24 come "
+                      "back rounded by up to 2**(32-24); exact would need the network's residual added to the "
+                      "float64 input (reported to the api.py owner)"))]
 
 
 @pytest.mark.parametrize("dtype", INTEGER_DTYPES)
