@@ -62,7 +62,7 @@ def test_sr_equals_numpy(tiny_weights, rng, scale):
 
 
 def test_uint16_stack_with_leading_axis(tiny_weights, rng):
-    """Per-block normalisation must use the global min/max, or blocks would disagree."""
+    """Per-block normalisation must use the global (robust) range, or blocks would disagree."""
     stack = (rng.random((3, 75, 66)) * 3000 + 500).astype(np.uint16)
     stack[1, :10, :10] = 60000  # one bright corner: a block-local range would differ from the global one
     expected, got = _both(stack, (2, 29, 30), "denoise", tiny_weights[("denoise", 1, 1)])
@@ -113,3 +113,36 @@ def test_dask_distributed_processes(tiny_weights, rng):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         got = client.compute(restore(da.from_array(image, chunks=36), "denoise", model=model, **EXACT)).result()
     np.testing.assert_allclose(got, restore(image, "denoise", model=model, **EXACT), atol=1e-3)
+
+
+def test_global_range_equals_numpy_range(rng):
+    """The dask path computes the "auto" range block by block, exactly as for the numpy array."""
+    from napari_vdir.intensity import robust_range
+    from napari_vdir.lazy import global_intensity_range
+
+    stack = rng.integers(100, 3000, (4, 50, 60)).astype(np.uint16)
+    stack[2, 3, 3] = 65535  # a hot pixel
+    lazy = da.from_array(stack, chunks=(1, 25, 31))
+    assert global_intensity_range(lazy) == robust_range(stack) == global_intensity_range(stack)
+    floats = rng.random((40, 30, 2)) * 500
+    np.testing.assert_array_equal(robust_range(da.from_array(floats, chunks=(13, 7, 1)), channel_axis=-1),
+                                  robust_range(floats, channel_axis=-1))
+    assert global_intensity_range(da.from_array(floats, chunks=10)) is None  # floats as they are by default
+
+
+def test_hot_pixel_uint16_equals_numpy(tiny_weights, rng):
+    ramp = np.linspace(100, 3000, 64)  # dim left, bright right: a block's own range would differ
+    stack = (ramp + rng.normal(0, 50, (2, 60, 64))).clip(0).astype(np.uint16)
+    stack[1, 5, 5] = 65535
+    expected, got = _both(stack, (1, 32, 32), "denoise", tiny_weights[("denoise", 1, 1)])
+    assert np.abs(got.astype(np.int64) - expected).max() <= 1
+
+
+def test_two_channel_and_rgba_equal_numpy(tiny_weights, rng):
+    two = np.stack([rng.integers(100, 400, (48, 52)), rng.integers(2000, 30000, (48, 52))], -1).astype(np.uint16)
+    expected, got = _both(two, (24, 26, 2), "denoise", tiny_weights[("denoise", 1, 1)])
+    assert np.abs(got.astype(np.int64) - expected).max() <= 1
+    rgba = (rng.random((40, 44, 4)) * 255).astype(np.uint8)
+    expected, got = _both(rgba, (20, 22, 4), "denoise", tiny_weights[("denoise", 1, 3)])
+    np.testing.assert_array_equal(got[..., 3], rgba[..., 3])
+    assert np.abs(got.astype(np.int64) - expected).max() <= 1
