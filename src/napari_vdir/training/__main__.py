@@ -14,6 +14,14 @@ examples:
   # train from scratch, minimal form (a small, CPU-friendly network)
   python -m napari_vdir.training --task denoise --data DIR --steps 2000 --out OUT
 
+  # no clean images: fine-tune the gray denoiser on your noisy images alone (Neighbor2Neighbor)
+  python -m napari_vdir.training --task denoise --data my_noisy_stacks/ --self-supervised --init denoise-gray \
+      --steps 2000 --out runs/my-microscope
+
+  # repeated acquisitions of each field (axis 0 of every stack): Noise2Noise on frame pairs
+  python -m napari_vdir.training --task denoise --data my_timelapses/ --pairs-from 0 --init denoise-gray \
+      --steps 2000 --out runs/my-microscope-n2n
+
   # paired data: degraded images matched by file name with the clean ones
   python -m napari_vdir.training --task real-denoise --data clean/ --degraded noisy/ --steps 1000 --out OUT
 
@@ -36,9 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", help="YAML recipe (see training/*.yaml); flags below override its values")
     p.add_argument("--task", choices=["denoise", "real-denoise", "sr", "jpeg"])
-    p.add_argument("--data", action="append", help="folder of clean training images (repeatable)")
-    p.add_argument("--degraded", help="folder of degraded images paired by file name with --data")
-    p.add_argument("--val", help="folder of clean held-out images for validation PSNR")
+    p.add_argument("--data", action="append",
+                   help="folder or glob pattern of training images (repeatable): clean ones, or noisy ones with "
+                        "--self-supervised / --pairs-from")
+    p.add_argument("--degraded", help="folder of degraded images paired with --data (by file name, else in sorted order)")
+    p.add_argument("--val", help="folder or glob pattern of clean held-out images for validation PSNR")
+    p.add_argument("--val-degraded", help="their real degraded twins (else --val gets the task's synthetic degradation)")
+    p.add_argument("--self-supervised", nargs="?", const="neighbor2neighbor",
+                   choices=["neighbor2neighbor", "blind-spot"],
+                   help="train on noisy images alone (default method: neighbor2neighbor); without --val the "
+                        "self-supervised loss on held-out noisy images is logged")
+    p.add_argument("--pairs-from", type=int, metavar="AXIS",
+                   help="Noise2Noise: the axis of each stack that holds repeated frames of the same field")
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 = gray, 3 = colour (default: from the data)")
     p.add_argument("--scale", type=int, choices=[2, 4], help="upscaling factor for --task sr")
     p.add_argument("--degradation", help="awgn, poisson, awgn+poisson, camera, blur or jpeg (default: the task's)")
@@ -65,18 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args):
-    from ..io import list_images, read_image
+    from ..io import read_image
     from .config import Recipe, load_recipe
+    from .data import image_paths
 
     overrides = {"task": args.task, "channels": args.channels, "scale": args.scale, "degradation": args.degradation,
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
                  "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,
-                 "time_budget_minutes": args.time_budget}
+                 "time_budget_minutes": args.time_budget, "self_supervised": args.self_supervised,
+                 "pairs_from": args.pairs_from}
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
-        if args.data or args.val or args.degraded:
+        given = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
+        if any(given.values()):
             data = recipe.data.model_dump()
-            data.update({k: v for k, v in {"train": args.data, "val": args.val, "degraded": args.degraded}.items() if v})
+            data.update({k: v for k, v in given.items() if v})
             recipe = Recipe.model_validate({**recipe.model_dump(), "data": data})
         return recipe
     if not args.task or not args.data or not args.steps:
@@ -84,16 +104,16 @@ def recipe_from_args(args):
     values = {k: v for k, v in overrides.items() if v is not None}
     values.setdefault("name", args.task + (f"-x{args.scale}" if args.scale else ""))
     if "channels" not in values:
-        first = list_images(args.data[0])
+        first = image_paths(args.data[0])
         if not first:
             raise SystemExit(f"error: {args.data[0]} holds no PNG/JPEG/TIFF images")
         img = read_image(first[0])
-        values["channels"] = 3 if img.ndim == 3 and img.shape[-1] == 3 else 1
+        values["channels"] = 3 if img.ndim >= 3 and img.shape[-1] == 3 else 1
     if not args.init:
         values["arch"] = SMALL_ARCH
     values.setdefault("val_every", max(1, min(500, values["steps"] // 5)))
     values.setdefault("checkpoint_every", max(1, min(1000, values["steps"])))
-    values["data"] = {"train": args.data, "val": args.val, "degraded": args.degraded}
+    values["data"] = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
     return Recipe.model_validate(values)
 
 

@@ -31,10 +31,16 @@ class ArchSpec(Strict):
 
 
 class DataSpec(Strict):
-    train: list[str] = Field(min_length=1, description="folders of clean training images")
-    val: str | None = Field(None, description="folder of clean held-out images for validation PSNR")
-    degraded: str | None = Field(None, description="folder of degraded images paired by file name with `train`")
-    exclude: list[str] = Field(default_factory=list, description="file names to leave out of training")
+    """Each image source is a folder or a glob pattern of files (``W2S/noisy/input_avg1_03[1-9]_*.tif``), or a list."""
+
+    train: list[str] = Field(min_length=1, description="clean training images (noisy ones for a self-supervised run)")
+    val: str | list[str] | None = Field(None, description="clean held-out images for validation PSNR")
+    val_degraded: str | list[str] | None = Field(
+        None, description="degraded twins of `val` (paired by file name, else in sorted order); without it the "
+        "recipe's degradation is applied to `val`")
+    degraded: str | None = Field(None, description="degraded images paired with `train` (by file name, else in "
+                                 "sorted order)")
+    exclude: list[str] = Field(default_factory=list, description="file names or patterns to leave out of training")
     val_images: int = Field(8, ge=1)
     val_crop: int = Field(256, ge=32)
 
@@ -47,6 +53,7 @@ class LossWeights(Strict):
     decoder: float = 1.0
     gan: float = 0.001
     estimate: float = 1.0
+    consistency: float = Field(1.0, ge=0, description="Neighbor2Neighbor's regulariser (gamma); self-supervised only")
 
 
 class Recipe(Strict):
@@ -71,6 +78,10 @@ class Recipe(Strict):
     val_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     init: str | None = Field(None, description="shipped model name or weights file to fine-tune from")
+    self_supervised: Literal["neighbor2neighbor", "blind-spot", "noise2noise"] | None = Field(
+        None, description="train on noisy images alone (`data.train` holds noisy images); see training/selfsupervised.py")
+    pairs_from: int | None = Field(
+        None, description="noise2noise: the axis of each training file that holds repeated frames of one field")
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -86,11 +97,30 @@ class Recipe(Strict):
                              f"(choose {sorted(allowed)})")
         if self.degradation == "camera" and self.channels != 3:
             raise ValueError("camera noise needs channels: 3")
+        if self.pairs_from is not None:
+            if self.self_supervised not in (None, "noise2noise"):
+                raise ValueError("pairs_from trains Noise2Noise on frame pairs; it cannot be combined with "
+                                 f"self_supervised: {self.self_supervised}")
+            self.self_supervised = "noise2noise"
+        if self.self_supervised:
+            if self.task not in ("denoise", "real-denoise"):
+                raise ValueError(f"self-supervised training is for noise; task {self.task!r} needs clean images")
+            if self.data.degraded:
+                raise ValueError("self-supervised training reads noisy images from `data.train`; drop `degraded`")
+            if self.self_supervised == "noise2noise" and self.pairs_from is None:
+                raise ValueError("noise2noise needs pairs_from: the axis that holds repeated frames")
+            if self.self_supervised == "neighbor2neighbor" and self.patch % 8:
+                raise ValueError("neighbor2neighbor halves the patch: patch must be a multiple of 8")
+        if self.data.val_degraded and not self.data.val:
+            raise ValueError("val_degraded needs val: the clean references it is compared with")
         return self
 
     @property
     def estimate_dims(self) -> int:
-        return len(ESTIMATES[self.task]) if self.losses.estimate > 0 else 0
+        """EST(c) outputs; none in a self-supervised run, where the degradation is unknown."""
+        if self.self_supervised or self.losses.estimate <= 0:
+            return 0
+        return len(ESTIMATES[self.task])
 
 
 def load_recipe(path: str | Path, **overrides) -> Recipe:

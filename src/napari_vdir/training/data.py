@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,20 +11,25 @@ import numpy as np
 import torch
 
 from .. import degradations as deg
-from ..io import list_images, read_image
+from ..io import IMAGE_SUFFIXES, list_images, read_image
 from .config import Recipe
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def as_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """uint8/uint16 image -> float32 (H, W, channels) in [0, 1]; colour to gray by BT.601 luma."""
-    if image.dtype == np.uint8:
-        x = image.astype(np.float32) / 255.0
-    elif np.issubdtype(image.dtype, np.integer):
-        x = image.astype(np.float32) / float(max(image.max(), 1))
-    else:
-        x = np.clip(image.astype(np.float32), 0, 1)
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """A whole file's array -> float32 model intensity, by the same mapping as ``napari_vdir.restore``.
+
+    A fine-tuned model thus sees its training data on the scale it will see at inference (uint8 /255, other
+    integers by ``api.Intensity``'s range of the whole file, floats as they are).
+    """
+    from ..api import Intensity
+
+    return Intensity.of(image).forward(image)
+
+
+def as_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """A float32 plane (H, W) or (H, W, C) -> (H, W, channels); colour to gray by BT.601 luma."""
     if x.ndim == 2:
         x = x[..., None]
     if x.shape[-1] == channels:
@@ -33,25 +40,81 @@ def as_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def planes_of(path: Path) -> list[np.ndarray]:
-    """A file's 2-D planes (gray or RGB); multi-page stacks give one entry per page."""
-    image = read_image(path)
+    """A file's 2-D planes (gray or RGB) in model intensity; multi-page stacks give one entry per page."""
+    image = to_unit(read_image(path))
     if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3):
         return [image]
     return [p for p in image.reshape(-1, *image.shape[-2:])]
 
 
-def load_folder(folder: str | Path, channels: int, exclude=(), min_size: int = 0) -> list[tuple[str, np.ndarray]]:
+def image_paths(source: str | Path | list, exclude=()) -> list[Path]:
+    """Image files of a folder or a glob pattern (or a list of them), sorted by name within each source.
+
+    ``exclude`` holds file names or fnmatch patterns of names to leave out.
+    """
+    if isinstance(source, (list, tuple)):
+        return [p for s in source for p in image_paths(s, exclude)]
+    source = str(source)
+    if Path(source).is_dir():
+        paths = list_images(source)
+    elif glob.has_magic(source):
+        paths = sorted(Path(p) for p in glob.glob(source) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise ValueError(f"{source}: the pattern matches no PNG/JPEG/TIFF files")
+    else:
+        paths = list_images(source)  # raises "not a folder"
+    return [p for p in paths if not any(fnmatch.fnmatch(p.name, pattern) for pattern in exclude)]
+
+
+def load_folder(source, channels: int, exclude=(), min_size: int = 0) -> list[tuple[str, np.ndarray]]:
+    """(name#plane, float32 (H, W, channels)) for every plane of every image of ``source`` (see ``image_paths``)."""
     out = []
-    for path in list_images(folder):
-        if path.name in exclude:
-            continue
+    for path in image_paths(source, exclude):
         for k, plane in enumerate(planes_of(path)):
             x = as_channels(plane, channels)
             if min(x.shape[:2]) >= min_size:
                 out.append((f"{path.name}#{k}", x))
     if not out:
-        raise ValueError(f"{folder}: no usable images (PNG/JPEG/TIFF, at least {min_size} px on each side)")
+        raise ValueError(f"{source}: no usable images (PNG/JPEG/TIFF, at least {min_size} px on each side)")
     return out
+
+
+def load_frame_groups(source, channels: int, axis: int, exclude=(), min_size: int = 0) -> list[np.ndarray]:
+    """Repeated acquisitions for Noise2Noise: per field of view, an array (frames, H, W, channels).
+
+    ``axis`` is the axis of each file's array that holds the repeats (e.g. 0 for a (T, Y, X) stack); any other
+    leading axes (Z, ...) give separate fields of view.
+    """
+    groups = []
+    for path in image_paths(source, exclude):
+        image = to_unit(read_image(path))
+        rgb = channels == 3 and image.ndim >= 4 and image.shape[-1] == 3
+        spatial = 3 if rgb else 2
+        if not -image.ndim <= axis < image.ndim - spatial:
+            raise ValueError(f"{path.name}: shape {image.shape} has no frame axis {axis} before its image axes")
+        frames = np.moveaxis(image, axis, 0)
+        if frames.shape[0] < 2:
+            raise ValueError(f"{path.name}: axis {axis} holds {frames.shape[0]} frame; Noise2Noise needs two or more")
+        frames = frames.reshape(frames.shape[0], -1, *image.shape[image.ndim - spatial:])
+        for k in range(frames.shape[1]):
+            group = np.stack([as_channels(f, channels) for f in frames[:, k]])
+            if min(group.shape[1:3]) >= min_size:
+                groups.append(group)
+    if not groups:
+        raise ValueError(f"{source}: no stacks with a frame axis {axis} at least {min_size} px on each side")
+    return groups
+
+
+def pair_by_name(clean: list[tuple[str, np.ndarray]], degraded: list[tuple[str, np.ndarray]], what: str):
+    """Degraded twins of ``clean``: by identical file name, else (different naming schemes) in sorted order."""
+    by_name = dict(degraded)
+    if all(n in by_name for n, _ in clean):
+        return [by_name[n] for n, _ in clean]
+    if len(degraded) != len(clean):
+        missing = [n for n, _ in clean if n not in by_name]
+        raise ValueError(f"{what}: no degraded twin for {missing[:3]} (pairs match by file name, or in sorted order "
+                         f"when both hold as many images: {len(clean)} clean, {len(degraded)} degraded)")
+    return [x for _, x in degraded]
 
 
 @dataclass
@@ -96,6 +159,29 @@ class PatchSampler:
         return torch.stack(clean), (torch.stack(degraded) if degraded else None)
 
 
+class FramePairSampler:
+    """Two different frames of one field of view, same crop and flip/rotation (Noise2Noise pairs)."""
+
+    def __init__(self, groups: list[np.ndarray], patch: int, device):
+        self.patch = patch
+        self.groups = [torch.from_numpy(np.ascontiguousarray(g.transpose(0, 3, 1, 2))).to(device) for g in groups]
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.patch
+        first, second = [], []
+        for i in torch.randint(len(self.groups), (n,), generator=generator).tolist():
+            frames = self.groups[i]
+            t, h, w = frames.shape[0], frames.shape[-2], frames.shape[-1]
+            a = int(torch.randint(0, t, (1,), generator=generator))
+            b = (a + 1 + int(torch.randint(0, t - 1, (1,), generator=generator))) % t
+            top = int(torch.randint(0, h - p + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - p + 1, (1,), generator=generator))
+            k = int(torch.randint(0, 8, (1,), generator=generator))
+            first.append(augment(frames[a, :, top:top + p, left:left + p], k))
+            second.append(augment(frames[b, :, top:top + p, left:left + p], k))
+        return torch.stack(first), torch.stack(second)
+
+
 def degrade(clean: torch.Tensor, recipe: Recipe, generator: torch.Generator, cpu_generator: torch.Generator) -> Batch:
     """Apply the recipe's synthetic degradation; returns what the model sees and what it must give back."""
     kind = recipe.degradation
@@ -137,17 +223,33 @@ def center_crop(x: np.ndarray, size: int, multiple: int) -> np.ndarray:
     return x[top:top + ch, left:left + cw]
 
 
+def _crop_tensor(x: np.ndarray, size: int, multiple: int) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(center_crop(x, size, multiple).transpose(2, 0, 1)))[None]
+
+
 def validation_set(recipe: Recipe, device) -> list[Batch]:
-    """A fixed, seeded set of degraded crops from the validation folder."""
-    if recipe.data.val is None:
+    """A fixed set of validation crops: the recipe's degradation applied (seeded) to the clean `val` images,
+    or their real degraded twins from `val_degraded`."""
+    data = recipe.data
+    if data.val is None:
         return []
     s = recipe.scale or 1
-    images = load_folder(recipe.data.val, recipe.channels)[: recipe.data.val_images]
+    images = load_folder(data.val, recipe.channels)[: data.val_images]
+    twins = None
+    if data.val_degraded:
+        degraded = load_folder(data.val_degraded, recipe.channels)[: data.val_images]
+        twins = pair_by_name(images, degraded, "val_degraded")
     g = torch.Generator().manual_seed(1234)
     out = []
-    for _, x in images:
-        clean = torch.from_numpy(np.ascontiguousarray(center_crop(x, recipe.data.val_crop * s, 4 * s).transpose(2, 0, 1)))[None]
-        batch = degrade(clean, recipe, g, g)
+    for i, (name, x) in enumerate(images):
+        clean = _crop_tensor(x, data.val_crop * s, 4 * s)
+        if twins is None:
+            batch = degrade(clean, recipe, g, g)
+        else:
+            if twins[i].shape[0] * s != x.shape[0] or twins[i].shape[1] * s != x.shape[1]:
+                raise ValueError(f"validation pair {name}: clean {x.shape[:2]} and degraded "
+                                 f"{twins[i].shape[:2]} sizes do not match")
+            batch = Batch(_crop_tensor(twins[i], data.val_crop, 4), clean, None)
         out.append(Batch(batch.degraded.to(device), batch.clean.to(device),
                          None if batch.estimate_target is None else batch.estimate_target.to(device)))
     return out

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from ..devices import autocast_context, select_device
 from ..nets import VDIR, ArchConfig, Decoder, Discriminator
 from ..weights import ModelInfo, load_weights, resolve_model, save_weights
-from . import losses
+from . import losses, selfsupervised
 from .config import Recipe
-from .data import Batch, PatchSampler, degrade, load_folder, validation_set
+from .data import (Batch, FramePairSampler, PatchSampler, degrade, load_folder, load_frame_groups, pair_by_name,
+                   validation_set)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -93,22 +94,35 @@ class Trainer:
     def load_data(self):
         r = self.recipe
         s = r.scale or 1
-        clean, degraded = [], None
-        for folder in r.data.train:
-            clean += load_folder(folder, r.channels, r.data.exclude, min_size=r.patch * s)
-        if r.data.degraded:
-            by_name = dict(load_folder(r.data.degraded, r.channels, r.data.exclude, min_size=r.patch))
-            missing = [n for n, _ in clean if n not in by_name]
-            if missing:
-                raise ValueError(f"{r.data.degraded}: no degraded twin for {missing[:3]} (pairs match by file name)")
-            degraded = [by_name[n] for n, _ in clean]
-            for (n, c), d in zip(clean, degraded, strict=True):
-                if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
-                    raise ValueError(f"pair {n}: clean {c.shape[:2]} and degraded {d.shape[:2]} sizes do not match")
-        self.sampler = PatchSampler([x for _, x in clean], r.patch, self.device, degraded, s)
+        self.held_out = None  # self-supervised without clean references: noisy patches for a validation loss
+        hold_out = bool(r.self_supervised) and r.data.val is None
+        if r.self_supervised == "noise2noise":
+            groups = load_frame_groups(r.data.train, r.channels, r.pairs_from, r.data.exclude, min_size=r.patch)
+            if hold_out and len(groups) >= 2:  # every tenth field of view
+                self.held_out = FramePairSampler(groups[::10], r.patch, self.device)
+                groups = [g for i, g in enumerate(groups) if i % 10]
+            self.sampler = FramePairSampler(groups, r.patch, self.device)
+            count = f"{len(groups)} fields of view ({sum(len(g) for g in groups)} frames)"
+        else:
+            clean = load_folder(r.data.train, r.channels, r.data.exclude, min_size=r.patch * s)
+            degraded = None
+            if r.data.degraded:
+                twins = load_folder(r.data.degraded, r.channels, r.data.exclude, min_size=r.patch)
+                degraded = pair_by_name(clean, twins, r.data.degraded)
+                for (n, c), d in zip(clean, degraded, strict=True):
+                    if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
+                        raise ValueError(f"pair {n}: clean {c.shape[:2]} and degraded {d.shape[:2]} sizes do not match")
+            images = [x for _, x in clean]
+            if hold_out and len(images) >= 2:  # every tenth image
+                self.held_out = PatchSampler(images[::10], r.patch, self.device)
+                images = [x for i, x in enumerate(images) if i % 10]
+            self.sampler = PatchSampler(images, r.patch, self.device, degraded, s)
+            count = f"{len(images)} training images" + (" (noisy)" if r.self_supervised else "")
+        if self.held_out is not None:
+            self.val_noisy = self.held_out.sample(max(8, r.batch), torch.Generator().manual_seed(1234))
         self.val = validation_set(r, self.device)
         if self.rank == 0:
-            self.log(f"{len(clean)} training images, {len(self.val)} validation crops, device {self.device}")
+            self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self) -> float:
@@ -134,24 +148,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def next_batch(self):
-        clean, degraded = self.sampler.sample(self.recipe.batch, self.cpu_generator)
-        if degraded is not None:  # paired data: the degradation parameters are unknown
-            return Batch(degraded, clean, None)
-        return degrade(clean, self.recipe, self.generator, self.cpu_generator)
+        first, second = self.sampler.sample(self.recipe.batch, self.cpu_generator)
+        if self.recipe.self_supervised:  # noisy patches (and their second frames for noise2noise)
+            return Batch(first, second, None)
+        if second is not None:  # paired data: the degradation parameters are unknown
+            return Batch(second, first, None)
+        return degrade(first, self.recipe, self.generator, self.cpu_generator)
+
+    def restoration_views(self, batch: Batch) -> selfsupervised.Views:
+        """What the restorer sees and is compared with: the degraded and clean images, or noisy views."""
+        r = self.recipe
+        y = batch.degraded.contiguous(memory_format=torch.channels_last)
+        if not r.self_supervised:
+            return selfsupervised.Views(y, batch.clean.contiguous(memory_format=torch.channels_last))
+        views = selfsupervised.views_for(r.self_supervised, self.train_model, y, batch.clean, self.generator)
+        views.inputs = views.inputs.contiguous(memory_format=torch.channels_last)
+        return views
 
     def train_step(self) -> dict:
         w = self.recipe.losses
         batch = self.next_batch()
-        y = batch.degraded.contiguous(memory_format=torch.channels_last)
-        x = batch.clean.contiguous(memory_format=torch.channels_last)
         lr = self.lr_at()
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
                 group["lr"] = lr
         terms = {}
         with autocast_context(self.device, self.precision):
+            views = self.restoration_views(batch)
+            y = views.inputs
             out = self.train_model(y, sample=True, with_estimate=w.estimate > 0 and batch.estimate_target is not None)
-            terms["restore"] = F.l1_loss(out.image.float(), x.float())
+            if self.recipe.self_supervised:
+                terms.update(selfsupervised.restoration_terms(out.image, views))
+            else:
+                terms["restore"] = F.l1_loss(out.image.float(), views.target.float())
             terms["kl"] = losses.kl_divergence(out.mu.float(), out.logvar.float())
             use_decoder = w.decoder > 0 or w.gan > 0
             if use_decoder:
@@ -188,6 +217,21 @@ class Trainer:
         if not all(math.isfinite(v) for v in row.values()):
             raise FloatingPointError(f"loss is not finite at step {self.step}: {row}")
         return row
+
+    @torch.no_grad()
+    def validate_self_supervised(self) -> float | None:
+        """The self-supervised loss on held-out noisy patches (fixed views), when no clean references exist."""
+        if getattr(self, "held_out", None) is None:
+            return None
+        self.model.eval()
+        g = torch.Generator(device=self.device).manual_seed(4321)
+        noisy, second = self.val_noisy
+        with autocast_context(self.device, self.precision):
+            views = selfsupervised.views_for(self.recipe.self_supervised, self.model, noisy, second, g)
+            terms = selfsupervised.restoration_terms(self.model(views.inputs).image, views)
+        self.model.train()
+        w = self.recipe.losses
+        return float(sum(getattr(w, k) * v for k, v in terms.items()))
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -251,7 +295,7 @@ class Trainer:
         recipe["steps_done"] = self.step
         val = self.history[-1].get("val_psnr") if self.history else None
         info = ModelInfo(name=r.name, task=r.task, arch=self.model.cfg,
-                         description=f"VDIR {r.task} ({r.degradation}), {r.channels} channel(s)"
+                         description=f"VDIR {r.task} ({r.self_supervised or r.degradation}), {r.channels} channel(s)"
                          + (f", x{r.scale}" if r.scale else ""),
                          recipe=recipe, quality={"val_psnr": val} if val is not None else {},
                          trained_steps=self.step + (self.init_info.trained_steps if self.init_info else 0))
@@ -267,7 +311,8 @@ class Trainer:
         if not hasattr(self, "sampler"):
             self.load_data()
         log_path = self.out / "log.csv"
-        fields = ["step", "seconds", "lr", "total", "restore", "kl", "decoder", "gan", "estimate", "disc", "val_psnr"]
+        fields = ["step", "seconds", "lr", "total", "restore", "consistency", "kl", "decoder", "gan", "estimate", "disc",
+                  "val_psnr", "val_loss"]
         interrupted = {"flag": False}
 
         def on_sigint(signum, frame):
@@ -281,7 +326,8 @@ class Trainer:
                 if fh.tell() == 0 and self.rank == 0:
                     writer.writeheader()
                 if self.step == 0 and self.rank == 0:
-                    row = {"step": 0, "seconds": 0.0, "val_psnr": self.validate()}
+                    row = {"step": 0, "seconds": 0.0, "val_psnr": self.validate(),
+                           "val_loss": self.validate_self_supervised()}
                     self.history.append(row)
                     writer.writerow(row)
                     fh.flush()
@@ -295,6 +341,7 @@ class Trainer:
                     if self.step % self.recipe.val_every == 0 or self.finished():
                         if self.rank == 0:
                             row["val_psnr"] = self.validate()
+                            row["val_loss"] = self.validate_self_supervised()
                             self.history.append(row)
                             writer.writerow(row)
                             fh.flush()

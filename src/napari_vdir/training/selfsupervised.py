@@ -1,0 +1,108 @@
+"""Restoration terms computed from noisy data alone.
+
+VDIR's other terms (KL of q(c|y), the decoder's reconstruction of y, the critic) need only y, so a
+self-supervised run changes one thing: what the restorer is compared with.
+
+- ``neighbor2neighbor`` (Huang et al., CVPR 2021): two sub-images are drawn from one noisy image by taking,
+  in every 2x2 cell, one pixel and one of its two adjacent neighbours. Their signals nearly agree and their
+  noises are independent, so restoring one towards the other is Noise2Noise on a single image. A regulariser
+  (weight ``consistency``) corrects for the half-pixel offset between the two: the network's own full-size
+  output, sub-sampled the same way, must differ between the two sub-images as the restored pair does.
+- ``blind-spot`` (Noise2Void, Krull et al., CVPR 2019): a few pixels are replaced by a random neighbour and
+  the loss is taken on those pixels only, so the network cannot copy its input.
+- ``noise2noise`` (Lehtinen et al., ICML 2018): two frames of the same field of view (``pairs_from``),
+  independent noise on the same signal; this also handles spatially correlated noise.
+
+All three use the squared error: with zero-mean noise its minimiser is the clean signal (the L1 of
+supervised training would give the median, which is biased for Poisson noise at low counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise")
+
+# In a 2x2 cell the positions are 0 (top-left), 1 (top-right), 2 (bottom-left), 3 (bottom-right);
+# each has two adjacent neighbours in the cell.
+_NEIGHBOURS = torch.tensor([[1, 2], [0, 3], [0, 3], [1, 2]])
+
+BLIND_SPOT_RATIO = 0.02  # share of pixels masked per patch
+BLIND_SPOT_RADIUS = 2  # replacements come from the 5x5 window around each masked pixel
+
+
+@dataclass
+class Views:
+    """What the restorer sees, what it is compared with, and the method's extras."""
+
+    inputs: torch.Tensor
+    target: torch.Tensor
+    mask: torch.Tensor | None = None  # blind-spot: 1 where the loss is taken
+    reference: torch.Tensor | None = None  # neighbor2neighbor: g1(f(y)) - g2(f(y)), no gradient
+
+
+def neighbor_indices(shape: tuple[int, ...], generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per 2x2 cell of an (N, C, H, W) batch: the first pixel's position and an adjacent one, (N, 1, 1, H/2, W/2)."""
+    n, _, h, w = shape
+    first = torch.randint(0, 4, (n, 1, 1, h // 2, w // 2), generator=generator, device=device)
+    pick = torch.randint(0, 2, first.shape, generator=generator, device=device)
+    second = _NEIGHBOURS.to(device)[first, pick]
+    return first, second
+
+
+def subsample(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The pixel at ``index`` of every 2x2 cell: (N, C, H, W) -> (N, C, H/2, W/2)."""
+    n, c, h, w = x.shape
+    cells = F.pixel_unshuffle(x, 2).view(n, c, 4, h // 2, w // 2)
+    return cells.gather(2, index.expand(n, c, 1, h // 2, w // 2)).squeeze(2)
+
+
+def neighbor2neighbor_views(model, y: torch.Tensor, generator: torch.Generator) -> Views:
+    first, second = neighbor_indices(y.shape, generator, y.device)
+    with torch.no_grad():
+        full = model(y).image.float()
+    return Views(subsample(y, first), subsample(y, second),
+                 reference=subsample(full, first) - subsample(full, second))
+
+
+def blind_spot_views(y: torch.Tensor, generator: torch.Generator) -> Views:
+    n, c, h, w = y.shape
+    mask = (torch.rand((n, 1, h, w), generator=generator, device=y.device) < BLIND_SPOT_RATIO).to(y.dtype)
+    r = BLIND_SPOT_RADIUS
+    # a random non-zero offset in the window for every pixel (only the masked ones are used)
+    dy = torch.randint(-r, r + 1, (n, 1, h, w), generator=generator, device=y.device)
+    dx = torch.randint(-r, r + 1, (n, 1, h, w), generator=generator, device=y.device)
+    dx = torch.where((dy == 0) & (dx == 0), torch.ones_like(dx), dx)
+    rows = (torch.arange(h, device=y.device)[None, None, :, None] + dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=y.device)[None, None, None, :] + dx).clamp(0, w - 1)
+    flat = (rows * w + cols).expand(n, c, h, w).reshape(n, c, -1)
+    replaced = y.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
+    return Views(y * (1 - mask) + replaced * mask, y, mask=mask)
+
+
+def views_for(method: str, model, noisy: torch.Tensor, second: torch.Tensor | None,
+              generator: torch.Generator) -> Views:
+    """The restorer's input and target for one batch of noisy patches (``second``: the other frame)."""
+    if method == "neighbor2neighbor":
+        return neighbor2neighbor_views(model, noisy, generator)
+    if method == "blind-spot":
+        return blind_spot_views(noisy, generator)
+    if method == "noise2noise":
+        return Views(noisy, second)
+    raise ValueError(f"unknown self-supervised method {method!r} (choose from {', '.join(METHODS)})")
+
+
+def restoration_terms(restored: torch.Tensor, views: Views) -> dict[str, torch.Tensor]:
+    """``restore`` (and ``consistency`` for neighbor2neighbor), both squared errors."""
+    restored = restored.float()
+    target = views.target.float()
+    if views.mask is not None:
+        mask = views.mask.float().expand_as(restored)
+        return {"restore": ((restored - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)}
+    terms = {"restore": F.mse_loss(restored, target)}
+    if views.reference is not None:
+        terms["consistency"] = F.mse_loss(restored - target, views.reference)
+    return terms
