@@ -229,21 +229,25 @@ def _rgba(rng, h=40, w=52):
     return rgba
 
 
-def test_rgba_png_keeps_alpha(capsys, tmp_path, rng, tiny_weights):
-    rgba = _rgba(rng)
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "shot.png")
-    code, _, err = run(capsys, "restore", tmp_path / "shot.png", "--task", "denoise", "-o", tmp_path / "out",
-                       "--model", tiny_weights[("denoise", 1, 3)], "--precision", "float32")
-    assert code == 0, err
-    with Image.open(tmp_path / "out" / "shot_denoise.png") as im:
-        assert im.mode == "RGBA"
-        restored = np.asarray(im)
-    np.testing.assert_array_equal(restored[..., 3], rgba[..., 3])
-    # the colour is restored as one RGB image, not as rows: it equals restoring the RGB alone
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_png_keeps_alpha(capsys, tmp_path, rng, tiny_weights, mode):
+    """An RGBA screenshot (or a gray + alpha PNG) comes back in its mode with alpha untouched."""
     from napari_vdir import restore
 
-    expected = restore(rgba[..., :3], "denoise", model=tiny_weights[("denoise", 1, 3)], precision="float32")
-    np.testing.assert_array_equal(restored[..., :3], expected)
+    image = _rgba(rng) if mode == "RGBA" else _rgba(rng)[..., 2:]
+    Image.fromarray(image, mode).save(tmp_path / "shot.png")
+    model = tiny_weights[("denoise", 1, 3 if mode == "RGBA" else 1)]
+    code, _, err = run(capsys, "restore", tmp_path / "shot.png", "--task", "denoise", "-o", tmp_path / "out",
+                       "--model", model, "--precision", "float32")
+    assert code == 0, err
+    with Image.open(tmp_path / "out" / "shot_denoise.png") as im:
+        assert im.mode == mode
+        restored = np.asarray(im)
+    np.testing.assert_array_equal(restored[..., -1], image[..., -1])
+    # the colour is restored as one image, not as rows: it equals restoring it without alpha
+    colour = image[..., :3] if mode == "RGBA" else image[..., 0]
+    np.testing.assert_array_equal(restored[..., :-1].squeeze(-1) if mode == "LA" else restored[..., :3],
+                                  restore(colour, "denoise", model=model, precision="float32"))
 
 
 def test_rgba_tiff_keeps_alpha_and_layout(capsys, tmp_path, rng, tiny_weights):
@@ -258,24 +262,26 @@ def test_rgba_tiff_keeps_alpha_and_layout(capsys, tmp_path, rng, tiny_weights):
     assert restored.shape == (48, 56, 4) and restored.dtype == np.uint8
 
 
-@pytest.mark.parametrize("samples", [False, True], ids=["pages", "contig-samples"])
-def test_two_channel_tiff_restored_per_channel(capsys, tmp_path, rng, tiny_weights, samples):
-    """(H, W, 2): tifffile's default stores it as H pages of W x 2 pixels; either way it is 2 channels."""
+@pytest.mark.parametrize("channels, samples", [(2, False), (2, True), (4, True)],
+                         ids=["2-pages", "2-contig-samples", "4-samples"])
+def test_multichannel_tiff_restored_per_channel(capsys, tmp_path, rng, tiny_weights, channels, samples):
+    """(H, W, 2): tifffile's default stores it as H pages of W x 2 pixels; either way it is 2 channels.
+    4 samples without alpha are 4 channels too."""
     from napari_vdir import restore
 
-    two = (rng.random((36, 44, 2)) * 255).astype(np.uint8)
+    data = (rng.random((36, 44, channels)) * 255).astype(np.uint8)
     extra = dict(photometric="minisblack", planarconfig="contig") if samples else {}
-    tifffile.imwrite(tmp_path / "two.tif", two, **extra)
+    tifffile.imwrite(tmp_path / "multi.tif", data, **extra)
     model = tiny_weights[("denoise", 1, 1)]
-    code, _, err = run(capsys, "restore", tmp_path / "two.tif", "--task", "denoise", "-o", tmp_path / "out",
+    code, _, err = run(capsys, "restore", tmp_path / "multi.tif", "--task", "denoise", "-o", tmp_path / "out",
                        "--model", model, "--precision", "float32")
     assert code == 0, err
-    restored = tifffile.imread(tmp_path / "out" / "two_denoise.tif")
-    assert restored.shape == two.shape and restored.dtype == np.uint8
-    for k in range(2):
-        np.testing.assert_array_equal(restored[..., k], restore(two[..., k], "denoise", model=model,
+    restored = tifffile.imread(tmp_path / "out" / "multi_denoise.tif")
+    assert restored.shape == data.shape and restored.dtype == np.uint8
+    for k in range(channels):
+        np.testing.assert_array_equal(restored[..., k], restore(data[..., k], "denoise", model=model,
                                                                 precision="float32"))
-    with tifffile.TiffFile(tmp_path / "two.tif") as a, tifffile.TiffFile(tmp_path / "out" / "two_denoise.tif") as b:
+    with tifffile.TiffFile(tmp_path / "multi.tif") as a, tifffile.TiffFile(tmp_path / "out" / "multi_denoise.tif") as b:
         assert a.series[0].axes == b.series[0].axes and len(a.pages) == len(b.pages)  # layout written back
 
 

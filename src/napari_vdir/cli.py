@@ -114,7 +114,8 @@ def cmd_restore(args) -> int:
             start = time.perf_counter()
             with TileProgress(src.name) as progress:
                 result = restore(image, args.task, scale=args.scale, model=args.model,
-                                 channel_axis=layout.channel_axis, device=args.device, tile_size=args.tile_size,
+                                 channel_axis=layout.channel_axis, alpha=layout.alpha, device=args.device,
+                                 tile_size=args.tile_size,
                                  ensemble=args.ensemble, samples=args.samples, strength=args.strength,
                                  precision=args.precision, progress=progress)
             write_image(dst, result, layout)

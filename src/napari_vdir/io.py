@@ -21,13 +21,14 @@ class ImageFileError(ValueError):
 class FileLayout:
     """What a file says about its array's axes: for ``restore()`` and for writing the result back.
 
-    ``channel_axis`` is what ``restore()`` takes: None leaves the choice to its default rule (a last
-    axis of 3 is RGB, of 4 RGBA), an int names the axis of a TIFF's samples. ``alpha``: the last
-    axis is RGBA. ``tiff`` holds the photometric / planarconfig / extrasamples to write back.
+    ``channel_axis`` and ``alpha`` are what ``restore()`` takes: None leaves the choice to its
+    default rules (a last axis of 3 is RGB, of 4 RGBA); an int names the axis of a TIFF's samples,
+    ``alpha=True`` says its last channel is alpha (gray + alpha or RGBA), False that none is.
+    ``tiff`` holds the photometric / planarconfig / extrasamples to write the result back alike.
     """
 
     channel_axis: int | None = None
-    alpha: bool = False
+    alpha: bool | None = None
     tiff: dict = field(default_factory=dict)
 
 
@@ -59,7 +60,8 @@ def _read(path: Path, keep_alpha: bool) -> tuple[np.ndarray, FileLayout]:
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im, dtype=np.uint16), FileLayout()
             if keep_alpha and ("A" in im.getbands() or "transparency" in im.info):
-                return np.asarray(im.convert("RGBA")), FileLayout(alpha=True)
+                mode = "LA" if im.mode in ("LA", "La") or (im.mode == "L" and "transparency" in im.info) else "RGBA"
+                return np.asarray(im.convert(mode)), FileLayout(channel_axis=-1, alpha=True)
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
             return np.asarray(im), FileLayout()
@@ -80,7 +82,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, FileLayout]:
         if image.ndim >= 3 and image.shape[-1] in (2, 4):
             # tifffile stores an (H, W, 2) array as H pages of W x 2 pixels: nobody means images
             # 2 or 4 pixels wide, so the last axis is channels (restored one by one)
-            return image, FileLayout(channel_axis=-1)
+            return image, FileLayout(channel_axis=-1, alpha=False)
         return image, FileLayout()
     axis = axes.index("S") - len(axes)
     rgb = page.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
@@ -88,13 +90,14 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, FileLayout]:
     tiff = dict(photometric="rgb" if rgb else "minisblack", planarconfig="contig" if axis == -1 else "separate")
     if extra:
         tiff["extrasamples"] = extra
-    alpha = rgb and axis == -1 and image.shape[-1] == 4 and extra[:1] in (("assocalpha",), ("unassalpha",))
-    return image, FileLayout(channel_axis=None if alpha else axis, alpha=alpha, tiff=tiff)
+    alpha = axis == -1 and image.shape[-1] == (4 if rgb else 2) and extra[-1:] in (("assocalpha",), ("unassalpha",))
+    return image, FileLayout(channel_axis=axis, alpha=alpha, tiff=tiff)
 
 
 def write_image(path: str | Path, image: np.ndarray, layout: FileLayout | None = None) -> Path:
     """Write TIFF with tifffile (any dtype, stacks; ``layout`` from :func:`read_image_file` keeps the
-    input's samples layout) or PNG/JPEG/BMP with Pillow (uint8 gray, RGB or RGBA; uint16 gray PNG).
+    input's samples layout) or PNG/JPEG/BMP with Pillow (uint8 gray, RGB, RGBA, gray + alpha in PNG;
+    uint16 gray PNG).
 
     The file appears whole or not at all: it is written to a hidden temporary file beside ``path``
     and renamed over it once complete, with the permissions of a new file (the umask applies).
@@ -108,8 +111,9 @@ def write_image(path: str | Path, image: np.ndarray, layout: FileLayout | None =
         if not options:
             # Only (..., H, W, 3) is RGB; anything else (a Z-stack of 3 pages too) is pages of gray planes.
             options["photometric"] = "rgb" if image.ndim >= 3 and image.shape[-1] == 3 else "minisblack"
-            if layout is not None and layout.alpha and image.shape[-1] == 4:
-                options.update(photometric="rgb", extrasamples=("unassalpha",))
+            if layout is not None and layout.alpha and image.shape[-1] in (2, 4):
+                options.update(photometric="rgb" if image.shape[-1] == 4 else "minisblack", planarconfig="contig",
+                               extrasamples=("unassalpha",))
 
         def save(fh):
             tifffile.imwrite(fh, image, **options)
@@ -117,11 +121,12 @@ def write_image(path: str | Path, image: np.ndarray, layout: FileLayout | None =
         from PIL import Image
 
         gray16 = image.dtype == np.uint16 and image.ndim == 2 and suffix == ".png"
-        colour = image.ndim == 3 and (image.shape[-1] == 3 or (image.shape[-1] == 4 and suffix != ".jpg"
-                                                              and suffix != ".jpeg"))
-        if not gray16 and (image.dtype != np.uint8 or not (image.ndim == 2 or colour)):
+        jpeg = PIL_FORMATS[suffix] == "JPEG"
+        channels = (3,) if jpeg else (2, 3, 4) if suffix == ".png" else (3, 4)  # LA only in PNG
+        pillow = image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in channels)
+        if not gray16 and (image.dtype != np.uint8 or not pillow):
             raise ImageFileError(f"{path}: {suffix} holds 8-bit gray, RGB or RGBA images only; write .tif instead")
-        options = dict(quality=95) if PIL_FORMATS[suffix] == "JPEG" else {}
+        options = dict(quality=95) if jpeg else {}
 
         def save(fh):
             Image.fromarray(image).save(fh, format=PIL_FORMATS[suffix], **options)
