@@ -106,6 +106,17 @@ def test_intensity_range_is_what_the_network_sees(tiny_weights, rng):
     assert np.abs(as_int.astype(np.float64) - image).mean() > 20  # the network changed something
 
 
+def test_uint8_is_what_the_network_sees_over_255(tiny_weights, rng):
+    """uint8 x maps to x / 255 (not / 256): the uint8 result is the float result of x / 255, times 255, rounded."""
+    path = tiny_weights[("denoise", 1, 3)]
+    image = rng.integers(0, 256, (32, 36, 3)).astype(np.uint8)
+    as_float = restore(image.astype(np.float32) / 255, "denoise", model=path, **EXACT)
+    expected = np.clip(np.rint(as_float * 255), 0, 255).astype(np.uint8)
+    got = restore(image, "denoise", model=path, **EXACT)
+    np.testing.assert_array_equal(got, expected)
+    assert np.abs(got.astype(int) - image).mean() > 2  # the network changed something
+
+
 def test_identity_uncertainty_is_zero_and_samples_average(identity, rng):
     image = rng.random((24, 32, 3)).astype(np.float32)
     res = restore(image, "denoise", model=identity[3], samples=3, details=True, **EXACT)

@@ -577,7 +577,8 @@ def to_markdown(report: dict) -> str:
     lines += [f"{report['environment']}. Cells are mean PSNR (dB) / mean SSIM [/ more figures as noted] "
               "over the set; `n` = images; `(n=k)` marks a method run on the first k images only. "
               "`ours` = the shipped model for the setting, blind; `ours-x8` = the same with the x8 self-ensemble "
-              "(8 flips/rotations averaged, 8x slower). Targets are the project's for `ours`.", ""]
+              "(8 flips/rotations averaged, 8x slower); `ours-regrid` (SR) = the same told the setting's sampling grid, its "
+              "input resampled onto the grid the model was trained on first. Targets are the project's for `ours`.", ""]
     results = report["results"]
     for task in ("awgn", "sr", "jpeg", "real"):
         rows = [r for r in results if r["task"] == task]
