@@ -412,7 +412,8 @@ def make_methods(setting: Setting, wanted, models=None, ensemble=False) -> dict:
     fns = {
         "noisy": lambda x, shape: x, "jpeg": lambda x, shape: x,
         "skimage-nlm": lambda x, shape: skimage_nlm(x), "skimage-wavelet": lambda x, shape: skimage_wavelet(x),
-        "skimage-tv": lambda x, shape: skimage_tv(x), "bicubic": bicubic, "bicubic-pil": bicubic_pil, "lanczos": lanczos,
+        "skimage-tv": lambda x, shape: skimage_tv(x), "bicubic": bicubic, "bicubic-pil": bicubic_pil,
+        "lanczos": lanczos,
         "ours": lambda x, shape: restore(x, restore_task, scale=scale, model=model),
         "ours-x8": lambda x, shape: restore(x, restore_task, scale=scale, model=model, ensemble=True),
     }
@@ -577,8 +578,9 @@ def to_markdown(report: dict) -> str:
     lines += [f"{report['environment']}. Cells are mean PSNR (dB) / mean SSIM [/ more figures as noted] "
               "over the set; `n` = images; `(n=k)` marks a method run on the first k images only. "
               "`ours` = the shipped model for the setting, blind; `ours-x8` = the same with the x8 self-ensemble "
-              "(8 flips/rotations averaged, 8x slower); `ours-regrid` (SR) = the same told the setting's sampling grid, its "
-              "input resampled onto the grid the model was trained on first. Targets are the project's for `ours`.", ""]
+              "(8 flips/rotations averaged, 8x slower); `ours-regrid` (SR) = the same told the setting's sampling "
+              "grid, its input resampled onto the grid the model was trained on first. "
+              "Targets are the project's for `ours`.", ""]
     results = report["results"]
     for task in ("awgn", "sr", "jpeg", "real"):
         rows = [r for r in results if r["task"] == task]
@@ -684,7 +686,9 @@ def parse_args(argv=None):
     p.add_argument("--tasks", type=_csv(), default=None, help="keep only these tasks: awgn,sr,jpeg,real")
     p.add_argument("--sigmas", type=_csv(int), default=None, help="AWGN sigmas (default per set: 30,50 / 30)")
     p.add_argument("--qualities", type=_csv(int), default=None, help="JPEG qualities (default 10,30)")
-    p.add_argument("--sr-settings", type=_csv(), default=None, help="e.g. x2_g2.0,x4_g2.0,x2_aniso,x2_g2.0-centred,x2_matlab,x4_area,x4_pillow")
+    p.add_argument("--sr-settings", type=_csv(), default=None,
+                   help="e.g. x2_g2.0,x4_g2.0,x2_aniso (the paper's), x2_g2.0-centred, x2_matlab,x4_area,x4_pillow "
+                        "(real-world)")
     p.add_argument("--methods", type=_csv(), default=None, help="keep only these methods (e.g. ours,noisy,bm3d)")
     p.add_argument("--max-images", type=int, default=None, help="first N images of every set")
     p.add_argument("--bm3d-max-images", type=int, default=24, help="BM3D on the first N images only (default 24)")
