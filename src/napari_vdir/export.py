@@ -1,0 +1,436 @@
+"""Export VDIR models for other tools: a bare ONNX file or a bioimage.io model package (spec 0.5).
+
+``export_model(model, "onnx", out)`` writes the ONNX graph of the deterministic forward pass alone;
+``export_model(model, "bioimageio", out)`` writes a bioimage.io model package (a folder, or a zip
+when ``out`` ends in ``.zip``) that Fiji/deepImageJ, QuPath, ilastik, the BioEngine and
+``bioimageio.core`` can run: ``rdf.yaml``, weights as ONNX, TorchScript and ``pytorch_state_dict``
+(with the architecture's source), test input and output tensors, a cover, documentation, the halo
+and the size constraints.
+
+The exported graph is VDIR's deterministic forward (c = mu) returning the restored image only:
+input ``(N, C, H, W)`` float32 in the model's [0, 1] intensity, H and W multiples of 4; output
+``(N, C, H*s, W*s)``. The encoder/restorer graphs used by the ONNX Runtime backend
+(:mod:`napari_vdir.backends`) are written by :func:`write_onnx` too.
+
+What the package reproduces of :func:`napari_vdir.restore` and what it cannot (spec 0.5 has no
+inverse of a data-dependent range mapping) is written in its documentation (:func:`package_readme`).
+Outputs are written atomically: beside their name, then renamed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .nets import LATENT_CHANNELS, LATENT_STRIDE, VDIR, ArchConfig
+from .weights import WEIGHTS_SUFFIX, ModelInfo, load_weights, shipped_models
+
+FORMATS = ("onnx", "bioimageio")
+ONNX_OPSET = 17
+LICENSE = "BSD-3-Clause"
+PAPER = ("Soh, J. W. & Cho, N. I. Variational Deep Image Restoration. "
+         "IEEE Transactions on Image Processing 31, 4363-4376 (2022)")
+PAPER_DOI = "10.1109/TIP.2022.3165296"
+PAPER_URL = "https://arxiv.org/abs/2207.01074"
+TEST_SIDE = 128          # test input side (input pixels), raised to the declared minimum where needed
+INTENSITY_GAIN = 255.0   # the package maps 8-bit data as restore() maps uint8: x / 255, and back x 255
+_DEGRADED = {"denoise": "Gaussian noise, sigma 25 of 255", "real-denoise": "Gaussian noise, sigma 25 of 255",
+             "sr": "block-mean downsampling", "jpeg": "JPEG quality 10"}
+TASK_TAGS = {"denoise": ["denoising"], "real-denoise": ["denoising", "real-noise"],
+             "sr": ["super-resolution"], "jpeg": ["jpeg-artifact-removal"]}
+
+
+class ExportError(ValueError):
+    """The model or the output cannot be exported as asked (one-line message)."""
+
+
+class DeterministicVDIR(VDIR):
+    """VDIR's deterministic forward (c = mu) returning only the restored image.
+
+    Same parameters and state-dict keys as :class:`VDIR`, built from the architecture's keyword
+    arguments (this is the ``pytorch_state_dict`` architecture of the bioimage.io package).
+    Input ``(N, C, H, W)`` float32 in [0, 1] intensity with H, W multiples of 4.
+    """
+
+    def __init__(self, **arch):
+        super().__init__(ArchConfig(**arch))
+
+    def forward(self, y):
+        return super().forward(y).image
+
+
+class EncoderGraph(torch.nn.Module):
+    """y -> (mu, logvar) of q(c|y), at 1/4 resolution."""
+
+    def __init__(self, net: VDIR):
+        super().__init__()
+        self.net = net
+
+    def forward(self, y):
+        return self.net.encoder(y)
+
+
+class RestorerGraph(torch.nn.Module):
+    """(y, c) -> restored image (and EST(c) where the model has an estimator)."""
+
+    def __init__(self, net: VDIR):
+        super().__init__()
+        self.net = net
+
+    def forward(self, y, c):
+        image = self.net.restorer(y, c)
+        if self.net.estimator is None:
+            return image
+        return image, self.net.estimator(c)
+
+
+def deterministic(net: VDIR) -> DeterministicVDIR:
+    """A float32, contiguous-layout :class:`DeterministicVDIR` copy of ``net`` on the CPU."""
+    out = DeterministicVDIR(**net.cfg.to_dict())
+    out.load_state_dict({k: v.detach().float().cpu() for k, v in net.state_dict().items()})
+    return out.eval()
+
+
+def load_model(model: str | Path) -> tuple[VDIR, ModelInfo, Path]:
+    """A shipped model name or a weights file -> (network on the CPU, its metadata, the file)."""
+    path = Path(model)
+    if not (path.suffix == WEIGHTS_SUFFIX or path.exists()):
+        if str(model) not in shipped_models():
+            raise ExportError(f"no shipped model named {model!r} and no such file; "
+                              f"shipped: {', '.join(shipped_models()) or 'none'}")
+        path = shipped_models()[str(model)]
+    net, info = load_weights(path, "cpu")
+    return net.float().eval(), info, path
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+def write_onnx(net: VDIR, path: str | Path, graph: str = "forward") -> Path:
+    """Write one ONNX graph of ``net`` (float32, dynamic batch, height and width), atomically.
+
+    ``graph``: ``"forward"`` (y -> image, c = mu), ``"encoder"`` (y -> mu, logvar) or
+    ``"restorer"`` ((y, c) -> image[, estimate]). Uses torch's TorchScript-based exporter
+    (sub-second, no extra packages); the file is checked by nothing here — ONNX Runtime or
+    ``bioimageio test`` do that.
+    """
+    cfg = net.cfg
+    cpu = deterministic(net)
+    y = torch.rand(1, cfg.channels, 64, 64)
+    c = torch.zeros(1, LATENT_CHANNELS, 64 // LATENT_STRIDE, 64 // LATENT_STRIDE)
+    image_axes = {0: "batch", 2: "out_height", 3: "out_width"}
+    input_axes = {0: "batch", 2: "height", 3: "width"}
+    latent_axes = {0: "batch", 2: "height_4", 3: "width_4"}
+    if graph == "forward":
+        module, args = cpu, (y,)
+        names_in, names_out = ["input"], ["output"]
+        dynamic = {"input": input_axes, "output": image_axes}
+    elif graph == "encoder":
+        module, args = EncoderGraph(cpu), (y,)
+        names_in, names_out = ["input"], ["mu", "logvar"]
+        dynamic = {"input": input_axes, "mu": latent_axes, "logvar": latent_axes}
+    elif graph == "restorer":
+        module, args = RestorerGraph(cpu), (y, c)
+        names_in = ["input", "c"]
+        names_out = ["output"] + (["estimate"] if cpu.estimator is not None else [])
+        dynamic = {"input": input_axes, "c": latent_axes, "output": image_axes, "estimate": input_axes}
+        dynamic = {k: v for k, v in dynamic.items() if k in names_in + names_out}
+    else:
+        raise ValueError(f"graph must be 'forward', 'encoder' or 'restorer', got {graph!r}")
+    path = Path(path)
+    partial = _partial_name(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(module.eval(), args, str(partial), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=names_in, output_names=names_out, dynamic_axes=dynamic,
+                              do_constant_folding=True)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_torchscript(net: VDIR, path: str | Path) -> Path:
+    """Trace the deterministic forward to TorchScript (dynamic H, W and batch), atomically."""
+    cpu = deterministic(net)
+    y = torch.rand(1, net.cfg.channels, 64, 64)
+    path = Path(path)
+    partial = _partial_name(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notes
+            traced = torch.jit.trace(cpu, y, check_trace=False)
+            torch.jit.save(traced, str(partial))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def architecture_source() -> str:
+    """A self-contained Python file (needs torch only) defining :class:`DeterministicVDIR`:
+    napari-vdir's ``nets.py`` followed by the wrapper class."""
+    from . import nets
+
+    return (inspect.getsource(nets).rstrip() + "\n\n\n# --- napari-vdir export: the exported forward pass\n\n"
+            + inspect.getsource(DeterministicVDIR))
+
+
+# ----------------------------------------------------------------------------- test data
+
+def input_min_side(net: VDIR) -> int:
+    """The smallest input side the package declares: twice the halo plus one latent cell (4 px);
+    sizes grow in steps of 4 (the latent stride)."""
+    from .inference import tile_margin
+
+    return 2 * tile_margin(net) + LATENT_STRIDE
+
+
+def test_side(net: VDIR) -> int:
+    low = input_min_side(net)
+    return low + max(0, -(-(TEST_SIDE - low) // LATENT_STRIDE)) * LATENT_STRIDE
+
+
+def test_image(info: ModelInfo, side: int) -> np.ndarray:
+    """A degraded uint8 input for the model's task, ``side`` x ``side`` (x C): a crop of
+    skimage's bundled astronaut (colour) or camera (gray) image, degraded with a fixed seed."""
+    from skimage import data
+
+    from . import degradations as deg
+    from ._sample_data import noisy_u8
+
+    s, n = info.scale, side * info.scale
+    clean = data.astronaut() if info.channels == 3 else data.camera()
+    if n > min(clean.shape[:2]):  # larger than the bundled image: enlarge it (bicubic) first
+        from PIL import Image
+
+        clean = np.asarray(Image.fromarray(clean).resize((n, n), Image.BICUBIC))
+    top, left = min(16, clean.shape[0] - n), min(144, clean.shape[1] - n)
+    crop = clean[top:top + n, left:left + n]
+    if info.task == "sr":  # block mean: the area-downsampled low-resolution image
+        lr = crop.reshape(side, s, side, s, *crop.shape[2:]).astype(np.float64).mean(axis=(1, 3))
+        return np.clip(np.rint(lr), 0, 255).astype(np.uint8)
+    if info.task == "jpeg":
+        dec = deg.jpeg_roundtrip(crop.astype(np.float32) / 255.0, 10)
+        return np.clip(np.rint(dec * 255.0), 0, 255).astype(np.uint8).reshape(crop.shape)
+    return noisy_u8(crop, 25.0, seed=0)
+
+
+def run_forward(net: VDIR, x_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(test input, test output) as the package describes them: (1, C, H, W) float32 in 8-bit units;
+    output = 255 * net(input / 255) with c = mu, in float32, unclipped."""
+    hwc = x_u8 if x_u8.ndim == 3 else x_u8[..., None]
+    x = np.ascontiguousarray(hwc.transpose(2, 0, 1)[None]).astype(np.float32)
+    with torch.no_grad():
+        y = deterministic(net)(torch.from_numpy(x / np.float32(INTENSITY_GAIN)))
+    return x, (y * INTENSITY_GAIN).numpy().astype(np.float32)
+
+
+def cover_png(x: np.ndarray, y: np.ndarray, path: Path, scale: int) -> Path:
+    """Input (nearest-upscaled for SR) beside the output, as one 2:1 uint8 PNG."""
+    from PIL import Image
+
+    a = np.repeat(np.repeat(x[0], scale, axis=1), scale, axis=2)
+    both = np.concatenate([a, y[0]], axis=2)
+    img = np.clip(np.rint(both), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+    return path
+
+
+def package_readme(info: ModelInfo, halo: int, min_side: int) -> str:
+    s = info.scale
+    size = "the same size" if s == 1 else f"{s}x the input's size (each side)"
+    return f"""# {info.name} — VDIR ({info.task}{f' x{s}' if s > 1 else ''}), exported by napari-vdir
+
+{info.description or 'A VDIR model shipped with napari-vdir.'}
+
+Variational Deep Image Restoration (Soh & Cho, IEEE TIP 2022, doi:{PAPER_DOI}): an encoder infers a
+latent description c of the image's degradation and a restorer network uses it; no noise level, blur
+kernel or JPEG quality has to be given. This package runs the deterministic forward pass (c = mean of
+q(c|y)).
+
+## Input and output
+- `input`: (batch, channel, y, x) float32, {info.channels} channel(s), 8-bit intensity units (0-255).
+  y and x: at least {min_side} pixels, in steps of 4 (the latent grid); uint8 data can be given directly.
+- `output`: (batch, channel, y, x) float32 in the same units, {size}. Values are not clipped.
+- halo: {halo} output pixels on each side ({halo // s} input pixels = the network's receptive radius rounded up
+  to a multiple of 4). Tiles overlapping by the halo, cropped by it, give the same result as one pass.
+
+## Intensity mapping compared with napari-vdir
+napari-vdir's `restore()` maps uint8 data as x / 255 into the model and back x 255 (rounded, clipped to
+0-255). This package declares exactly that: preprocessing `scale_linear` gain 1/255, postprocessing
+`scale_linear` gain 255; its output is the float result before rounding, so
+`round(clip(output, 0, 255))` equals `napari_vdir.restore` on a uint8 image.
+What differs:
+- 16-bit and other integer data: `restore()` maps the 0.1-99.9 percentile range of the whole image to
+  [0, 1] and maps the result back exactly. Spec 0.5 can express the forward step (`scale_range`) but not
+  its inverse, so this package keeps the fixed 8-bit mapping: rescale such data to 0-255 (as float) first.
+- Float data in [0, 1] (restore()'s convention for floats): multiply by 255 first, divide the output by 255.
+- Not in the package: napari-vdir's padding of any size to a multiple of 4, its automatic tiling,
+  x8 self-ensemble, Monte-Carlo samples of c, `strength` steering, the degradation estimate, and the
+  gray-through-colour-model fallback.
+
+## Validation
+The test tensors were made by napari-vdir from a crop of scikit-image's bundled
+{'astronaut' if info.channels == 3 else 'camera'} image, degraded for the task ({_DEGRADED[info.task]}). napari-vdir's
+test suite checks that the package passes `bioimageio test` with all three weight formats and that its
+test output equals `napari_vdir.restore` on the test input (to float rounding; for uint8 data after rounding).
+Model quality on the standard test sets is in napari-vdir's README (evaluation report).
+
+## Cite
+{PAPER}. doi:{PAPER_DOI}
+
+Licence: {LICENSE} (napari-vdir).
+"""
+
+
+# ----------------------------------------------------------------------------- bioimage.io
+
+def build_description(net: VDIR, info: ModelInfo, folder: Path):
+    """Write the package's files into ``folder`` and return its validated ``ModelDescr``."""
+    try:
+        from bioimageio.spec.model import v0_5 as bio
+    except ImportError as err:
+        raise ExportError("--format bioimageio needs bioimageio.spec: pip install 'napari-vdir[bioimageio]'") from err
+    from . import __version__
+    from .inference import tile_margin
+
+    cfg, s = net.cfg, info.scale
+    margin = tile_margin(net)
+    min_side, side = input_min_side(net), test_side(net)
+    x, y = run_forward(net, test_image(info, side))
+    np.save(folder / "test_input.npy", x)
+    np.save(folder / "test_output.npy", y)
+    import tifffile
+
+    tifffile.imwrite(folder / "sample_input.tif", x)
+    tifffile.imwrite(folder / "sample_output.tif", y)
+    cover_png(x, y, folder / "cover.png", s)
+    write_onnx(net, folder / "model.onnx")
+    write_torchscript(net, folder / "model.torchscript.pt")
+    torch.save({k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()},
+               folder / "weights.pt")
+    (folder / "vdir_arch.py").write_text(architecture_source(), encoding="utf-8")
+    (folder / "README.md").write_text(package_readme(info, margin * s, min_side), encoding="utf-8")
+
+    names = ["r", "g", "b"] if cfg.channels == 3 else ["gray"]
+    inp, outp = bio.TensorId("input"), bio.TensorId("output")
+    data = bio.IntervalOrRatioDataDescr(type="float32")
+    in_axes = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names])]
+    out_axes = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names])]
+    for a in ("y", "x"):
+        in_axes.append(bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=min_side, step=4)))
+        # SR: one output pixel is 1/s of an input pixel, so the size reference makes it input x s
+        out_axes.append(bio.SpaceOutputAxisWithHalo(
+            id=bio.AxisId(a), size=bio.SizeReference(tensor_id=inp, axis_id=bio.AxisId(a)),
+            halo=margin * s, scale=1.0 / s))
+    f32 = bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="float32"))
+    inputs = [bio.InputTensorDescr(
+        id=inp, axes=in_axes, data=data, test_tensor=bio.FileDescr(source=folder / "test_input.npy"),
+        sample_tensor=bio.FileDescr(source=folder / "sample_input.tif"),
+        description="degraded image, 8-bit intensity units (0-255)",
+        preprocessing=[f32, bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1.0 / INTENSITY_GAIN))])]
+    outputs = [bio.OutputTensorDescr(
+        id=outp, axes=out_axes, data=data, test_tensor=bio.FileDescr(source=folder / "test_output.npy"),
+        sample_tensor=bio.FileDescr(source=folder / "sample_output.tif"),
+        description="restored image, 8-bit intensity units, unclipped",
+        postprocessing=[bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=INTENSITY_GAIN)), f32])]
+    version = bio.Version(torch.__version__.split("+")[0])
+    weights = bio.WeightsDescr(
+        pytorch_state_dict=bio.PytorchStateDictWeightsDescr(
+            source=folder / "weights.pt", pytorch_version=version,
+            architecture=bio.ArchitectureFromFileDescr(source=folder / "vdir_arch.py",
+                                                       callable=bio.Identifier("DeterministicVDIR"),
+                                                       kwargs=cfg.to_dict())),
+        torchscript=bio.TorchscriptWeightsDescr(source=folder / "model.torchscript.pt", pytorch_version=version,
+                                                parent="pytorch_state_dict"),
+        onnx=bio.OnnxWeightsDescr(source=folder / "model.onnx", opset_version=ONNX_OPSET,
+                                  parent="pytorch_state_dict"))
+    task = f"{info.task} x{s}" if s > 1 else info.task
+    return bio.ModelDescr(
+        name=f"VDIR {info.name} (napari-vdir)",
+        description=f"VDIR {task} ({'RGB' if cfg.channels == 3 else 'gray'}), napari-vdir model {info.name}: "
+                    "blind restoration, no degradation parameters needed.",
+        authors=[bio.Author(name="napari-vdir developers")],
+        cite=[bio.CiteEntry(text=PAPER, doi=bio.Doi(PAPER_DOI))],
+        license=bio.LicenseId(LICENSE),
+        documentation=bio.FileDescr(source=folder / "README.md"),
+        covers=[bio.FileDescr(source=folder / "cover.png")],
+        tags=["napari-vdir", "vdir", "image-restoration", "2d", "pytorch", "onnx", *TASK_TAGS[info.task]],
+        inputs=inputs, outputs=outputs, weights=weights,
+        version=bio.Version(__version__),
+        config=bio.Config(bioimageio=bio.BioimageioConfig(
+            architecture_type="VDIR", model_parameter_count=sum(p.numel() for p in net.parameters()))),
+    )
+
+
+def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Export a shipped model (by name) or a weights file.
+
+    Parameters
+    ----------
+    model : shipped model name (see ``napari-vdir models``) or a ``.safetensors`` weights file.
+    fmt : ``"onnx"`` (the ONNX file alone) or ``"bioimageio"`` (a bioimage.io model package: a folder,
+        or a zip file when ``out`` ends in ``.zip``).
+    out : where to write it; nothing is left under this name if the export fails.
+    overwrite : replace an existing ``out``.
+
+    Returns the path written. Raises :class:`ExportError` (or ``WeightsError``) with a one-line message.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
+    if out.exists() and out.is_dir() != (fmt == "bioimageio" and out.suffix != ".zip"):
+        raise ExportError(f"{out}: exists and is a {'folder' if out.is_dir() else 'file'}; choose another output")
+    net, info, _ = load_model(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        return write_onnx(net, out)
+    try:
+        from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
+    except ImportError as err:
+        raise ExportError("--format bioimageio needs bioimageio.spec: pip install 'napari-vdir[bioimageio]'") from err
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.files-", dir=out.parent))
+    partial = _partial_name(out)
+    try:
+        descr = build_description(net, info, staging)
+        if out.suffix == ".zip":
+            save_bioimageio_package(descr, output_path=partial)
+        else:
+            save_bioimageio_package_as_folder(descr, output_path=partial)
+        _replace(partial, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+    return out
+
+
+def _partial_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing folder is moved aside first and removed after."""
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        try:
+            os.replace(new, target)
+        except OSError:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
