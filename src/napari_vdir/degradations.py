@@ -2,7 +2,8 @@
 
 Images are float tensors (N, C, H, W) in [0, 1]; every random draw takes an explicit
 ``torch.Generator`` so a run is reproducible. Noise levels are on the 0-255 scale,
-as in the denoising literature.
+as in the denoising literature. Super-resolution uses one pixel grid, pixel-centred
+(:data:`PIXEL_GRID`); only :func:`blur_decimate`, the paper's protocol, samples the corner grid.
 """
 
 from __future__ import annotations
