@@ -28,6 +28,7 @@ class Restoration:
     uncertainty: np.ndarray | None
     device: str
     model: ModelInfo
+    backend: str = "torch"       # where the network ran: "torch" or "onnxruntime"
 
 
 @dataclass
@@ -310,7 +311,7 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
             channel_axis: int | None | bool = None, alpha: bool | None = None, device="auto",
             tile_size: int | None = None, ensemble: bool = False, samples: int = 1, details: bool = False,
             progress=None, cancel=None, precision: str = "auto", strength: float = 1.0, intensity_range=None,
-            seed: int | None = 0):
+            seed: int | None = 0, backend: str = "auto"):
     """Restore an image (or an nD stack, plane by plane) with VDIR.
 
     Parameters
@@ -344,6 +345,9 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
         mapped back exactly, values outside it kept. ``"minmax"``: the data's min and max (results
         clipped to them). ``(low, high)`` or one ``(low, high)`` per channel: fixed.
     seed : random seed of the Monte-Carlo draws (``samples > 1``); None draws a fresh one.
+    backend : "auto" (ONNX Runtime float32 on the CPU where installed and precision is "auto"/"float32":
+        the fastest exact path; else torch), "torch" or "onnxruntime" (CPU, float32). See
+        :mod:`napari_vdir.backends` for how it combines with ``precision``.
 
     Returns the restored array in the input's layout and dtype (x scale spatially for "sr"),
     or a :class:`Restoration` when ``details=True``.
@@ -352,7 +356,12 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     seed = check_options(tile_size=tile_size, ensemble=ensemble, samples=samples, details=details,
                          progress=progress, cancel=cancel, precision=precision, strength=strength, seed=seed)
     dev = select_device(device)
+    from .backends import resolve_backend, select
+
+    resolve_backend(backend, dev, precision)  # refuses impossible combinations before any work
     if _is_dask(image):
+        if backend != "auto":
+            raise ValueError(f"backend={backend!r} is not passed to dask blocks; use backend='auto' for dask arrays")
         if details:
             raise ValueError("details=True is not available for dask arrays; restore a numpy array instead")
         from .lazy import restore_dask
@@ -377,6 +386,7 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     channels = 3 if c == 3 else 1
     path = resolve_model(model, task, channels, model_scale)
     net, info = cached_model(str(path), str(dev), path.stat().st_mtime)
+    runner_net, used_backend, run_precision = select(net, path, dev, backend, precision)
     if info.task != task or info.scale != model_scale:
         raise ValueError(f"{path.name} is a {info.task} model (x{info.scale}); it cannot do {task!r}"
                          + (f" x{model_scale}" if task == "sr" else ""))
@@ -385,7 +395,7 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     replicate = channels == 1 and info.channels == 3  # gray data through a colour model
     groups = [slice(i, i + 1) for i in range(c)] if channels == 1 else [slice(0, 3)]
 
-    runner = PlaneRestorer(net, dev, precision=precision, tile_size=tile_size, ensemble=ensemble,
+    runner = PlaneRestorer(runner_net, dev, precision=run_precision, tile_size=tile_size, ensemble=ensemble,
                            samples=samples, strength=strength, seed=seed, progress=progress, cancel=cancel)
     runner.total = p * len(groups) * runner.count_steps(h, w)
     steer = _steer_degradation(task) if strength != 1.0 else None
@@ -440,7 +450,7 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     if uncert is not None:
         uncert[..., :c] *= np.asarray(intensity.span, dtype=np.float32)
         uncertainty = layout.from_planes(uncert, lead)
-    return Restoration(result, latent, estimate, uncertainty, device_label(dev), info)
+    return Restoration(result, latent, estimate, uncertainty, device_label(dev), info, used_backend)
 
 
 def _is_dask(a) -> bool:
