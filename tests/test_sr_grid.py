@@ -151,3 +151,23 @@ def test_restored_sr_layer_overlays_its_input(tiny_weights):
     _overlay_checks(layer, out, 2)
     unc_data, unc_meta, _ = rest[-1]
     np.testing.assert_allclose(unc_meta["translate"], meta["translate"])  # the uncertainty map sits on the output
+
+
+def test_sr_training_defaults_to_the_real_world_mix(tmp_path):
+    """A new SR recipe trains on sr-mix (pixel-centred); the shipped recipes keep the paper's 'blur' explicitly."""
+    import torch
+
+    from napari_vdir.training.config import Recipe, load_recipe
+    from napari_vdir.training.data import degrade
+
+    recipe = Recipe.model_validate(dict(name="t", task="sr", scale=2, steps=1, data={"train": [str(tmp_path)]}))
+    assert recipe.degradation == "sr-mix"
+    hr = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    batch = degrade(hr, recipe, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    assert batch.degraded.shape == (6, 3, 16, 16) and batch.estimate_target.shape == (6, 2)
+    assert torch.isfinite(batch.degraded).all() and not torch.equal(batch.degraded, hr[..., ::2, ::2])
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "training"
+    for name in ("sr-x2-rgb", "sr-x4-rgb"):
+        assert load_recipe(root / f"{name}.yaml").degradation == "blur"

@@ -206,6 +206,9 @@ def degrade(clean: torch.Tensor, recipe: Recipe, generator: torch.Generator, cpu
             q = torch.randint(60, 96, (int(saved.sum()),), generator=cpu_generator).tolist()
             noisy[saved.to(noisy.device)] = deg.jpeg_batch(noisy[saved.to(noisy.device)], q)
         return Batch(noisy, clean, None)
+    if kind == "sr-mix":
+        lr, params = deg.random_sr_degradation(clean, recipe.scale, cpu_generator)
+        return Batch(lr.to(clean.device), clean, params.to(clean.device))
     if kind == "blur":
         kernels, params = deg.random_kernels(n, recipe.scale, cpu_generator, clean.device)
         return Batch(deg.blur_decimate(clean, kernels, recipe.scale), clean, params)
