@@ -149,3 +149,27 @@ def test_frame_pairs_are_two_different_frames_of_the_same_crop():
     frame_a, frame_b = a // 1000, b // 1000
     assert (frame_a != frame_b).all()  # never the same frame twice (its noise would be copied)
     assert torch.equal(a % 1000, b % 1000)  # the same pixels of the field, same flip/rotation
+
+
+def test_readme_noisy_stack_commands_work(tmp_path, monkeypatch):
+    """The README's "No clean images?" commands, with fewer steps: example stack, fine-tune, restore."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_vdir.cli import main as cli_main
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "noisy_stack.py"
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([sys.executable, str(script), "my_noisy/", "--planes", "3", "--size", "64"], check=True)
+    assert training_main(["--task", "denoise", "--data", "my_noisy/", "--self-supervised", "--init", "denoise-gray",
+                          "--steps", "2", "--patch", "32", "--batch", "2", "--out", "runs/my-microscope",
+                          "--quiet"]) == 0
+    model = Path("runs/my-microscope/denoise.safetensors")
+    assert napari_vdir.weights.read_info(model).trained_steps > 2  # the shipped model's steps plus these two
+    assert cli_main(["restore", "my_noisy/stack.tif", "--task", "denoise", "--model", str(model),
+                     "-o", "restored/"]) == 0
+    (out,) = Path("restored").iterdir()
+    restored, noisy = tifffile.imread(out), tifffile.imread("my_noisy/stack.tif")
+    assert restored.shape == noisy.shape == (3, 64, 64) and restored.dtype == np.uint16
+    assert tifffile.imread("my_noisy_clean/stack.tif").shape == noisy.shape

@@ -1,0 +1,116 @@
+"""Denoising of real widefield fluorescence: W2S validation fields 031-040 (30 images), noisy frame vs the
+400-frame average.
+
+    python benchmarks/eval_w2s.py --model shipped=denoise-gray --model nb2nb=PATH ...   # writes results/w2s.md
+
+Two figures per method, both against the 400-frame average:
+- **PSNR**, plain (what the dataset gives).
+- **PSNR after intensity matching**: the least-squares a*x + b of the result onto the reference, per image, before
+  the PSNR (the normalisation used by CARE, Weigert et al. 2018, for microscopy). It is needed here because the
+  8-bit files of W2S were contrast-stretched one by one: every noisy and every average has ~0.18 % of its pixels
+  at 0 and at 255 (an auto-contrast with 0.35 % saturation), so the noisy frame and its average sit on different
+  intensity scales (fitted slope ~1.3), a difference no method trained on noisy images can learn. This script
+  measures and prints that too (`saturated` columns).
+
+Baselines: the noisy frame, and a Gaussian blur with the best sigma per image (an oracle: sigma picked against the
+reference). Fine-tuned models are never chosen by these numbers; they are the end of their recipe's schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+import napari_vdir
+from napari_vdir.io import read_image
+
+RESULTS = Path(__file__).resolve().parent / "results" / "w2s.md"
+BLUR_SIGMAS = (0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def psnr(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - ref) ** 2)))
+
+
+def matched_psnr(a: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR after the least-squares affine map of ``a`` onto ``ref`` (clipped to the 8-bit range)."""
+    x = a.astype(np.float64).ravel()
+    design = np.stack([x, np.ones_like(x)], 1)
+    coef = np.linalg.lstsq(design, ref.ravel(), rcond=None)[0]
+    return psnr(np.clip(design @ coef, 0, 255).reshape(ref.shape), ref)
+
+
+def validation_pairs(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    pairs = []
+    for fov in range(31, 41):
+        for channel in range(3):
+            key = f"{fov:03d}_{channel}"
+            pairs.append((key, read_image(root / "noisy" / f"input_avg1_{key}.tif"),
+                          read_image(root / "clean" / f"target_avg400_{key}.tif").astype(np.float64)))
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--w2s", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/datasets/W2S")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=MODEL",
+                        help="a shipped model name or weights file, with the label for the table (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pairs = validation_pairs(args.w2s)
+    methods: dict[str, list[tuple[float, float]]] = {"noisy input": [], "Gaussian blur, best sigma (oracle)": []}
+    saturation = []
+    for _, noisy, clean in pairs:
+        methods["noisy input"].append((psnr(noisy, clean), matched_psnr(noisy, clean)))
+        blurred = [gaussian_filter(noisy.astype(np.float64), s) for s in BLUR_SIGMAS]
+        best = max(blurred, key=lambda b: psnr(b, clean))
+        methods["Gaussian blur, best sigma (oracle)"].append((psnr(best, clean), matched_psnr(best, clean)))
+        saturation.append(((noisy == 0).mean(), (noisy == 255).mean(), (clean == 0).mean(), (clean == 255).mean()))
+    seconds = {}
+    for spec in args.model:
+        label, _, model = spec.partition("=")
+        model = model or label
+        t0 = time.perf_counter()
+        scores = []
+        for _, noisy, clean in pairs:
+            restored = napari_vdir.restore(noisy, "denoise", model=model)
+            scores.append((psnr(restored, clean), matched_psnr(restored, clean)))
+        seconds[label] = time.perf_counter() - t0
+        methods[label] = scores
+    sat = np.mean(saturation, axis=0) * 100
+    lines = [
+        "# W2S widefield fluorescence: validation fields 031-040 (30 images, 512^2, 8-bit)",
+        "",
+        "Written by `python benchmarks/eval_w2s.py " + " ".join(f"--model {m}" for m in args.model)
+        + f" --threads {args.threads}` on {platform.processor() or platform.machine()}.",
+        "Mean over the 30 images; 'matched' = PSNR after the least-squares affine intensity map onto the reference.",
+        "",
+        "| method | PSNR (dB) | PSNR, intensities matched (dB) |",
+        "|---|---|---|",
+    ]
+    for label, scores in methods.items():
+        s = np.array(scores)
+        lines.append(f"| {label} | {s[:, 0].mean():.2f} | {s[:, 1].mean():.2f} |")
+    lines += ["", f"Pixels at 0 / 255, mean over the files: noisy {sat[0]:.2f} % / {sat[1]:.2f} %, "
+              f"400-frame averages {sat[2]:.2f} % / {sat[3]:.2f} % (each file contrast-stretched on its own).", ""]
+    if seconds:
+        lines.append("Wall time for the 30 images: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {label: {key: [round(a, 4), round(b, 4)] for (key, _, _), (a, b) in zip(pairs, scores, strict=True)}
+         for label, scores in methods.items()}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
