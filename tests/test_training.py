@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import errno
+import inspect
 import math
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from skimage import data
 
@@ -190,3 +195,188 @@ def test_paired_folders(image_folder, tmp_path):
     (noisy_dir / "img0.png").unlink()
     assert training_main(["--task", "real-denoise", "--data", str(image_folder), "--degraded", str(noisy_dir),
                           "--steps", "1", "--out", str(tmp_path / "r2"), "--quiet", "--device", "cpu"]) == 2
+
+
+# ----------------------------------------------------------------------------- issue 13: training faults
+
+def log_steps(path) -> list[int]:
+    with open(path, newline="") as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh)]
+
+
+def recipe_file(path, folder, **kw) -> Path:
+    values = dict(name="tiny", task="denoise", channels=3, arch=TINY_ARCH, steps=2, patch=32, batch=2,
+                  val_every=1, checkpoint_every=1, data={"train": [str(folder)]})
+    values.update(kw)
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_patch_16_trains_with_the_critic_at_default_precision(image_folder, tmp_path):
+    """The smallest accepted patch: the default critic halves 16 px to 1 px and its next stride-2 layer's
+    gradient turned NaN under bf16 autocast (step 2-4). The critic now stops before that layer."""
+    from napari_vdir.nets import Discriminator
+    from napari_vdir.training.trainer import critic_widths
+
+    full = inspect.signature(Discriminator).parameters["widths"].default
+    assert critic_widths(20) == critic_widths(64) == full  # the shipped recipes keep their critic
+    assert critic_widths(16) == full[:9]
+    recipe = tiny_recipe(image_folder, patch=16, steps=10, batch=4, data={"train": [str(image_folder)]})
+    trainer = Trainer(recipe, tmp_path, device="cpu")  # precision "auto": bf16 on CPUs that have it
+    trainer.load_data()
+    rows = [trainer.train_step() for _ in range(10)]
+    assert all(math.isfinite(r["gan"]) and math.isfinite(r["disc"]) for r in rows)
+
+
+def test_exported_weights_are_atomic_with_ordinary_permissions(image_folder, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    trainer = Trainer(tiny_recipe(image_folder, losses={"gan": 0.0}), tmp_path, device="cpu", precision="float32")
+    old = os.umask(0o022)
+    try:
+        path = trainer.export()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # safetensors alone writes 0o600
+    before = path.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"truncated")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError):
+        trainer.export()
+    assert path.read_bytes() == before  # the earlier export is untouched
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\ntask: denoise\nsteps: [1, 2\n", "not valid YAML (line "),
+    ("name: x\ntask: denoise\nsteps: 5\nlr: .inf\ndata: {train: [DATA]}\n", "lr: Input should be a finite number"),
+    ("name: x\ntask: denoise\nsteps: 5\nlosses: {kl: .nan}\ndata: {train: [DATA]}\n", "losses.kl: Input should be"),
+    ("name: x\ntask: denoise\nsteps: 5\npatch: 30\ndata: {train: [DATA]}\n", "patch must be a multiple of 4"),
+])
+def test_bad_recipe_files_one_line(image_folder, tmp_path, capsys, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("DATA", str(image_folder)))
+    assert training_main(["--recipe", str(bad), "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(image_folder, tmp_path_factory):
+    """A tiny denoise run's checkpoint (2 steps)."""
+    out = tmp_path_factory.mktemp("ckpt")
+    recipe = recipe_file(out / "recipe.yaml", image_folder)
+    assert training_main(["--recipe", str(recipe), "--out", str(out), "--quiet", "--device", "cpu",
+                          "--threads", "1"]) == 0
+    return out / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("zero-byte", "empty file (0 bytes)"), ("junk", "not a readable training checkpoint"),
+    ("truncated", "not a readable training checkpoint"), ("not-a-dict", "not a napari-vdir training checkpoint"),
+    ("other-arch", "checkpoint of another run: arch"), ("other-arch-no-recipe", "do not fit this run's network"),
+    ("other-task", "checkpoint of another run: task denoise (this run: jpeg)"),
+    ("other-channels", "channels 3 (this run: 1)"),
+])
+def test_bad_checkpoints_one_line(image_folder, tmp_path, capsys, checkpoint, kind, message):
+    bad = tmp_path / "checkpoint.pt"
+    recipe = dict(steps=4)
+    if kind == "zero-byte":
+        bad.write_bytes(b"")
+    elif kind == "junk":
+        bad.write_bytes(os.urandom(5000))
+    elif kind == "truncated":
+        bad.write_bytes(checkpoint.read_bytes()[:20000])
+    elif kind == "not-a-dict":
+        torch.save([1, 2, 3], bad)
+    elif kind.startswith("other-arch"):
+        recipe["arch"] = dict(TINY_ARCH, width=12)
+        state = torch.load(checkpoint, weights_only=True)
+        if kind == "other-arch-no-recipe":  # an older checkpoint: the tensors themselves do not fit
+            del state["recipe"]
+        torch.save(state, bad)
+    else:
+        bad.write_bytes(checkpoint.read_bytes())
+        recipe.update(task="jpeg") if kind == "other-task" else recipe.update(channels=1)
+    cfg = recipe_file(tmp_path / "recipe.yaml", image_folder, **recipe)
+    code = training_main(["--recipe", str(cfg), "--out", str(tmp_path), "--resume", "--quiet", "--device", "cpu"])
+    assert code == 2
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_resume_after_a_kill_between_checkpoints(image_folder, tmp_path):
+    """Killed at step 5 with the checkpoint at step 3: the log held steps 4-5 and the weights step 5; on
+    resume both go back to the checkpoint, and the finished run logs every step once."""
+    recipe = tiny_recipe(image_folder, steps=6, val_every=1, checkpoint_every=3, losses={"gan": 0.0},
+                         data={"train": [str(image_folder)]})
+    dying = Trainer(recipe, tmp_path, device="cpu", precision="float32")
+    step = dying.train_step
+
+    def killed_after_5():
+        if dying.step == 5:
+            raise SystemExit("SIGKILL")  # leaves the files as a kill does: no checkpoint at step 5
+        return step()
+    dying.train_step = killed_after_5
+    with pytest.raises(SystemExit):
+        dying.fit()
+    assert log_steps(tmp_path / "log.csv") == [0, 1, 2, 3, 4, 5]
+    assert read_info(tmp_path / "tiny.safetensors").trained_steps == 5
+    assert int(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"]) == 3
+
+    resumed = Trainer(recipe, tmp_path, device="cpu", precision="float32")
+    resumed.load_data()
+    resumed.resume(tmp_path / "checkpoint.pt")
+    assert log_steps(tmp_path / "log.csv") == [0, 1, 2, 3]
+    assert read_info(tmp_path / "tiny.safetensors").trained_steps == 3
+    resumed.fit()
+    assert log_steps(tmp_path / "log.csv") == list(range(7))
+    assert read_info(tmp_path / "tiny.safetensors").trained_steps == 6
+
+
+def test_minimal_form_trains_without_the_critic_unless_asked(image_folder, tmp_path):
+    common = ["--task", "denoise", "--data", str(image_folder), "--steps", "1", "--patch", "32", "--batch", "2",
+              "--quiet", "--device", "cpu", "--threads", "1"]
+    assert training_main([*common, "--out", str(tmp_path / "plain")]) == 0
+    state = torch.load(tmp_path / "plain" / "checkpoint.pt", weights_only=True)
+    assert state["discriminator"] is None and state["recipe"]["losses"]["gan"] == 0
+    assert state["recipe"]["grad_clip"] == 1.0  # the CPU recipes' settings
+    assert (tmp_path / "plain" / "checkpoint.pt").stat().st_size < 10e6  # was 116 MB with the 9.4M critic
+    with open(tmp_path / "plain" / "log.csv", newline="") as fh:
+        assert all(not row["gan"] and not row["disc"] for row in csv.DictReader(fh))
+
+    assert training_main([*common, "--out", str(tmp_path / "critic"), "--critic"]) == 0
+    state = torch.load(tmp_path / "critic" / "checkpoint.pt", weights_only=True)
+    assert state["discriminator"] is not None and state["recipe"]["losses"]["gan"] > 0
+    with open(tmp_path / "critic" / "log.csv", newline="") as fh:
+        assert float(list(csv.DictReader(fh))[-1]["gan"]) > 0
+
+    recipe = recipe_file(tmp_path / "gan.yaml", image_folder, steps=1, losses={"gan": 0.001})
+    assert training_main(["--recipe", str(recipe), "--out", str(tmp_path / "off"), "--no-critic", "--quiet",
+                          "--device", "cpu"]) == 0
+    assert torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)["discriminator"] is None
+
+
+def test_gray_init_on_colour_data_suggests_channels_1(image_folder, tmp_path, capsys, tiny_weights):
+    common = ["--task", "denoise", "--data", str(image_folder), "--init", str(tiny_weights[("denoise", 1, 1)]),
+              "--steps", "1", "--patch", "32", "--batch", "2", "--quiet", "--device", "cpu"]
+    assert training_main([*common, "--out", str(tmp_path / "a")]) == 2
+    assert "add --channels 1" in one_error_line(capsys.readouterr().err)
+    assert training_main([*common, "--out", str(tmp_path / "b"), "--channels", "1"]) == 0
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        training_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("patch size in pixels (multiple of 4) (default: 64)", "patches per step (default: 16)",
+                     "(default: 0.001)", "random seed (default: 0)", "--device DEVICE auto, cpu, cuda or mps (default: auto)",
+                     "--critic, --no-critic", "(default: OUT/checkpoint.pt)", "examples: # fine-tune"):
+        assert expected in text, expected

@@ -37,11 +37,29 @@ napari_vdir.training ...
 """
 
 SMALL_ARCH = {"width": 32, "rir_blocks": 2, "res_blocks": 2, "encoder_width": 32}
+# what the minimal form (no --recipe) adds: the CPU recipes' settings (training/denoise-gray.yaml);
+# the GAN critic is off (--critic turns it on): 9.4M parameters beside a 0.15M-parameter generator
+MINIMAL_DEFAULTS = {"losses": {"gan": 0.0}, "grad_clip": 1.0, "lr_min": 1e-6}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description and examples as written, and each option's default (unless it has none)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _default(field: str) -> str:
+    from .config import Recipe
+
+    return f"(default: {Recipe.model_fields[field].default:g})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m napari_vdir.training", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--recipe", help="YAML recipe (see training/*.yaml); flags below override its values")
     p.add_argument("--task", choices=["denoise", "real-denoise", "sr", "jpeg"])
     p.add_argument("--data", action="append",
@@ -59,23 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 = gray, 3 = colour (default: from the data)")
     p.add_argument("--scale", type=int, choices=[2, 4], help="upscaling factor for --task sr")
     p.add_argument("--degradation", help="awgn, poisson, awgn+poisson, camera, blur or jpeg (default: the task's)")
-    p.add_argument("--init", help="shipped model name or weights file to fine-tune from")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--patch", type=int, help="patch size in pixels (multiple of 4)")
-    p.add_argument("--batch", type=int, help="patches per step")
-    p.add_argument("--lr", type=float, help="peak learning rate (cosine decay)")
+    p.add_argument("--init", help="shipped model name or weights file to fine-tune from "
+                   "(default: none, a small network from scratch)")
+    p.add_argument("--steps", type=int, help="training steps (needed without --recipe)")
+    p.add_argument("--patch", type=int, help=f"patch size in pixels (multiple of 4) {_default('patch')}")
+    p.add_argument("--batch", type=int, help=f"patches per step {_default('batch')}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (cosine decay) {_default('lr')}")
     p.add_argument("--warmup-steps", type=int,
-                   help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps)")
-    p.add_argument("--val-every", type=int, help="validate every N steps")
-    p.add_argument("--seed", type=int)
+                   help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps) "
+                        + _default("warmup_steps"))
+    p.add_argument("--val-every", type=int, help="validate every N steps (default: steps/5, at most 500)")
+    p.add_argument("--critic", action=argparse.BooleanOptionalAction,
+                   help="train with the GAN critic on the latent's decoder output (default: off without --recipe, "
+                        "else the recipe's losses.gan)")
+    p.add_argument("--seed", type=int, help=f"random seed {_default('seed')}")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
-                   help="anneal the learning rate over this much training time and stop there")
+                   help="anneal the learning rate over this much training time and stop there (default: none)")
     p.add_argument("--name", help="name of the weights file (default: the task)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
-                   help="resume from a checkpoint (default OUT/checkpoint.pt)")
+                   help="resume from a checkpoint (default: OUT/checkpoint.pt)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bf16/AMP where the device supports it")
     p.add_argument("--threads", type=int, help="CPU threads (use 1 when another job shares a 2-core machine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -98,15 +122,16 @@ def recipe_from_args(args):
             data = recipe.data.model_dump()
             data.update({k: v for k, v in given.items() if v})
             recipe = Recipe.model_validate({**recipe.model_dump(), "data": data})
-        return recipe
+        return with_critic(recipe, args.critic)
     if not args.task or not args.data or not args.steps:
-        raise SystemExit("error: without --recipe, give at least --task, --data and --steps")
+        raise ValueError("without --recipe, give at least --task, --data and --steps")
     values = {k: v for k, v in overrides.items() if v is not None}
+    values.update(MINIMAL_DEFAULTS)
     values.setdefault("name", args.task + (f"-x{args.scale}" if args.scale else ""))
     if "channels" not in values:
         first = image_paths(args.data[0])
         if not first:
-            raise SystemExit(f"error: {args.data[0]} holds no PNG/JPEG/TIFF images")
+            raise ValueError(f"{args.data[0]} holds no PNG/JPEG/TIFF images")
         img = read_image(first[0])
         values["channels"] = 3 if img.ndim >= 3 and img.shape[-1] == 3 else 1
     if not args.init:
@@ -114,7 +139,26 @@ def recipe_from_args(args):
     values.setdefault("val_every", max(1, min(500, values["steps"] // 5)))
     values.setdefault("checkpoint_every", max(1, min(1000, values["steps"])))
     values["data"] = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
+    return with_critic(Recipe.model_validate(values), args.critic)
+
+
+def with_critic(recipe, critic: bool | None):
+    """--critic / --no-critic: the GAN term at its default weight, or off; None keeps the recipe's."""
+    from .config import LossWeights, Recipe
+
+    if critic is None or critic == (recipe.losses.gan > 0):
+        return recipe
+    gan = LossWeights.model_fields["gan"].default if critic else 0.0
+    values = recipe.model_dump()
+    values["losses"]["gan"] = gan
     return Recipe.model_validate(values)
+
+
+def _fail(err: Exception) -> int:
+    from .config import one_line
+
+    print(f"error: {one_line(err)}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:
@@ -122,8 +166,7 @@ def main(argv=None) -> int:
     try:
         recipe = recipe_from_args(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     from .trainer import Trainer
 
     out = Path(args.out)
@@ -135,8 +178,7 @@ def main(argv=None) -> int:
             trainer.resume(ckpt)
             print(f"resumed from {ckpt} at step {trainer.step}")
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     bar = None
     if not args.quiet and trainer.rank == 0:
         from tqdm import tqdm
@@ -156,6 +198,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as err:
         print(f"\n{err}", file=sys.stderr)
         return 130
+    except FloatingPointError as err:  # a diverged run: say so in one line, the last checkpoint stays
+        print(f"\nerror: {err}; lower --lr or try --precision float32 (OUT/checkpoint.pt holds the last good "
+              "state)", file=sys.stderr)
+        return 1
     finally:
         if bar is not None:
             bar.close()

@@ -10,12 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..nets import ArchConfig
 from ..tasks import ESTIMATES, check_task
 
-Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "jpeg"]
-DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "blur", "jpeg": "jpeg"}
+Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
+# sr: "sr-mix" is how low-resolution images are really made (binning, resizes, blurs; pixel-centred grid);
+# "blur" is the paper's protocol (Gaussian blur, keep the top-left pixel of each block), the shipped SR models' recipe
+DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "sr-mix", "jpeg": "jpeg"}
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys and non-finite numbers (``lr: .inf``, ``.nan``) are rejected."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 _PAPER = ArchConfig()
@@ -91,7 +95,7 @@ class Recipe(Strict):
         if self.degradation is None:
             self.degradation = DEFAULT_DEGRADATION[self.task]
         allowed = {"denoise": {"awgn", "awgn+poisson", "poisson"}, "real-denoise": {"camera"},
-                   "sr": {"blur"}, "jpeg": {"jpeg"}}[self.task]
+                   "sr": {"blur", "sr-mix"}, "jpeg": {"jpeg"}}[self.task]
         if self.degradation not in allowed:
             raise ValueError(f"degradation {self.degradation!r} does not fit task {self.task!r} "
                              f"(choose {sorted(allowed)})")
@@ -124,13 +128,43 @@ class Recipe(Strict):
 
 
 def load_recipe(path: str | Path, **overrides) -> Recipe:
+    """Read and validate a recipe; every problem is a ``ValueError`` (or ``FileNotFoundError``)
+    whose message fits on one line (see :func:`one_line`)."""
     import yaml
+    from pydantic import ValidationError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML ({where}{what})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a recipe is a YAML file") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a recipe is a YAML mapping of keys to values")
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return Recipe.model_validate(values)
+    try:
+        return Recipe.model_validate(values)
+    except ValidationError as err:
+        raise ValueError(f"{path}: {one_line(err)}") from None
+
+
+def one_line(err: Exception) -> str:
+    """A pydantic ValidationError as ``key: reason; key: reason`` (others: their first line)."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return " ".join(str(err).split())
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(k) for k in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "finite_number":
+            msg += f", got {e['input']!r}"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import signal
@@ -20,6 +21,25 @@ from . import losses, selfsupervised
 from .config import Recipe
 from .data import (Batch, FramePairSampler, PatchSampler, degrade, load_folder, load_frame_groups, pair_by_name,
                    validation_set)
+
+
+def critic_widths(patch: int) -> tuple[int, ...]:
+    """The critic's layers for a patch size: its default stack, cut before a stride-2 layer would get
+    a 1-pixel input (only a 16 px patch: such a layer's gradient turns to NaN under bf16 autocast).
+    Patches of 20 px and more keep the whole default critic."""
+    widths = inspect.signature(Discriminator).parameters["widths"].default
+    size = patch
+    for i in range(len(widths)):
+        if i % 2:  # the odd layers have stride 2 (nets.Discriminator)
+            if size < 2:
+                return widths[:i]
+            size = (size + 1) // 2
+    return widths
+
+
+CHECKPOINT_KEYS = ("step", "train_seconds", "best_val", "model", "decoder", "opt_g", "rng_torch", "rng_generator",
+                   "rng_cpu_generator", "history")
+SAME_RUN = ("task", "channels", "scale", "arch")  # what a resumed run must share with its checkpoint
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -56,13 +76,19 @@ class Trainer:
 
         self.model, init_info = self._build_model()
         self.decoder = Decoder(recipe.channels).to(self.device)
-        self.discriminator = Discriminator(recipe.channels).to(self.device)
+        # the critic exists only when its loss is on (9.4M parameters and their Adam state otherwise)
+        self.discriminator = None
+        if recipe.losses.gan > 0:
+            self.discriminator = Discriminator(recipe.channels, critic_widths(recipe.patch)).to(self.device)
         if self.device.type != "mps":
             for m in (self.model, self.decoder, self.discriminator):
-                m.to(memory_format=torch.channels_last)
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
         gen_params = list(self.model.parameters()) + list(self.decoder.parameters())
         self.opt_g = torch.optim.Adam(gen_params, lr=recipe.lr)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=recipe.lr, betas=(0.5, 0.999))
+        self.opt_d = None
+        if self.discriminator is not None:
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=recipe.lr, betas=(0.5, 0.999))
         self.train_model, self.train_decoder, self.train_discriminator = self.model, self.decoder, self.discriminator
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -70,7 +96,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DDP(self.model, device_ids=ids, find_unused_parameters=True)
             self.train_decoder = DDP(self.decoder, device_ids=ids)
-            self.train_discriminator = DDP(self.discriminator, device_ids=ids)
+            if self.discriminator is not None:
+                self.train_discriminator = DDP(self.discriminator, device_ids=ids)
         self.step = 0
         self.train_seconds = 0.0
         self.best_val = float("-inf")
@@ -84,8 +111,14 @@ class Trainer:
             path = resolve_model(r.init, r.task, r.channels, r.scale or 1)
             model, info = load_weights(path, self.device)
             if info.task != r.task or info.channels != r.channels or info.scale != (r.scale or 1):
+                hint = ""
+                if (info.task, info.scale) == (r.task, r.scale or 1):
+                    hint = (f"; add --channels {info.channels} (recipe: channels: {info.channels}) to train it on "
+                            + ("gray (luma) versions of your images" if info.channels == 1 else
+                               "your gray images repeated as RGB"))
                 raise ValueError(f"{path}: a {info.task} model for {info.channels} channel(s) x{info.scale} "
-                                 f"cannot be fine-tuned for {r.task} with {r.channels} channel(s) x{r.scale or 1}")
+                                 f"cannot be fine-tuned for {r.task} with {r.channels} channel(s) x{r.scale or 1}"
+                                 + hint)
             return model.train(), info
         cfg = ArchConfig(channels=r.channels, scale=r.scale or 1, estimate_dims=r.estimate_dims,
                          **r.arch.model_dump())
@@ -170,7 +203,7 @@ class Trainer:
         batch = self.next_batch()
         lr = self.lr_at()
         for opt in (self.opt_g, self.opt_d):
-            for group in opt.param_groups:
+            for group in opt.param_groups if opt is not None else ():
                 group["lr"] = lr
         terms = {}
         with autocast_context(self.device, self.precision):
@@ -251,8 +284,8 @@ class Trainer:
         return {
             "step": self.step, "train_seconds": self.train_seconds, "best_val": self.best_val,
             "model": self.model.state_dict(), "decoder": self.decoder.state_dict(),
-            "discriminator": self.discriminator.state_dict(),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "discriminator": self.discriminator.state_dict() if self.discriminator is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "rng_torch": torch.get_rng_state(), "rng_generator": self.generator.get_state(),
             "rng_cpu_generator": self.cpu_generator.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -273,21 +306,80 @@ class Trainer:
 
         Checkpoints are this tool's own files; they hold optimiser state and RNG
         states, so they are read with ``weights_only=True`` (tensors and plain types only).
+        A file that is not a readable checkpoint, or one of another run (task, channels, scale,
+        architecture), is a ``ValueError`` with a one-line reason. ``log.csv`` loses the rows
+        after the checkpoint's step (a run killed between checkpoints logged them, and the resumed
+        run logs them again), and the exported weights are rewritten from the checkpoint.
         """
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.decoder.load_state_dict(state["decoder"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        torch.set_rng_state(state["rng_torch"].cpu())
-        self.generator.set_state(state["rng_generator"].cpu())
-        self.cpu_generator.set_state(state["rng_cpu_generator"].cpu())
-        if self.device.type == "cuda" and state["rng_cuda"]:
+        path = Path(path)
+        state = self._read_checkpoint(path)
+        self._check_same_run(path, state.get("recipe"))
+        try:
+            self.model.load_state_dict(state["model"])
+            self.decoder.load_state_dict(state["decoder"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            if self.discriminator is not None and state.get("discriminator") is not None:
+                self.discriminator.load_state_dict(state["discriminator"])
+                self.opt_d.load_state_dict(state["opt_d"])
+            torch.set_rng_state(state["rng_torch"].cpu())
+            self.generator.set_state(state["rng_generator"].cpu())
+            self.cpu_generator.set_state(state["rng_cpu_generator"].cpu())
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ValueError(f"{path}: its tensors do not fit this run's network ({first[:200]}); resume with the "
+                             "recipe it was trained with, or train into another --out") from None
+        if self.device.type == "cuda" and state.get("rng_cuda"):
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.best_val = float(state["best_val"])
         self.history = list(state["history"])
+        if self.rank == 0:
+            self._truncate_log()
+            exported = self.out / f"{self.recipe.name}.safetensors"
+            if exported.is_file() and self.history:
+                self.export()  # the weights of a killed run can be ahead of its checkpoint
+
+    def _read_checkpoint(self, path: Path) -> dict:
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint; delete it to start afresh")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as err:  # zip, pickle and torch errors of all kinds for a damaged file
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ValueError(f"{path}: not a readable training checkpoint ({first[:160]}); it may be truncated "
+                             "or another kind of file; delete it to start afresh") from None
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ValueError(f"{path}: not a napari-vdir training checkpoint (no {', '.join(missing[:3])}"
+                             + (", ..." if len(missing) > 3 else "") + ")")
+        return state
+
+    def _check_same_run(self, path: Path, stored: dict | None) -> None:
+        if not isinstance(stored, dict):
+            return  # an older checkpoint without its recipe: the tensors are still checked
+        mine = self.recipe.model_dump()
+        diff = [f"{k} {stored.get(k)} (this run: {mine[k]})" for k in SAME_RUN if stored.get(k) != mine[k]]
+        if diff:
+            raise ValueError(f"{path} is a checkpoint of another run: {'; '.join(diff)}; resume with the recipe "
+                             "and options it was trained with, or train into another --out")
+
+    def _truncate_log(self) -> None:
+        """Drop log rows after the checkpoint's step (written atomically)."""
+        from ..io import write_atomically
+
+        log = self.out / "log.csv"
+        if not log.is_file():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        rows = list(csv.reader(lines))
+        if not rows or not rows[0] or rows[0][0] != "step":
+            return
+        keep = [lines[0]] + [line for line, row in zip(lines[1:], rows[1:], strict=True)
+                             if row and _step(row[0]) is not None and _step(row[0]) <= self.step]
+        if len(keep) != len(lines):
+            write_atomically(log, lambda fh: fh.write("".join(keep).encode()))
 
     def export(self, path: str | Path | None = None) -> Path:
         r = self.recipe
@@ -299,7 +391,9 @@ class Trainer:
                          + (f", x{r.scale}" if r.scale else ""),
                          recipe=recipe, quality={"val_psnr": val} if val is not None else {},
                          trained_steps=self.step + (self.init_info.trained_steps if self.init_info else 0))
-        return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
+        path = save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
+        _ordinary_permissions(path)
+        return path
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress=None, stop_at: int | None = None) -> Path:
@@ -360,6 +454,20 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         self.save_checkpoint()
         return self.export() if self.rank == 0 else self.out / f"{self.recipe.name}.safetensors"
+
+
+def _step(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def _ordinary_permissions(path: Path) -> None:
+    """Mode 0o666 minus the umask, as for any new file (safetensors writes its files 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _main_thread() -> bool:
