@@ -310,8 +310,8 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
     np.save(folder / "test_output.npy", y)
     import tifffile
 
-    tifffile.imwrite(folder / "sample_input.tif", x)
-    tifffile.imwrite(folder / "sample_output.tif", y)
+    tifffile.imwrite(folder / "sample_input.tif", x, photometric="minisblack")
+    tifffile.imwrite(folder / "sample_output.tif", y, photometric="minisblack")
     cover_png(x, y, folder / "cover.png", s)
     write_onnx(net, folder / "model.onnx")
     write_torchscript(net, folder / "model.torchscript.pt")

@@ -1,0 +1,183 @@
+"""Export: the ONNX file computes the torch forward; the bioimage.io package passes `bioimageio test`,
+reproduces napari_vdir.restore on its test input, tiles correctly with its halo, and is written atomically."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vdir import export
+from napari_vdir.export import ExportError, export_model
+from napari_vdir.inference import tile_margin
+from napari_vdir.weights import load_weights, shipped_models
+
+
+def _torch_forward(path, x: np.ndarray) -> np.ndarray:
+    net, _ = load_weights(path)
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).image.numpy()
+
+
+@pytest.mark.parametrize("key", [("denoise", 1, 3), ("sr", 2, 1), ("sr", 4, 3)])
+def test_onnx_file_computes_the_deterministic_forward(tiny_weights, tmp_path, key):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out = export_model(tiny_weights[key], "onnx", tmp_path / "m.onnx")
+    assert out == tmp_path / "m.onnx" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    _, scale, channels = key
+    for shape in ((1, channels, 40, 56), (2, channels, 64, 36)):  # dynamic batch, height and width
+        x = rng.random(shape, dtype=np.float32)
+        got = session.run(None, {"input": x})[0]
+        assert got.shape == (shape[0], channels, shape[2] * scale, shape[3] * scale)
+        np.testing.assert_allclose(got, _torch_forward(tiny_weights[key], x), atol=1e-5, rtol=0)
+
+
+def test_export_refuses_bad_requests_and_leaves_nothing(tiny_weights, tmp_path):
+    path = tiny_weights[("denoise", 1, 3)]
+    with pytest.raises(ExportError, match="format must be one of onnx, bioimageio"):
+        export_model(path, "tflite", tmp_path / "x")
+    with pytest.raises(ExportError, match="no shipped model named 'nope'"):
+        export_model("nope", "onnx", tmp_path / "x.onnx")
+    (tmp_path / "taken.onnx").write_bytes(b"keep")
+    with pytest.raises(ExportError, match="already exists"):
+        export_model(path, "onnx", tmp_path / "taken.onnx")
+    assert (tmp_path / "taken.onnx").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.onnx"]
+
+
+def test_failed_package_export_leaves_no_partial_output(tiny_weights, tmp_path, monkeypatch):
+    pytest.importorskip("bioimageio.spec")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "write_torchscript", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(tiny_weights[("denoise", 1, 3)], "bioimageio", tmp_path / "pkg")
+    assert list(tmp_path.iterdir()) == []  # no package, no staging folder, no partial file
+
+
+# ----------------------------------------------------------------------------- bioimage.io packages
+
+def _check_package(folder: Path, weights: Path) -> None:
+    """What the rdf declares: halo, size constraints, SR scale, weights formats, citation, licence,
+    and that the test output is restore()'s result on the test input."""
+    import yaml
+
+    import napari_vdir
+
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    net, info = load_weights(weights)
+    s, margin = info.scale, tile_margin(net)
+    assert rdf["format_version"].startswith("0.5") and rdf["license"] == "BSD-3-Clause"
+    assert rdf["cite"][0]["doi"] == "10.1109/TIP.2022.3165296"
+    assert set(rdf["weights"]) == {"onnx", "torchscript", "pytorch_state_dict"}
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"] == info.arch.to_dict()
+    y_in = rdf["inputs"][0]["axes"][2]
+    y_out = rdf["outputs"][0]["axes"][2]
+    assert y_in["size"] == {"min": 2 * margin + 4, "step": 4}
+    assert y_out["halo"] == margin * s and y_out["halo"] // s >= net.cfg.receptive_radius
+    assert y_out["size"] == {"tensor_id": "input", "axis_id": "y"} and y_out.get("scale", 1.0) == 1.0 / s
+    from PIL import Image
+
+    cover = Image.open(folder / rdf["covers"][0]["source"])
+    assert cover.size[0] == 2 * cover.size[1]
+    x = np.load(folder / "test_input.npy")
+    y = np.load(folder / "test_output.npy")
+    assert x.dtype == y.dtype == np.float32
+    assert y.shape == (1, info.channels, x.shape[2] * s, x.shape[3] * s)
+    assert np.array_equal(x, np.rint(x)) and 0 <= x.min() and x.max() <= 255  # 8-bit values
+    hwc = x[0].transpose(1, 2, 0)
+    img = hwc.astype(np.uint8) if info.channels == 3 else hwc[..., 0].astype(np.uint8)
+    ref = y[0].transpose(1, 2, 0) if info.channels == 3 else y[0, 0]
+    # uint8 through restore(): the package's output rounded and clipped
+    got = napari_vdir.restore(img, info.task, scale=s if s > 1 else None, model=weights, precision="float32",
+                              backend="torch")
+    expect = np.clip(np.rint(ref), 0, 255)
+    close_to_half = np.abs(np.abs(ref - np.floor(ref)) - 0.5) < 1e-3
+    assert np.array_equal(got[~close_to_half], expect[~close_to_half])
+    # floats in [0, 1]: restore()'s float result x 255 equals the package's output to float rounding
+    f = napari_vdir.restore(img.astype(np.float32) / 255, info.task, scale=s if s > 1 else None, model=weights,
+                            precision="float32", backend="torch")
+    np.testing.assert_allclose(f * 255, ref, rtol=0, atol=2e-3 * max(1.0, float(np.abs(ref).max()) / 255))
+
+
+def test_bioimageio_package_passes_bioimageio_test_cli(tiny_weights, tmp_path):
+    pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    weights = tiny_weights[("denoise", 1, 3)]
+    out = export_model(weights, "bioimageio", tmp_path / "pkg")
+    assert out.is_dir() and not [p for p in tmp_path.iterdir() if p.name != "pkg"]
+    assert {"rdf.yaml", "model.onnx", "model.torchscript.pt", "weights.pt", "vdir_arch.py", "test_input.npy",
+            "test_output.npy", "cover.png", "README.md"} <= {p.name for p in out.iterdir()}
+    _check_package(out, weights)
+    cli = Path(sys.executable).with_name("bioimageio")
+    done = subprocess.run([str(cli), "test", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "❌" not in done.stdout
+    for fmt in ("onnx", "pytorch_state_dict", "torchscript"):  # every weight format was run
+        assert f"weights.{fmt}" in done.stdout
+
+
+def _passes(folder: Path) -> None:
+    from bioimageio.core import test_model
+
+    summary = test_model(folder)
+    failed = [d for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in failed]
+    reproduced = {tuple(d.loc)[1] for d in summary.details
+                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
+    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
+
+
+def test_sr_gray_package_as_zip_passes_and_declares_scaled_output(tiny_weights, tmp_path):
+    pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    weights = tiny_weights[("sr", 4, 1)]
+    out = export_model(weights, "bioimageio", tmp_path / "sr4.zip")
+    assert out.is_file() and [p.name for p in tmp_path.iterdir()] == ["sr4.zip"]
+    _passes(out)
+    import zipfile
+
+    folder = tmp_path / "unzipped"
+    zipfile.ZipFile(out).extractall(folder)
+    _check_package(folder, weights)
+
+
+def test_package_tiles_with_its_halo_like_one_pass(tiny_weights, tmp_path):
+    """bioimage.io consumers tile with the declared halo: blocks must give the one-pass result away from
+    the image border (where a consumer's padding, not the network's zero padding, decides)."""
+    core = pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    from bioimageio.spec import load_model_description
+
+    weights = tiny_weights[("sr", 2, 3)]
+    out = export_model(weights, "bioimageio", tmp_path / "pkg")
+    descr = load_model_description(out / "rdf.yaml")
+    rng = np.random.default_rng(3)
+    x = np.rint(rng.random((1, 3, 160, 148), dtype=np.float32) * 255).astype(np.float32)
+    whole = _torch_forward(weights, x / np.float32(255)) * 255
+    sample = core.predict(model=descr, inputs={"input": core.Tensor.from_numpy(x, dims=("batch", "channel", "y", "x"))},
+                          blocksize_parameter=0)
+    got = sample.members["output"].data.values
+    net, _ = load_weights(weights)
+    m = 2 * tile_margin(net)  # output pixels near the border that a consumer's padding decides
+    assert got.shape == whole.shape
+    np.testing.assert_allclose(got[..., m:-m, m:-m], whole[..., m:-m, m:-m], atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(shipped_models()))
+def test_every_shipped_model_exports_a_passing_package(name, tmp_path):
+    pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    out = export_model(name, "bioimageio", tmp_path / name)
+    _check_package(out, shipped_models()[name])
+    _passes(out)
