@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="also save clean, noisy and restored PNGs")
     _add_model_options(p)
     p.set_defaults(command=cmd_demo)
+
+    p = commands.add_parser("export", help="export a model for other tools (bioimage.io package or ONNX file)",
+                            description="Write MODEL as a bioimage.io model package (a folder, or a zip when OUT "
+                            "ends in .zip) for Fiji/deepImageJ, QuPath, ilastik or bioimageio.core, or as one ONNX file.")
+    p.add_argument("model", metavar="MODEL", help="shipped model name (see `napari-vdir models`) or .safetensors file")
+    p.add_argument("--format", required=True, choices=("bioimageio", "onnx"), dest="fmt")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="package folder/.zip or .onnx file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(command=cmd_export)
     return parser
 
 
@@ -90,6 +99,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bf16/AMP where the device supports it; float32: exact")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="auto: ONNX Runtime float32 on the CPU where installed (exact, fastest), else torch")
 
 
 # ----------------------------------------------------------------------------- restore
@@ -117,7 +128,7 @@ def cmd_restore(args) -> int:
                                  channel_axis=layout.channel_axis, alpha=layout.alpha, device=args.device,
                                  tile_size=args.tile_size,
                                  ensemble=args.ensemble, samples=args.samples, strength=args.strength,
-                                 precision=args.precision, progress=progress)
+                                 precision=args.precision, progress=progress, backend=args.backend)
             write_image(dst, result, layout)
             print(f"{src} -> {dst}  {_shape(image)} -> {_shape(result)} {result.dtype}, "
                   f"{time.perf_counter() - start:.1f} s")
@@ -167,7 +178,8 @@ def check_not_checkpoint(path: Path) -> None:
 
 # restore()'s keyword names -> this command line's flags, for messages that come from the API
 API_WORDS = {"scale": "--scale", "tile_size": "--tile-size", "samples": "--samples", "strength": "--strength",
-             "device": "--device", "precision": "--precision", "model": "--model", "ensemble": "--ensemble"}
+             "device": "--device", "precision": "--precision", "model": "--model", "ensemble": "--ensemble",
+             "backend": "--backend"}
 
 
 def cli_words(message: str) -> str:
@@ -312,6 +324,16 @@ def _quality(quality: dict) -> str:
                      else f"{k} {v}" for k, v in quality.items())
 
 
+# ----------------------------------------------------------------------------- export
+
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    out = export_model(args.model, args.fmt, args.output, overwrite=args.overwrite)
+    print(f"{args.model} -> {out} ({args.fmt})")
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 DEMO_CROP_ORIGIN = (16, 144)  # the astronaut's face and helmet in skimage.data.astronaut()
@@ -340,7 +362,8 @@ def cmd_demo(args) -> int:
     check_model_device(args)
     clean, noisy = demo_images(args.size, args.sigma, args.seed)
     start = time.perf_counter()
-    res = restore(noisy, "denoise", model=args.model, device=args.device, precision=args.precision, details=True)
+    res = restore(noisy, "denoise", model=args.model, device=args.device, precision=args.precision, details=True,
+                  backend=args.backend)
     elapsed = time.perf_counter() - start
     before, after = psnr(clean, noisy), psnr(clean, res.image)
     print(f"{PROG} demo: blind denoising of a generated sample (nothing downloaded)")
