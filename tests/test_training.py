@@ -380,3 +380,13 @@ def test_help_shows_defaults(capsys):
                      "(default: 0.001)", "random seed (default: 0)", "--device DEVICE auto, cpu, cuda or mps (default: auto)",
                      "--critic, --no-critic", "(default: OUT/checkpoint.pt)", "examples: # fine-tune"):
         assert expected in text, expected
+
+
+def test_diverged_run_ends_in_one_line(image_folder, tmp_path, capsys, monkeypatch):
+    def diverge(self):
+        raise FloatingPointError(f"loss is not finite at step {self.step + 1}: {{'total': nan}}")
+    monkeypatch.setattr(Trainer, "train_step", diverge)
+    cfg = recipe_file(tmp_path / "recipe.yaml", image_folder)
+    assert training_main(["--recipe", str(cfg), "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "loss is not finite at step 1" in line and "--lr" in line
