@@ -298,10 +298,16 @@ def _cached_net(path):
 
 
 @pytest.mark.parametrize("where", ["quarter", "after the last block"])
-def test_cancel_inside_a_single_pass_rgb_plane_adds_nothing(make_napari_viewer, qtbot, deep_rgb, notes, where):
+def test_cancel_inside_a_single_pass_rgb_plane_adds_nothing(make_napari_viewer, qtbot, deep_rgb, notes, where,
+                                                            monkeypatch):
     """A 1024² RGB layer is one tile. Cancel pressed a quarter of the way into that pass stops it within
     a block; pressed after the network's last cancel check, the finished result is dropped too."""
     import threading
+
+    from napari_vdir import backends
+
+    # the torch backend: the hooks below watch its modules (ONNX Runtime would run a graph instead)
+    monkeypatch.setattr(backends, "select", lambda net, path, device, backend, precision: (net, "torch", precision))
 
     viewer = make_napari_viewer()
     image = np.random.default_rng(3).integers(0, 255, size=(1024, 1024, 3)).astype(np.uint8)
