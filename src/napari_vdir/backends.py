@@ -19,7 +19,8 @@ Backend and precision (``restore(backend=, precision=)``):
 - ``"auto"`` (default): ONNX Runtime float32 on the CPU when onnxruntime and onnx are installed and
   ``precision`` is "auto" or "float32" — it is the fastest exact path there (benchmarks/results/backends.md:
   about 3x torch float32, as fast as torch bf16); otherwise torch. ``precision="bfloat16"`` keeps the
-  torch bf16 path; GPUs always use torch.
+  torch bf16 path; GPUs always use torch. A torch module with forward hooks on it (someone is looking
+  at its layers) runs as torch under "auto", so the hooks see the pass.
 """
 
 from __future__ import annotations
@@ -198,9 +199,20 @@ def ort_model(path: str | Path, threads: int | None = None) -> OrtVDIR:
     return _ort_model(str(path), path.stat().st_mtime, int(threads or torch.get_num_threads()))
 
 
+def observed(net: torch.nn.Module) -> bool:
+    """True when forward hooks are registered on ``net`` or one of its layers (or globally)."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+
+
 def select(net: VDIR, path: str | Path, device: torch.device, backend: str = "auto", precision: str = "auto"):
     """(model for the tiling code, backend used, precision to run it with) for ``restore``."""
     used = resolve_backend(backend, device, precision)
+    if backend == "auto" and used == "onnxruntime" and observed(net):
+        used = "torch"  # hooks on the torch module must see the pass
     if used == "torch":
         return net, used, precision
     return ort_model(path), used, "float32"
