@@ -243,3 +243,24 @@ def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks):
     measured = measured_radius(model, size=(2 * radius + 40) // 4 * 4)
     assert measured <= radius <= measured + 4, (measured, radius)  # covers it, and not far beyond
     assert tile_margin(model) >= radius and tile_margin(model) % LATENT_STRIDE == 0
+
+
+# ----------------------------------------------------------------------------- tile plan
+
+def test_tile_plan_covers_the_plane_once_on_the_latent_grid():
+    from napari_vdir.inference import DEFAULT_TILE, WHOLE_IMAGE_PIXELS, plan_tiles
+
+    for h, w, tile in ((100, 72, 48), (64, 64, 64), (36, 200, 30), (8, 8, 16)):
+        count = np.zeros((h, w), int)
+        for top, left, bottom, right in plan_tiles(h, w, tile, margin=20):
+            assert top % LATENT_STRIDE == 0 and left % LATENT_STRIDE == 0
+            assert bottom - top <= max(4, tile // 4 * 4) and right - left <= max(4, tile // 4 * 4)
+            count[top:bottom, left:right] += 1
+        assert (count == 1).all(), (h, w, tile)
+    # tile_size=None: one pass up to WHOLE_IMAGE_PIXELS, DEFAULT_TILE tiles beyond
+    assert plan_tiles(1024, 1024, None, 84) == [(0, 0, 1024, 1024)]
+    assert plan_tiles(4000, 40, None, 84) == [(0, 0, 4000, 40)]
+    side = 1028
+    assert side * side > WHOLE_IMAGE_PIXELS
+    n = -(-side // DEFAULT_TILE)
+    assert len(plan_tiles(side, side, None, 84)) == n * n
