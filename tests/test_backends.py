@@ -29,8 +29,21 @@ def user_cache(tmp_path_factory, monkeypatch):
     backends._ort_model.cache_clear()
 
 
+@pytest.fixture
+def no_bf16(monkeypatch):
+    """A CPU without bf16 support: precision 'auto' means float32 there."""
+    from napari_vdir import devices
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+
+
 def test_backend_and_precision_rules(monkeypatch):
-    assert backends.resolve_backend("auto", CPU, "auto") == "onnxruntime"
+    from napari_vdir import devices
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: False)
+    assert backends.resolve_backend("auto", CPU, "auto") == "onnxruntime"   # the exact float32 path
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    assert backends.resolve_backend("auto", CPU, "auto") == "torch"         # bf16 fast path stays torch
     assert backends.resolve_backend("auto", CPU, "float32") == "onnxruntime"
     assert backends.resolve_backend("auto", CPU, "bfloat16") == "torch"     # the bf16 fast path stays torch
     assert backends.resolve_backend("auto", torch.device("cuda"), "auto") == "torch"
@@ -43,15 +56,16 @@ def test_backend_and_precision_rules(monkeypatch):
     with pytest.raises(ValueError, match="backend must be 'auto', 'torch' or 'onnxruntime'"):
         backends.resolve_backend("openvino", CPU, "auto")
     monkeypatch.setattr(backends, "onnxruntime_available", lambda: False)
-    assert backends.resolve_backend("auto", CPU, "auto") == "torch"
+    assert backends.resolve_backend("auto", CPU, "float32") == "torch"
     with pytest.raises(ValueError, match=r"pip install 'napari-vdir\[onnx\]'"):
         backends.resolve_backend("onnxruntime", CPU, "auto")
 
 
-def test_restore_reports_and_refuses_backends(tiny_weights, rng):
+def test_restore_reports_and_refuses_backends(tiny_weights, rng, no_bf16):
     x = rng.random((32, 32, 3)).astype(np.float32)
     path = tiny_weights[("denoise", 1, 3)]
-    assert restore(x, "denoise", model=path, details=True).backend == "onnxruntime"  # the default on a CPU
+    assert restore(x, "denoise", model=path, details=True).backend == "onnxruntime"  # default, CPU without bf16
+    assert restore(x, "denoise", model=path, details=True, precision="float32").backend == "onnxruntime"
     assert restore(x, "denoise", model=path, details=True, precision="bfloat16").backend == "torch"
     assert restore(x, "denoise", model=path, details=True, backend="torch").backend == "torch"
     with pytest.raises(ValueError, match="computes in float32"):
@@ -60,7 +74,7 @@ def test_restore_reports_and_refuses_backends(tiny_weights, rng):
         restore(x, "denoise", model=path, backend="tensorrt")
 
 
-def test_auto_runs_torch_while_hooks_watch_the_torch_module(tiny_weights, rng):
+def test_auto_runs_torch_while_hooks_watch_the_torch_module(tiny_weights, rng, no_bf16):
     from napari_vdir.inference import cached_model
 
     path = tiny_weights[("denoise", 1, 3)]

@@ -16,11 +16,13 @@ Backend and precision (``restore(backend=, precision=)``):
 - ``"torch"``: PyTorch with ``precision`` as before ("auto": bf16 autocast on CPUs that support it).
 - ``"onnxruntime"``: ONNX Runtime's CPU provider, float32 (exact: within ~1e-6 of torch float32). Needs the
   CPU device and ``precision`` "auto" or "float32"; bf16/fp16 are torch paths.
-- ``"auto"`` (default): ONNX Runtime float32 on the CPU when onnxruntime and onnx are installed and
-  ``precision`` is "auto" or "float32" — it is the fastest exact path there (benchmarks/results/backends.md:
-  about 3x torch float32, as fast as torch bf16); otherwise torch. ``precision="bfloat16"`` keeps the
-  torch bf16 path; GPUs always use torch. A torch module with forward hooks on it (someone is looking
-  at its layers) runs as torch under "auto", so the hooks see the pass.
+- ``"auto"`` (default): ONNX Runtime whenever the CPU would otherwise run torch in float32 — ``precision=
+  "float32"``, or ``"auto"`` on a CPU without bf16 support (most laptops) — and onnx and onnxruntime are
+  installed: it is the fastest exact path (benchmarks/results/backends.md: 1.5x torch float32 on this
+  project's CPU). Where ``precision="auto"`` resolves to bf16 (CPUs with bf16, GPUs) it keeps that torch
+  fast path: on this project's bf16 CPU it is faster still (max abs difference ~5e-3 of the range). A torch
+  module with forward hooks on it (someone is looking at its layers) runs as torch under "auto", so the
+  hooks see the pass.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto")
         raise ValueError(f"backend must be 'auto', 'torch' or 'onnxruntime', got {backend!r}")
     if backend == "torch":
         return "torch"
-    exact = precision in ("auto", "float32")
+    from .devices import fast_dtype
+
     if backend == "onnxruntime":
+        exact = precision in ("auto", "float32")  # ONNX Runtime always computes in float32
         if device.type != "cpu":
             raise ValueError(f"backend='onnxruntime' runs on the CPU, not {device.type}; use device='cpu' "
                              "or backend='torch'")
@@ -65,7 +69,8 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto")
         if not onnxruntime_available():
             raise ValueError("backend='onnxruntime' needs onnxruntime and onnx: pip install 'napari-vdir[onnx]'")
         return "onnxruntime"
-    return "onnxruntime" if device.type == "cpu" and exact and onnxruntime_available() else "torch"
+    float32 = fast_dtype(device, precision) is None  # torch would run this request in plain float32
+    return "onnxruntime" if device.type == "cpu" and float32 and onnxruntime_available() else "torch"
 
 
 def cache_dir() -> Path:

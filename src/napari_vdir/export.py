@@ -273,6 +273,8 @@ What differs:
   [0, 1] and maps the result back exactly. Spec 0.5 can express the forward step (`scale_range`) but not
   its inverse, so this package keeps the fixed 8-bit mapping: rescale such data to 0-255 (as float) first.
 - Float data in [0, 1] (restore()'s convention for floats): multiply by 255 first, divide the output by 255.
+- The border: tools that tile with the halo pad the image themselves, so the outermost halo pixels follow
+  their padding, not the network's zero padding of a single pass (inside, tiles equal one pass).
 - Not in the package: napari-vdir's padding of any size to a multiple of 4, its automatic tiling,
   x8 self-ensemble, Monte-Carlo samples of c, `strength` steering, the degradation estimate, and the
   gray-through-colour-model fallback.
