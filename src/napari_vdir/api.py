@@ -345,9 +345,9 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
         mapped back exactly, values outside it kept. ``"minmax"``: the data's min and max (results
         clipped to them). ``(low, high)`` or one ``(low, high)`` per channel: fixed.
     seed : random seed of the Monte-Carlo draws (``samples > 1``); None draws a fresh one.
-    backend : "auto" (ONNX Runtime float32 on the CPU where installed and precision is "auto"/"float32":
-        the fastest exact path; else torch), "torch" or "onnxruntime" (CPU, float32). See
-        :mod:`napari_vdir.backends` for how it combines with ``precision``.
+    backend : "auto" (ONNX Runtime, the fastest exact path, where the CPU would otherwise run torch in
+        float32 and onnxruntime is installed; torch's bf16 path where ``precision`` resolves to bf16),
+        "torch" or "onnxruntime" (CPU, float32). See :mod:`napari_vdir.backends`.
 
     Returns the restored array in the input's layout and dtype (x scale spatially for "sr"),
     or a :class:`Restoration` when ``details=True``.
