@@ -100,7 +100,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bf16/AMP where the device supports it; float32: exact")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
-                   help="auto: ONNX Runtime float32 on the CPU where installed (exact, fastest), else torch")
+                   help="auto: ONNX Runtime (exact, fastest float32 path) where the CPU would run float32, else torch")
 
 
 # ----------------------------------------------------------------------------- restore
