@@ -19,6 +19,7 @@ def sources(tmp_path, rng):
     Image.fromarray((rng.random((40, 52, 3)) * 255).astype(np.uint8)).save(src / "photo.png")
     Image.fromarray((rng.random((36, 30)) * 255).astype(np.uint8)).save(src / "gray.png")
     Image.fromarray((rng.random((32, 40, 3)) * 255).astype(np.uint8)).save(src / "shot.jpg", quality=40)
+    Image.fromarray((rng.random((28, 36, 3)) * 255).astype(np.uint8)).save(src / "scan.JPEG", quality=40)
     tifffile.imwrite(src / "stack.tif", (rng.random((3, 36, 44)) * 4000 + 100).astype(np.uint16),
                      photometric="minisblack")
     tifffile.imwrite(src / "float.tif", (rng.random((28, 32)) * 1.4 - 0.2).astype(np.float32),
@@ -38,7 +39,8 @@ def read_back(path):
                                                   ("gray.png", "gray_denoise.png", 1),
                                                   ("stack.tif", "stack_denoise.tif", 1),
                                                   ("float.tif", "float_denoise.tif", 1),
-                                                  ("shot.jpg", "shot_denoise.png", 3)])
+                                                  ("shot.jpg", "shot_denoise.png", 3),
+                                                  ("scan.JPEG", "scan_denoise.png", 3)])
 def test_output_is_restore_of_the_input(sources, tmp_path, tiny_weights, name, output, channels):
     model = tiny_weights[("denoise", 1, channels)]
     run_cli("restore", sources / name, "--task", "denoise", "-o", tmp_path / "out", "--model", model,
@@ -82,3 +84,28 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path, rng, tiny_weights
     assert code != 0
     assert "same output" in capsys.readouterr().err
     assert not (tmp_path / "out" / "same_denoise.png").exists()
+
+
+def test_an_unreadable_file_does_not_stop_the_others(sources, tmp_path, tiny_weights, capsys):
+    (sources / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    model = tiny_weights[("denoise", 1, 3)]
+    code = main(["restore", str(sources / "broken.png"), str(sources / "photo.png"), str(sources / "shot.jpg"),
+                 "--task", "denoise", "-o", str(tmp_path / "out"), "--model", str(model)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 3 files could not be read" in err
+    for name, output in (("photo.png", "photo_denoise.png"), ("shot.jpg", "shot_denoise.png")):
+        np.testing.assert_array_equal(read_back(tmp_path / "out" / output),
+                                      restore(read_image(sources / name), "denoise", model=model))
+
+
+def test_planar_rgb_tiff_is_restored_as_colour(tmp_path, rng, tiny_weights):
+    """A (3, H, W) TIFF with planar RGB samples is one colour image (the file's own channel axis)."""
+    planes = (rng.random((3, 32, 40)) * 60000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "planar.tif", planes, photometric="rgb", planarconfig="separate")
+    model = tiny_weights[("denoise", 1, 3)]
+    run_cli("restore", tmp_path / "planar.tif", "--task", "denoise", "-o", tmp_path / "out", "--model", model)
+    got = tifffile.imread(tmp_path / "out" / "planar_denoise.tif")
+    expected = np.moveaxis(restore(np.moveaxis(planes, 0, -1), "denoise", model=model), -1, 0)
+    assert got.shape == planes.shape
+    np.testing.assert_array_equal(got, expected)
