@@ -215,3 +215,10 @@ def test_cache_folder_follows_the_platform_convention(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setattr(backends.sys, "platform", "linux")
     assert backends.cache_dir() == backends.Path.home() / ".cache" / "napari-vdir"
+
+
+def test_dask_arrays_take_the_default_backend_only(tiny_weights, rng):
+    da = pytest.importorskip("dask.array")
+    x = da.from_array(rng.random((32, 32, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="backend='torch' is not passed to dask blocks"):
+        restore(x, "denoise", model=tiny_weights[("denoise", 1, 3)], backend="torch")

@@ -181,3 +181,46 @@ def test_every_shipped_model_exports_a_passing_package(name, tmp_path):
     out = export_model(name, "bioimageio", tmp_path / name)
     _check_package(out, shipped_models()[name])
     _passes(out)
+
+
+# ----------------------------------------------------------------------------- command line
+
+def test_cli_export_writes_onnx_and_reports_errors_in_one_line(tiny_weights, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from napari_vdir.cli import main
+
+    path = tiny_weights[("jpeg", 1, 1)]
+    out = tmp_path / "jpeg.onnx"
+    assert main(["export", str(path), "--format", "onnx", "-o", str(out)]) == 0
+    assert out.is_file() and str(out) in capsys.readouterr().out
+    for argv, message in ((["export", "no-such-model", "--format", "onnx", "-o", str(tmp_path / "a.onnx")],
+                           "no shipped model named 'no-such-model'"),
+                          (["export", str(path), "--format", "onnx", "-o", str(out)], "already exists")):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("napari-vdir: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "a.onnx").exists()
+    assert main(["export", str(path), "--format", "onnx", "-o", str(out), "--overwrite"]) == 0
+
+
+def test_cli_backend_reaches_restore(tiny_weights, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from PIL import Image
+
+    import napari_vdir
+    from napari_vdir.cli import main
+
+    img = (np.random.default_rng(5).random((36, 44, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    path = tiny_weights[("denoise", 1, 3)]
+    for backend in ("onnxruntime", "torch"):
+        out = tmp_path / backend
+        assert main(["restore", str(tmp_path / "in.png"), "--task", "denoise", "--model", str(path), "-o", str(out),
+                     "--precision", "float32", "--backend", backend]) == 0
+        got = np.asarray(Image.open(out / "in_denoise.png"))
+        assert np.array_equal(got, napari_vdir.restore(img, "denoise", model=path, precision="float32",
+                                                       backend=backend))
+    assert main(["restore", str(tmp_path / "in.png"), "--task", "denoise", "--model", str(path), "-o",
+                 str(tmp_path / "bad"), "--precision", "bfloat16", "--backend", "onnxruntime"]) == 1
