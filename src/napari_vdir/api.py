@@ -386,7 +386,6 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     channels = 3 if c == 3 else 1
     path = resolve_model(model, task, channels, model_scale)
     net, info = cached_model(str(path), str(dev), path.stat().st_mtime)
-    runner_net, used_backend, run_precision = select(net, path, dev, backend, precision)
     if info.task != task or info.scale != model_scale:
         raise ValueError(f"{path.name} is a {info.task} model (x{info.scale}); it cannot do {task!r}"
                          + (f" x{model_scale}" if task == "sr" else ""))
@@ -394,6 +393,7 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
         raise ValueError(f"{path.name} is a gray model; it cannot restore a colour image")
     replicate = channels == 1 and info.channels == 3  # gray data through a colour model
     groups = [slice(i, i + 1) for i in range(c)] if channels == 1 else [slice(0, 3)]
+    runner_net, used_backend, run_precision = select(net, path, dev, backend, precision)
 
     runner = PlaneRestorer(runner_net, dev, precision=run_precision, tile_size=tile_size, ensemble=ensemble,
                            samples=samples, strength=strength, seed=seed, progress=progress, cancel=cancel)
