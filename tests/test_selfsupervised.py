@@ -173,3 +173,4 @@ def test_readme_noisy_stack_commands_work(tmp_path, monkeypatch):
     restored, noisy = tifffile.imread(out), tifffile.imread("my_noisy/stack.tif")
     assert restored.shape == noisy.shape == (3, 64, 64) and restored.dtype == np.uint16
     assert tifffile.imread("my_noisy_clean/stack.tif").shape == noisy.shape
+

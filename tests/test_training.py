@@ -390,3 +390,13 @@ def test_diverged_run_ends_in_one_line(image_folder, tmp_path, capsys, monkeypat
     assert training_main(["--recipe", str(cfg), "--out", str(tmp_path / "out"), "--quiet", "--device", "cpu"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "loss is not finite at step 1" in line and "--lr" in line
+
+
+def test_recipe_architecture_is_bounded_like_a_weights_file(tmp_path):
+    from napari_vdir.nets import ARCH_LIMITS
+
+    base = dict(name="t", task="denoise", channels=1, steps=1, data={"train": [str(tmp_path)]})
+    limit = ARCH_LIMITS["rir_blocks"][1]
+    assert Recipe.model_validate({**base, "arch": {"rir_blocks": limit}}).arch.rir_blocks == limit
+    with pytest.raises(ValueError, match="rir_blocks"):
+        Recipe.model_validate({**base, "arch": {"rir_blocks": limit + 1}})

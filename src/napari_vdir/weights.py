@@ -112,10 +112,14 @@ def save_weights(path: str | Path, model: VDIR, info: ModelInfo, *, half: bool =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target and renamed when complete: a full disk or a kill never leaves a
-    # truncated file under the final name (the file keeps the usual umask permissions)
+    # truncated file under the final name; it gets a new file's mode, 0o666 minus the umask
+    # (safetensors itself writes 0o600, which would keep the weights from the user's group)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
         save_file(tensors, str(partial), metadata=info.to_metadata())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..nets import ArchConfig
+from ..nets import ARCH_LIMITS, ArchConfig
 from ..tasks import ESTIMATES, check_task
 
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
@@ -26,12 +26,13 @@ _PAPER = ArchConfig()
 
 
 class ArchSpec(Strict):
-    """Width and depth of the network; the defaults are the paper's (``nets.ArchConfig``)."""
+    """Width and depth of the network; the defaults are the paper's (``nets.ArchConfig``), the upper bounds
+    those a weights file may declare (``nets.ARCH_LIMITS``), so every recipe trains a loadable model."""
 
-    width: int = Field(_PAPER.width, ge=4)
-    rir_blocks: int = Field(_PAPER.rir_blocks, ge=1)
-    res_blocks: int = Field(_PAPER.res_blocks, ge=1)
-    encoder_width: int = Field(_PAPER.encoder_width, ge=4)
+    width: int = Field(_PAPER.width, ge=4, le=ARCH_LIMITS["width"][1])
+    rir_blocks: int = Field(_PAPER.rir_blocks, ge=1, le=ARCH_LIMITS["rir_blocks"][1])
+    res_blocks: int = Field(_PAPER.res_blocks, ge=1, le=ARCH_LIMITS["res_blocks"][1])
+    encoder_width: int = Field(_PAPER.encoder_width, ge=4, le=ARCH_LIMITS["encoder_width"][1])
 
 
 class DataSpec(Strict):

@@ -391,9 +391,7 @@ class Trainer:
                          + (f", x{r.scale}" if r.scale else ""),
                          recipe=recipe, quality={"val_psnr": val} if val is not None else {},
                          trained_steps=self.step + (self.init_info.trained_steps if self.init_info else 0))
-        path = save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
-        _ordinary_permissions(path)
-        return path
+        return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress=None, stop_at: int | None = None) -> Path:
@@ -461,13 +459,6 @@ def _step(text: str) -> int | None:
         return int(float(text))
     except ValueError:
         return None
-
-
-def _ordinary_permissions(path: Path) -> None:
-    """Mode 0o666 minus the umask, as for any new file (safetensors writes its files 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _main_thread() -> bool:
