@@ -264,3 +264,42 @@ def test_tile_plan_covers_the_plane_once_on_the_latent_grid():
     assert side * side > WHOLE_IMAGE_PIXELS
     n = -(-side // DEFAULT_TILE)
     assert len(plan_tiles(side, side, None, 84)) == n * n
+
+
+def test_dask_spatial_chunks():
+    """Chunks on the latent grid, each at least the margin, the short rest merged into the last chunk."""
+    from napari_vdir.lazy import spatial_chunks
+
+    assert spatial_chunks(176, 88, 84) == (88, 88)
+    assert spatial_chunks(160, 80, 84) == (160,)          # a chunk is never shorter than the margin
+    assert spatial_chunks(172, 88, 84) == (88, 84)        # a rest of exactly the margin stays a chunk
+    assert spatial_chunks(200, 64, 20) == (64, 64, 72)    # a shorter rest joins the last chunk
+    assert spatial_chunks(100, 37, 4) == (36, 36, 28)     # rounded to multiples of 4
+    assert spatial_chunks(10, 1, 3) == (4, 6)             # at least one latent cell
+    for size, chunk, margin in ((301, 50, 20), (97, 33, 12), (1000, 128, 84)):
+        sizes = spatial_chunks(size, chunk, margin)
+        assert sum(sizes) == size and min(sizes) >= margin
+        assert all(s % 4 == 0 for s in sizes[:-1])
+
+
+# ----------------------------------------------------------------------------- weights metadata
+
+def test_weights_metadata_round_trips_and_optional_keys_default(tmp_path):
+    from safetensors.torch import save_file
+
+    from napari_vdir.weights import read_info
+
+    cfg = ArchConfig(channels=1, width=4, rir_blocks=1, res_blocks=1, encoder_width=4, estimate_dims=1)
+    model = VDIR(cfg)
+    info = ModelInfo(name="m", task="denoise", arch=cfg, description="a test model", recipe={"steps": 5, "lr": 0.01},
+                     quality={"val_psnr": 31.5}, trained_steps=11)
+    back = read_info(save_weights(tmp_path / "m.safetensors", model, info))
+    assert (back.name, back.task, back.arch, back.description, back.recipe, back.quality, back.trained_steps) == \
+           ("m", "denoise", cfg, "a test model", {"steps": 5, "lr": 0.01}, {"val_psnr": 31.5}, 11)
+    # only the required keys: the optional ones take their defaults
+    meta = {k: v for k, v in info.to_metadata().items() if k not in ("description", "recipe", "quality",
+                                                                      "trained_steps")}
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp_path / "bare.safetensors"), metadata=meta)
+    bare = read_info(tmp_path / "bare.safetensors")
+    assert (bare.description, bare.recipe, bare.quality, bare.trained_steps) == ("", {}, {}, 0)
