@@ -183,6 +183,8 @@ def test_strength_is_monotone_in_the_removed_residual(task, model, gray, min_eff
                for s in (0.0, 0.5, 1.0, 2.0, 3.0)]
     assert all(a < b for a, b in zip(removed, removed[1:], strict=False)), removed
     assert removed[-1] - removed[0] > min_effect / 255  # a real effect, not rounding
+    again = restore(damaged, task, model=model, strength=2.0, **EXACT)
+    assert np.abs(again - damaged).mean() == removed[3]  # the steering copy is drawn from a fixed seed
 
 
 # ----------------------------------------------------------------------------- self-ensemble

@@ -86,17 +86,21 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path, rng, tiny_weights
     assert not (tmp_path / "out" / "same_denoise.png").exists()
 
 
-def test_an_unreadable_file_does_not_stop_the_others(sources, tmp_path, tiny_weights, capsys):
-    (sources / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+@pytest.mark.parametrize("broken,good", [(["broken.png"], ["photo.png"]),
+                                         (["broken.png", "bad.png"], ["photo.png", "shot.jpg"])])
+def test_an_unreadable_file_does_not_stop_the_others(sources, tmp_path, tiny_weights, capsys, broken, good):
+    for name in broken:
+        (sources / name).write_bytes(b"\x89PNG\r\n\x1a\n not really")
     model = tiny_weights[("denoise", 1, 3)]
-    code = main(["restore", str(sources / "broken.png"), str(sources / "photo.png"), str(sources / "shot.jpg"),
-                 "--task", "denoise", "-o", str(tmp_path / "out"), "--model", str(model)])
+    code = main(["restore", *[str(sources / n) for n in broken + good], "--task", "denoise",
+                 "-o", str(tmp_path / "out"), "--model", str(model)])
     assert code == 1
     err = capsys.readouterr().err
-    assert "broken.png" in err and "1 of 3 files could not be read" in err
-    for name, output in (("photo.png", "photo_denoise.png"), ("shot.jpg", "shot_denoise.png")):
-        np.testing.assert_array_equal(read_back(tmp_path / "out" / output),
-                                      restore(read_image(sources / name), "denoise", model=model))
+    assert all(name in err for name in broken)
+    assert f"error: {len(broken)} of {len(broken) + len(good)} files could not be read" in err
+    for name in good:
+        output = tmp_path / "out" / f"{name.rsplit('.', 1)[0]}_denoise.png"
+        np.testing.assert_array_equal(read_back(output), restore(read_image(sources / name), "denoise", model=model))
 
 
 def test_planar_rgb_tiff_is_restored_as_colour(tmp_path, rng, tiny_weights):
