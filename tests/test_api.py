@@ -103,14 +103,6 @@ def test_tiled_matches_whole(tiny_weights, rng, task, scale):
     assert np.abs(whole.latent - tiled.latent).max() < 1e-3
 
 
-def test_tiled_matches_whole_paper_size_model(rng):
-    """The shipped (paper-size) network has a 100+ pixel receptive field: tiles must cover it."""
-    image = rng.random((260, 300, 3)).astype(np.float32)
-    whole = restore(image, "denoise", precision="float32")
-    tiled = restore(image, "denoise", precision="float32", tile_size=128)
-    assert np.abs(whole - tiled).max() < 1e-3
-
-
 def test_progress_and_cancel(denoise_rgb, rng):
     image = rng.random((96, 96, 3)).astype(np.float32)
     calls = []
@@ -147,7 +139,9 @@ def test_details_estimate_and_latent(denoise_rgb, rng):
     res = restore(image, "denoise", model=denoise_rgb, details=True)
     assert res.latent.shape == (2, 4, 8, 11)
     assert res.estimate["noise_sigma"].shape == (2,)
-    assert res.device == "CPU" and res.model.task == "denoise"
+    from napari_vdir.devices import device_label, select_device
+
+    assert res.device == device_label(select_device("auto")) and res.model.task == "denoise"
 
 
 def test_strength_neutral_is_plain(denoise_rgb, rng):

@@ -48,11 +48,7 @@ def _gray(dtype, rng, shape=(37, 42)):
     raise ValueError(dtype)
 
 
-INTEGER_DTYPES = [np.uint8, np.uint16, np.int16,
-                  pytest.param(np.uint32, marks=pytest.mark.xfail(
-                      strict=True, reason="the network input is float32 (24-bit mantissa): uint32 values above 2**24 come "
-                      "back rounded by up to 2**(32-24); exact would need the network's residual added to the "
-                      "float64 input (reported to the api.py owner)"))]
+INTEGER_DTYPES = [np.uint8, np.uint16, np.int16, np.uint32]
 
 
 @pytest.mark.parametrize("dtype", INTEGER_DTYPES)
@@ -83,8 +79,8 @@ def test_identity_floats_unclipped(identity, rng, dtype):
     assert image.min() < 0 and image.max() > 1
     out = restore(image, "denoise", model=identity[3], **EXACT)
     assert out.dtype == image.dtype
-    # float64 goes through the float32 network: equal to float32 rounding, nothing more
-    np.testing.assert_array_equal(out, image.astype(np.float32).astype(dtype))
+    # float64 goes through the float32 network, but only the network's change is added to it: bit-exact too
+    np.testing.assert_array_equal(out, image)
 
 
 def test_identity_intensity_range(identity, rng):
@@ -305,3 +301,11 @@ def test_weights_metadata_round_trips_and_optional_keys_default(tmp_path):
     save_file(tensors, str(tmp_path / "bare.safetensors"), metadata=meta)
     bare = read_info(tmp_path / "bare.safetensors")
     assert (bare.description, bare.recipe, bare.quality, bare.trained_steps) == ("", {}, {}, 0)
+
+
+def test_identity_network_reports_zero_uncertainty(identity, rng):
+    """Draws that change nothing have no spread: the std is exactly 0, not float32 cancellation noise."""
+    image = rng.random((40, 44, 3)).astype(np.float32)
+    res = restore(image, "denoise", model=identity[3], samples=4, details=True, **EXACT)
+    np.testing.assert_array_equal(res.image, image)
+    assert res.uncertainty.max() == 0.0

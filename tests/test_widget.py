@@ -56,7 +56,9 @@ def test_widget_docks_and_restores_a_sample_layer(make_napari_viewer, qtbot, tin
     layer = viewer.add_image(data, **{**meta, **extra})
     widget = dock(viewer, name)
     assert widget.layer.value is layer
-    assert widget.device_label.value == "CPU"
+    from napari_vdir.devices import device_label, select_device
+
+    assert widget.device_label.value == device_label(select_device("auto"))
     use_weights(widget, tiny_weights[key])
     widget.show_latent.value = True
     run_and_wait(qtbot, widget)

@@ -183,11 +183,18 @@ class Intensity:
         wider types (int32/int64, float64) are mapped in float64."""
         return np.float32 if self.dtype.itemsize <= 2 else np.float64
 
-    def forward(self, a: np.ndarray) -> np.ndarray:
+    def forward(self, a: np.ndarray, precise: bool = False) -> np.ndarray:
+        """Model intensity: float32 for the network, or (``precise``) in the working precision."""
         if self.identity:
-            return a.astype(np.float32)
+            return a.astype(self._work if precise else np.float32)
         w = self._work
-        return ((a.astype(w) - np.asarray(self.low).astype(w)) / self.span.astype(w)).astype(np.float32, copy=False)
+        x = (a.astype(w) - np.asarray(self.low).astype(w)) / self.span.astype(w)
+        return x if precise else x.astype(np.float32, copy=False)
+
+    @property
+    def wide(self) -> bool:
+        """More bits than the network's float32 input holds (32/64-bit integers, float64)."""
+        return self._work == np.float64
 
     def inverse(self, a: np.ndarray) -> np.ndarray:
         if self.identity and not np.issubdtype(self.dtype, np.integer):
@@ -425,6 +432,10 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
             if uncert is not None:
                 u = res.uncertainty.mean(0, keepdim=True) if replicate else res.uncertainty
                 uncert[i, ..., g] = u.permute(1, 2, 0).numpy()
+        if intensity.wide and s == 1:
+            # float32 holds 24 bits: wider data gets the network's change added to its exact value, so
+            # what the network leaves alone comes back bit for bit
+            restored = intensity.forward(planes[i, ..., :c], precise=True) + (restored - normalised)
         out[i, ..., :c] = intensity.inverse(restored)
         if layout.alpha:
             a = planes[i, ..., c:]

@@ -116,7 +116,10 @@ class PlaneRestorer:
         steer = None
         if self.strength != 1.0 and degrade_more is not None:
             steer = _pad4(degrade_more(plane))
-        # running sums, not lists of full-size copies: a 4096^2 plane must stay within ~2 GB
+        # running sums, not lists of full-size copies: a 4096^2 plane must stay within ~2 GB. At scale 1 they
+        # sum the change each draw makes to the input, which keeps float32 sums exact where nothing changes
+        # (an untouched pixel comes back bit for bit, with zero uncertainty) and the variance well-conditioned.
+        reference = x if self.scale == 1 else None
         total, squares, draws, latent, estimate = None, None, 0, None, None
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         for k, flip in (_TRANSFORMS if self.ensemble else _TRANSFORMS[:1]):
@@ -125,6 +128,8 @@ class PlaneRestorer:
             for _ in range(self.samples):
                 img, mu, est = self._tiled(xt, st, sample=self.samples > 1, generator=generator)
                 img = _inverse(img, k, flip)
+                if reference is not None:
+                    img = img.sub_(reference)
                 if self.samples > 1:
                     squares = img * img if squares is None else squares.addcmul_(img, img)
                 total = img if total is None else total.add_(img)
@@ -132,11 +137,12 @@ class PlaneRestorer:
                 if latent is None:
                     latent, estimate = mu, est
         crop = (slice(None), slice(0, h * self.scale), slice(0, w * self.scale))
-        image = total.div_(draws)[crop]
+        mean = total.div_(draws)
         uncertainty = None
         if squares is not None:  # unbiased std over all draws (samples x transforms)
-            variance = (squares.div_(draws) - total * total).clamp_(min=0) * (draws / (draws - 1))
+            variance = (squares.div_(draws) - mean * mean).clamp_(min=0) * (draws / (draws - 1))
             uncertainty = variance.sqrt_()[crop]
+        image = (mean if reference is None else mean.add_(reference))[crop]
         if estimate is not None:
             estimate = estimate[:, :h, :w].mean(dim=(1, 2))
         return PlaneResult(image, latent, estimate, uncertainty)
