@@ -116,7 +116,8 @@ class OpenVinoVDIR:
         c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise
         c = c if latent_shift is None else c + latent_shift
         out = self.restorer([np.ascontiguousarray(y.float().numpy()), c.numpy()])
-        estimate = torch.from_numpy(out[self.restorer.output(1)]) if with_estimate else None
+        has_estimate = len(self.restorer.outputs) > 1
+        estimate = torch.from_numpy(out[self.restorer.output(1)]) if with_estimate and has_estimate else None
         return Forward(torch.from_numpy(out[self.restorer.output(0)]), mu, logvar, c, estimate)
 
 
