@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def main() -> None:
     lines = [
         "# W2S widefield fluorescence: validation fields 031-040 (30 images, 512^2, 8-bit)",
         "",
-        "Written by `python benchmarks/eval_w2s.py " + " ".join(f"--model {m}" for m in args.model)
+        "Written by `python benchmarks/eval_w2s.py " + " ".join(f"--model {shlex.quote(m)}" for m in args.model)
         + f" --threads {args.threads}` on {platform.processor() or platform.machine()}.",
         "Mean over the 30 images; 'matched' = PSNR after the least-squares affine intensity map onto the reference.",
         "",
