@@ -287,7 +287,7 @@ test output equals `napari_vdir.restore` on the test input (to float rounding; f
 Model quality on the standard test sets is in napari-vdir's README (evaluation report).
 
 ## Cite
-{PAPER}. doi:{PAPER_DOI}
+{PAPER}. doi:{PAPER_DOI} (preprint: {PAPER_URL})
 
 Licence: {LICENSE} (napari-vdir).
 """
