@@ -64,3 +64,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def deep_rgb(tmp_path_factory):
+    """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
+    from napari_vdir.nets import VDIR, ArchConfig
+    from napari_vdir.weights import ModelInfo, save_weights
+
+    torch.manual_seed(0)
+    cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)
+    path = tmp_path_factory.mktemp("deep") / "deep.safetensors"
+    return save_weights(path, VDIR(cfg), ModelInfo(name="deep", task="denoise", arch=cfg), half=False)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """Three 128² crops of scikit-image's astronaut as PNG: a small clean training folder."""
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("clean")
+    photo = data.astronaut()
+    for i, (top, left) in enumerate([(0, 0), (200, 200), (300, 50)]):
+        Image.fromarray(photo[top:top + 128, left:left + 128]).save(folder / f"img{i}.png")
+    return folder

@@ -199,34 +199,14 @@ def test_channel_axis_false_means_gray_stack(denoise_gray, rng):
     assert out.image.shape == stack.shape and out.latent.shape == (2, 4, 4, 1)
 
 
-@pytest.fixture(scope="module")
-def deep_rgb(tmp_path_factory):
-    """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
-    import torch
-
-    from napari_vdir.nets import VDIR, ArchConfig
-    from napari_vdir.weights import ModelInfo, save_weights
-
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)
-    path = tmp_path_factory.mktemp("deep") / "deep.safetensors"
-    return save_weights(path, VDIR(cfg), ModelInfo(name="deep", task="denoise", arch=cfg), half=False)
-
-
-def _net(path):
-    from napari_vdir.inference import cached_model
-
-    return cached_model(str(path), "cpu", path.stat().st_mtime)[0]
-
-
 def test_cancel_a_quarter_into_a_single_pass_plane(deep_rgb, rng):
     """A 1024² RGB plane runs as one tile; a cancel set when a quarter of the network has run stops
     that pass within one block: the rest of the trunk and the tail never run, nothing is returned."""
     import time
 
-    from napari_vdir.inference import plan_tiles, tile_margin
+    from napari_vdir.inference import cached_model, plan_tiles, tile_margin
 
-    net = _net(deep_rgb)
+    net = cached_model(str(deep_rgb), "cpu", deep_rgb.stat().st_mtime)[0]
     image = rng.random((1024, 1024, 3)).astype(np.float32)
     assert len(plan_tiles(1024, 1024, None, tile_margin(net))) == 1
     groups = net.restorer.trunk.groups

@@ -8,8 +8,6 @@ import inspect
 import math
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from skimage import data
 
 from napari_vdir import restore
 from napari_vdir.training import losses
@@ -27,15 +24,6 @@ from napari_vdir.training.trainer import Trainer
 from napari_vdir.weights import load_weights, read_info, shipped_models
 
 TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clean")
-    photo = data.astronaut()
-    for i, (top, left) in enumerate([(0, 0), (200, 200), (300, 50)]):
-        Image.fromarray(photo[top:top + 128, left:left + 128]).save(folder / f"img{i}.png")
-    return folder
 
 
 def tiny_recipe(folder, **kw) -> Recipe:

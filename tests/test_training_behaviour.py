@@ -12,10 +12,7 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
-from PIL import Image
-from skimage import data
 
 from napari_vdir.nets import VDIR, ArchConfig
 from napari_vdir.training.__main__ import main as training_main
@@ -23,15 +20,6 @@ from napari_vdir.weights import ModelInfo, load_weights, read_info, save_weights
 
 TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clean")
-    photo = data.astronaut()
-    for i, (top, left) in enumerate([(0, 0), (200, 200), (300, 50)]):
-        Image.fromarray(photo[top:top + 128, left:left + 128]).save(folder / f"img{i}.png")
-    return folder
 
 
 def free_port() -> int:

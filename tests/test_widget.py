@@ -279,26 +279,6 @@ def test_dask_uint16_plane_matches_stack(tiny_weights):
     np.testing.assert_array_equal(plane[0], whole[0])
 
 
-@pytest.fixture(scope="module")
-def deep_rgb(tmp_path_factory):
-    """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
-    import torch
-
-    from napari_vdir.nets import VDIR, ArchConfig
-    from napari_vdir.weights import ModelInfo, save_weights
-
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)
-    path = tmp_path_factory.mktemp("deep") / "deep.safetensors"
-    return save_weights(path, VDIR(cfg), ModelInfo(name="deep", task="denoise", arch=cfg), half=False)
-
-
-def _cached_net(path):
-    from napari_vdir.inference import cached_model
-
-    return cached_model(str(path), "cpu", path.stat().st_mtime)[0]
-
-
 @pytest.mark.parametrize("where", ["quarter", "after the last block"])
 def test_cancel_inside_a_single_pass_rgb_plane_adds_nothing(make_napari_viewer, qtbot, deep_rgb, notes, where,
                                                             monkeypatch):
@@ -319,7 +299,9 @@ def test_cancel_inside_a_single_pass_rgb_plane_adds_nothing(make_napari_viewer, 
     use_weights(widget, deep_rgb)
     widget.show_latent.value = False
 
-    net = _cached_net(deep_rgb)
+    from napari_vdir.inference import cached_model
+
+    net = cached_model(str(deep_rgb), "cpu", deep_rgb.stat().st_mtime)[0]
     reached, tail_ran = threading.Event(), []
 
     def pause_for_cancel(*_):  # worker thread: let the user press Cancel here, then go on

@@ -6,7 +6,6 @@ import contextlib
 
 import torch
 
-
 DEVICE_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 

@@ -19,8 +19,16 @@ from ..nets import VDIR, ArchConfig, Decoder, Discriminator
 from ..weights import ModelInfo, load_weights, resolve_model, save_weights
 from . import losses, selfsupervised
 from .config import Recipe
-from .data import (Batch, FramePairSampler, PatchSampler, degrade, load_folder, load_frame_groups, pair_by_name,
-                   validation_set)
+from .data import (
+    Batch,
+    FramePairSampler,
+    PatchSampler,
+    degrade,
+    load_folder,
+    load_frame_groups,
+    pair_by_name,
+    validation_set,
+)
 
 
 def critic_widths(patch: int) -> tuple[int, ...]:
