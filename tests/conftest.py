@@ -89,3 +89,15 @@ def image_folder(tmp_path_factory):
     for i, (top, left) in enumerate([(0, 0), (200, 200), (300, 50)]):
         Image.fromarray(photo[top:top + 128, left:left + 128]).save(folder / f"img{i}.png")
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The ONNX Runtime backend exports graphs into the user cache folder: tests use a folder of their own."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
