@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .nets import VDIR, ArchConfig, Forward
+from .nets import VDIR, ArchConfig, Forward, draw_latent
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 GRAPH_VERSION = 1   # bump when the exported graphs change: old cache entries are then ignored
@@ -144,11 +144,7 @@ class OrtVDIR:
         mu, logvar = self.encode(y, between_blocks)
         if between_blocks is not None:
             between_blocks()
-        if noise is None and sample:
-            noise = torch.randn_like(mu)
-        c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise.to(mu)
-        if latent_shift is not None:
-            c = c + latent_shift.float()
+        c = draw_latent(mu, logvar, sample, noise, latent_shift)
         outputs = self._run(self.restorer, {"input": _array(y), "c": _array(c)}, between_blocks)
         estimate = torch.from_numpy(outputs[1]) if (with_estimate and self.has_estimate) else None
         return Forward(torch.from_numpy(outputs[0]), mu, logvar, c, estimate)

@@ -252,6 +252,15 @@ class Forward:
     estimate: torch.Tensor | None = None
 
 
+def draw_latent(mu: torch.Tensor, logvar: torch.Tensor, sample: bool, noise: torch.Tensor | None = None,
+                latent_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """c from q(c|y): mu, or mu + std * noise (``noise`` given, or drawn when ``sample``), plus ``latent_shift``."""
+    if noise is None and sample:
+        noise = torch.randn_like(mu)
+    c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise.to(mu)
+    return c if latent_shift is None else c + latent_shift
+
+
 class VDIR(nn.Module):
     """Encoder + restorer/super-resolver + estimator: the part that is shipped."""
 
@@ -280,10 +289,6 @@ class VDIR(nn.Module):
         mu, logvar = self.encoder(y)
         if between_blocks is not None:
             between_blocks()
-        if noise is None and sample:
-            noise = torch.randn_like(mu)
-        c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise.to(mu)
-        if latent_shift is not None:
-            c = c + latent_shift
+        c = draw_latent(mu, logvar, sample, noise, latent_shift)
         estimate = self.estimator(c) if (with_estimate and self.estimator is not None) else None
         return Forward(self.restorer(y, c, between_blocks), mu, logvar, c, estimate)
