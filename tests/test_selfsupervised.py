@@ -12,7 +12,7 @@ from napari_vdir.training import selfsupervised
 from napari_vdir.training.__main__ import main as training_main
 from napari_vdir.training.config import Recipe
 
-TINY_ARCH = ["--channels", "1"]
+GRAY = ["--channels", "1"]  # the minimal form trains its small network from scratch
 
 
 def blobs(rng: np.random.Generator, size: int = 64, count: int = 6) -> np.ndarray:
@@ -98,7 +98,7 @@ def test_short_self_supervised_run_denoises_a_poisson_gaussian_stack(tmp_path, m
     folder, noisy, clean = _stack(tmp_path, rng, frames_axis=method == "pairs")
     flags = ["--self-supervised"] if method == "neighbor2neighbor" else ["--pairs-from", "0"]
     out = tmp_path / "run"
-    code = training_main(["--task", "denoise", "--data", str(folder), *flags, *TINY_ARCH, "--steps", "100",
+    code = training_main(["--task", "denoise", "--data", str(folder), *flags, *GRAY, "--steps", "100",
                           "--patch", "32", "--batch", "8", "--lr", "2e-3", "--seed", "0", "--out", str(out),
                           "--threads", "1", "--quiet"])
     assert code == 0
