@@ -127,6 +127,8 @@ def test_shipped_recipes_describe_the_shipped_weights():
         assert recipe.arch.model_dump() == {k: getattr(info.arch, k) for k in recipe.arch.model_dump()}, name
     for path in sorted((root / "paper").glob("*.yaml")):  # the paper-size GPU recipes stay valid
         assert load_recipe(path).arch.rir_blocks == 5
+    stages = sorted((root / "stages").glob("*.yaml")) + sorted((root / "microscopy").glob("*.yaml"))
+    assert stages and all(load_recipe(path).steps > 0 for path in stages)  # unshipped stages stay valid too
 
 
 def test_bad_recipes_are_rejected(tmp_path, image_folder):
