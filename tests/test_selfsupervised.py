@@ -174,3 +174,10 @@ def test_readme_noisy_stack_commands_work(tmp_path, monkeypatch):
     assert restored.shape == noisy.shape == (3, 64, 64) and restored.dtype == np.uint16
     assert tifffile.imread("my_noisy_clean/stack.tif").shape == noisy.shape
 
+
+
+def test_a_single_stack_file_is_training_data(tmp_path):
+    from napari_vdir.training.data import image_paths
+
+    folder, _, _ = _stack(tmp_path, np.random.default_rng(0), frames_axis=False)
+    assert image_paths(str(folder / "stack.tif")) == [folder / "stack.tif"]

@@ -57,6 +57,8 @@ def image_paths(source: str | Path | list, exclude=()) -> list[Path]:
     source = str(source)
     if Path(source).is_dir():
         paths = list_images(source)
+    elif Path(source).is_file() and Path(source).suffix.lower() in IMAGE_SUFFIXES:  # one stack
+        paths = [Path(source)]
     elif glob.has_magic(source):
         paths = sorted(Path(p) for p in glob.glob(source) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
