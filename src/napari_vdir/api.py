@@ -367,15 +367,14 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
 
     resolve_backend(backend, dev, precision)  # refuses impossible combinations before any work
     if _is_dask(image):
-        if backend != "auto":
-            raise ValueError(f"backend={backend!r} is not passed to dask blocks; use backend='auto' for dask arrays")
         if details:
             raise ValueError("details=True is not available for dask arrays; restore a numpy array instead")
         from .lazy import restore_dask
 
         return restore_dask(image, task, scale=scale, model=model, channel_axis=channel_axis, alpha=alpha,
                             device=device, tile_size=tile_size, ensemble=ensemble, samples=samples,
-                            precision=precision, strength=strength, intensity_range=intensity_range, seed=seed)
+                            precision=precision, strength=strength, intensity_range=intensity_range, seed=seed,
+                            backend=backend)
     if not isinstance(image, np.ndarray):
         image = np.asarray(image)
     check_image(image)

@@ -23,7 +23,7 @@ from .weights import resolve_model
 
 def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None, alpha=None, device="auto",
                  tile_size=None, ensemble=False, samples=1, precision="auto", strength=1.0, intensity_range=None,
-                 seed=0):
+                 seed=0, backend="auto"):
     """Restore a dask array block by block; returns a lazy dask array (see :func:`napari_vdir.restore`).
 
     Nothing is restored until the result is computed. The intensity range (``"auto"``: the robust
@@ -43,7 +43,7 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
 
     options = dict(task=task, scale=scale, model=path, device=device, tile_size=tile_size, ensemble=ensemble,
                    samples=samples, precision=precision, strength=strength, intensity_range=intensity_range,
-                   seed=seed, alpha=layout.alpha)
+                   seed=seed, alpha=layout.alpha, backend=backend)
     _check_options(x, options)  # fail now, not later inside a worker
 
     net, _ = cached_model(path, "cpu", Path(path).stat().st_mtime)
