@@ -294,11 +294,24 @@ def default_model_name(task: str, channels: int, scale: int = 1) -> str:
     return f"sr-x{scale}-{kind}" if task == "sr" else f"{task}-{kind}"
 
 
-def resolve_model(model: str | Path | None, task: str, channels: int, scale: int = 1) -> Path:
-    """Turn a shipped name, a path or None (the task's default) into a weights file path.
+def available_models() -> dict[str, Path]:
+    """Name -> path of every model that ``model=NAME`` finds: the shipped ones, then the user models
+    (:mod:`napari_vdir.user_models`) whose names no shipped model has."""
+    from .user_models import list_user_models
 
-    For gray input with no gray model shipped, the colour model is used (the
-    caller replicates the channel).
+    found = dict(shipped_models())
+    for name, path in list_user_models().items():
+        found.setdefault(name, path)
+    return found
+
+
+def resolve_model(model: str | Path | None, task: str, channels: int, scale: int = 1) -> Path:
+    """Turn a model name, a path or None (the task's default) into a weights file path.
+
+    A name is looked up among the shipped models first, then in the user models folder
+    (:func:`napari_vdir.user_models.user_models_dir`), so a shipped name always means the shipped model.
+    For gray input with no gray model shipped, the colour model is used (the caller replicates the channel).
+    The task's default (``model=None``) is always a shipped model.
     """
     if model is not None:
         as_path = Path(model)
@@ -306,7 +319,13 @@ def resolve_model(model: str | Path | None, task: str, channels: int, scale: int
             return _existing(as_path)
         if str(model) in shipped_models():
             return shipped_models()[str(model)]
-        raise WeightsError(f"no shipped model named {model!r}; shipped: {', '.join(shipped_models()) or 'none'}")
+        from .user_models import list_user_models, user_models_dir
+
+        user = list_user_models()
+        if str(model) in user:
+            return user[str(model)]
+        raise WeightsError(f"no shipped model named {model!r} and no user model of that name in {user_models_dir()}; "
+                           f"shipped: {', '.join(shipped_models()) or 'none'}; user: {', '.join(user) or 'none'}")
     names = [default_model_name(task, channels, scale)]
     if channels == 1:
         names.append(default_model_name(task, 3, scale))
@@ -319,5 +338,8 @@ def resolve_model(model: str | Path | None, task: str, channels: int, scale: int
 
 
 def list_models() -> list[ModelInfo]:
-    """Metadata of every shipped model."""
-    return [read_info(p) for p in shipped_models().values()]
+    """Metadata of every shipped model, then of every user model (see :func:`available_models`); each
+    ``name`` is the one ``model=NAME`` takes (the file stem)."""
+    from dataclasses import replace
+
+    return [replace(read_info(p), name=name) for name, p in available_models().items()]

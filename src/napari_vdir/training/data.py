@@ -17,15 +17,16 @@ from .config import Recipe
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def to_unit(image: np.ndarray) -> np.ndarray:
+def to_unit(image: np.ndarray, intensity_range=None) -> np.ndarray:
     """A whole file's array -> float32 model intensity, by the same mapping as ``napari_vdir.restore``.
 
     A fine-tuned model thus sees its training data on the scale it will see at inference (uint8 /255, other
-    integers by ``api.Intensity``'s range of the whole file, floats as they are).
+    integers by ``api.Intensity``'s range of the whole file, floats as they are). ``intensity_range`` is
+    ``restore``'s option of that name (e.g. a napari layer's contrast limits).
     """
     from ..api import Intensity
 
-    return Intensity.of(image).forward(image)
+    return Intensity.of(image, intensity_range).forward(image)
 
 
 def as_channels(x: np.ndarray, channels: int) -> np.ndarray:
@@ -45,6 +46,69 @@ def planes_of(path: Path) -> list[np.ndarray]:
     if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3):
         return [image]
     return [p for p in image.reshape(-1, *image.shape[-2:])]
+
+
+def array_planes(image, channels: int, *, rgb: bool | None = None, intensity_range=None) -> list[np.ndarray]:
+    """An in-memory image (a napari layer's data: 2-D, a stack, RGB/RGBA) -> its 2-D planes as float32
+    (H, W, channels) in model intensity, by :func:`to_unit` as for files. ``rgb``: whether the last axis is
+    colour (None: a last axis of 3 or 4 with 3+ dimensions, as napari guesses); alpha is dropped."""
+    image = np.asarray(image)
+    if rgb is None:
+        rgb = image.ndim >= 3 and image.shape[-1] in (3, 4)
+    if rgb:
+        image = image[..., :3]
+    if image.ndim < (3 if rgb else 2):
+        raise ValueError(f"an image of shape {image.shape} has no 2-D planes")
+    unit = to_unit(image, intensity_range)
+    planes = unit.reshape(-1, *unit.shape[-3:]) if rgb else unit.reshape(-1, *unit.shape[-2:])
+    return [as_channels(p, channels) for p in planes]
+
+
+@dataclass
+class ArrayData:
+    """An in-memory data source (what napari layers hold), for :meth:`Trainer.load_data`.
+
+    ``noisy``: (H, W, C) float32 planes in model intensity (:func:`array_planes`). ``clean``: their clean
+    twins (``scale`` times larger for sr) for supervised pairs, or None for a self-supervised run. As for
+    folders, every tenth plane (pair) is held out when there are two or more: as noisy patches for the
+    self-supervised validation loss, or as centre crops of the pairs for validation PSNR.
+    """
+
+    noisy: list[np.ndarray]
+    clean: list[np.ndarray] | None = None
+    labels: list[str] | None = None  # where the planes came from (layer names), for the log
+
+    def samplers(self, recipe: Recipe, device):
+        """(training sampler, held-out noisy sampler or None, validation batches, description)."""
+        s = recipe.scale or 1
+        noisy = list(self.noisy)
+        if not noisy:
+            raise ValueError("no planes to train on")
+        small = [x.shape[:2] for x in noisy if min(x.shape[:2]) < recipe.patch]
+        if small:
+            raise ValueError(f"planes of {small[0][0]}x{small[0][1]} px are smaller than the {recipe.patch} px "
+                             "training patch; use larger images or a smaller patch")
+        if self.clean is None:
+            held_out = None
+            if len(noisy) >= 2:
+                held_out = PatchSampler(noisy[::10], recipe.patch, device)
+                noisy = [x for i, x in enumerate(noisy) if i % 10]
+            return PatchSampler(noisy, recipe.patch, device), held_out, [], f"{len(noisy)} training planes (noisy)"
+        clean = list(self.clean)
+        if len(clean) != len(noisy):
+            raise ValueError(f"{len(noisy)} noisy planes but {len(clean)} clean ones; pairs need as many of each")
+        for k, (c, d) in enumerate(zip(clean, noisy, strict=True)):
+            if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
+                raise ValueError(f"pair {k}: clean {c.shape[0]}x{c.shape[1]} and noisy {d.shape[0]}x{d.shape[1]} "
+                                 "sizes do not match" + (f" (x{s})" if s > 1 else ""))
+        val = []
+        if len(noisy) >= 2:
+            crop = recipe.data.val_crop
+            val = [Batch(_crop_tensor(d, crop, 4).to(device), _crop_tensor(c, crop * s, 4 * s).to(device), None)
+                   for c, d in zip(clean[::10], noisy[::10], strict=True)]
+            keep = [i for i in range(len(noisy)) if i % 10]
+            clean, noisy = [clean[i] for i in keep], [noisy[i] for i in keep]
+        return PatchSampler(clean, recipe.patch, device, noisy, s), None, val, f"{len(noisy)} training pairs"
 
 
 def image_paths(source: str | Path | list, exclude=()) -> list[Path]:

@@ -20,6 +20,7 @@ from ..weights import ModelInfo, load_weights, resolve_model, save_weights
 from . import losses, selfsupervised
 from .config import Recipe
 from .data import (
+    ArrayData,
     Batch,
     FramePairSampler,
     PatchSampler,
@@ -53,6 +54,10 @@ SAME_RUN = ("task", "channels", "scale", "arch")  # what a resumed run must shar
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = F.mse_loss(a.float().clamp(0, 1), b.float()).item()
     return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+class TrainingCancelled(Exception):
+    """:meth:`Trainer.fit` was stopped by its ``cancel`` check."""
 
 
 class Trainer:
@@ -132,12 +137,15 @@ class Trainer:
                          **r.arch.model_dump())
         return VDIR(cfg).to(self.device), None
 
-    def load_data(self):
+    def load_data(self, arrays: ArrayData | None = None):
+        """Read the recipe's data; ``arrays`` (in-memory planes, e.g. napari layers) replaces its files."""
         r = self.recipe
         s = r.scale or 1
         self.held_out = None  # self-supervised without clean references: noisy patches for a validation loss
         hold_out = bool(r.self_supervised) and r.data.val is None
-        if r.self_supervised == "noise2noise":
+        if arrays is not None:
+            self.sampler, self.held_out, array_val, count = arrays.samplers(r, self.device)
+        elif r.self_supervised == "noise2noise":
             groups = load_frame_groups(r.data.train, r.channels, r.pairs_from, r.data.exclude, min_size=r.patch)
             if hold_out and len(groups) >= 2:  # every tenth field of view
                 self.held_out = FramePairSampler(groups[::10], r.patch, self.device)
@@ -161,7 +169,7 @@ class Trainer:
             count = f"{len(images)} training images" + (" (noisy)" if r.self_supervised else "")
         if self.held_out is not None:
             self.val_noisy = self.held_out.sample(max(8, r.batch), torch.Generator().manual_seed(1234))
-        self.val = validation_set(r, self.device)
+        self.val = array_val if arrays is not None else validation_set(r, self.device)
         if self.rank == 0:
             self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
 
@@ -402,10 +410,12 @@ class Trainer:
         return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress=None, stop_at: int | None = None) -> Path:
+    def fit(self, progress=None, stop_at: int | None = None, cancel=None) -> Path:
         """Train until the recipe's steps (or time budget) are done; returns the weights file.
 
-        ``stop_at`` ends the run early at that step with a checkpoint, as Ctrl-C does.
+        ``stop_at`` ends the run early at that step with a checkpoint, as Ctrl-C does. ``cancel`` (a
+        ``threading.Event`` or a callable) is checked before every step: when set, :class:`TrainingCancelled`
+        is raised and no checkpoint is written.
         """
         self.out.mkdir(parents=True, exist_ok=True)
         if not hasattr(self, "sampler"):
@@ -432,6 +442,8 @@ class Trainer:
                     writer.writerow(row)
                     fh.flush()
                 while not self.finished():
+                    if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+                        raise TrainingCancelled(f"cancelled at step {self.step}")
                     t0 = time.perf_counter()
                     row = self.train_step()
                     if self.device.type == "cuda" and self.step % 50 == 0:

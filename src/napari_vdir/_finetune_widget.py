@@ -1,0 +1,381 @@
+"""The "Fine-tune (VDIR)" dock: train a model on layers of the viewer, watch its curve, keep the result.
+
+The dock only gathers settings and calls :func:`napari_vdir.training.session.finetune` on a napari thread
+worker; nothing about training lives here. Everything the worker needs is read from the layers on the main
+thread before it starts (the arrays and contrast limits), and everything it reports comes back as the
+worker's ``yielded`` records on the main thread: the worker never touches a napari or Qt object. The saved
+model is announced with :func:`napari_vdir.user_models.notify_user_models_changed` from the main thread,
+so the Restore dock's model list (and this one's) shows it at once.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QPointF, QRectF, QSize, Qt
+from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
+from qtpy.QtWidgets import QSizePolicy, QWidget
+from superqt import QCollapsible
+from superqt.utils import ensure_main_thread
+
+TITLE = "Fine-tune (VDIR)"
+NO_CLEAN = "none: noisy images only (self-supervised)"
+METHOD_LABELS = {"Neighbor2Neighbor (recommended)": "neighbor2neighbor", "blind-spot (Noise2Void)": "blind-spot"}
+SELF_SUPERVISED_TASKS = ("denoise", "real-denoise")
+METRIC_LABELS = {"val_loss": "held-out loss", "val_psnr": "validation PSNR (dB)"}
+
+
+@dataclass
+class _Outcome:
+    """What the worker returns; it never raises, so every failure becomes a notification."""
+
+    result: object | None = None  # session.FineTuneResult
+    error: Exception | None = None
+    cancelled: bool = False
+
+
+def fine_tune_vdir(settings: dict, cancel: threading.Event):
+    """The worker: runs the session in a thread of its own and yields its step records as they come.
+
+    A generator worker advances napari's activity-list progress bar once per record; the records reach
+    the dock through ``yielded`` on the main thread.
+    """
+    from .training.session import TrainingCancelled, finetune
+
+    records: queue.Queue = queue.Queue()
+    done = object()
+    outcome = _Outcome()
+
+    def train():
+        try:
+            outcome.result = finetune(**settings, callback=records.put, cancel=cancel, notify=False)
+        except TrainingCancelled:
+            outcome.cancelled = True
+        except Exception as exc:  # noqa: BLE001 - reported by the dock
+            outcome.error = exc
+        finally:
+            records.put(done)
+
+    thread = threading.Thread(target=train, name="napari-vdir fine-tune", daemon=True)
+    thread.start()
+    while (record := records.get()) is not done:
+        yield record
+    thread.join()
+    return outcome
+
+
+class LossPlot(QWidget):
+    """A small live plot: training loss (grey) and the validation metric (orange), each on its own scale."""
+
+    TRAIN, VAL = QColor(150, 150, 150), QColor(255, 140, 0)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.train_points: list[tuple[int, float]] = []
+        self.val_points: list[tuple[int, float]] = []
+        self.steps = 1
+        self.metric = "val_loss"
+        self.setMinimumHeight(140)
+        # never wider than the dock gives it: the dock must not grow with what is drawn
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(160)
+
+    def sizeHint(self) -> QSize:
+        return QSize(240, 160)
+
+    def reset(self, steps: int, metric: str) -> None:
+        self.train_points, self.val_points = [], []
+        self.steps, self.metric = max(1, int(steps)), metric
+        self.update()
+
+    def add(self, record) -> None:
+        if record.loss is not None and math.isfinite(record.loss):
+            self.train_points.append((record.step, float(record.loss)))
+        if record.val is not None and math.isfinite(record.val):
+            self.val_points.append((record.step, float(record.val)))
+        self.update()
+
+    def paintEvent(self, event):  # noqa: N802 - Qt's name
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        text = self.palette().windowText().color()
+        box = QRectF(8, 18, max(10, self.width() - 16), max(10, self.height() - 40))
+        p.setPen(QPen(text, 1))
+        p.drawRect(box)
+        p.setPen(self.TRAIN)
+        p.drawText(QPointF(box.left(), 13), "training loss")
+        p.setPen(self.VAL)
+        label = METRIC_LABELS.get(self.metric, self.metric)
+        p.drawText(QPointF(box.right() - p.fontMetrics().horizontalAdvance(label), 13), label)
+        for points, colour, side in ((self.train_points, self.TRAIN, "left"), (self.val_points, self.VAL, "right")):
+            self._series(p, box, points, colour, side)
+        p.setPen(text)
+        p.drawText(QPointF(box.left(), box.bottom() + 15), "0")
+        end = f"{self.steps} steps"
+        p.drawText(QPointF(box.right() - p.fontMetrics().horizontalAdvance(end), box.bottom() + 15), end)
+        p.end()
+
+    def _series(self, p: QPainter, box: QRectF, points, colour: QColor, side: str) -> None:
+        if not points:
+            return
+        values = [v for _, v in points]
+        low, high = min(values), max(values)
+        span = (high - low) or max(abs(high), 1e-12)
+
+        def at(step, value):
+            x = box.left() + box.width() * min(step, self.steps) / self.steps
+            y = box.bottom() - box.height() * (0.05 + 0.9 * (value - low) / span)
+            return QPointF(x, y)
+
+        path = QPainterPath(at(*points[0]))
+        for step, value in points[1:]:
+            path.lineTo(at(step, value))
+        p.setPen(QPen(colour, 1.5))
+        p.drawPath(path)
+        if len(points) < 40:
+            p.setBrush(colour)
+            for step, value in points:
+                p.drawEllipse(at(step, value), 2.0, 2.0)
+            p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setPen(colour)
+        for value, y in ((high, box.top() + 12), (low, box.bottom() - 4)):
+            label = f"{value:.4g}"
+            x = box.left() + 4 if side == "left" else box.right() - 4 - p.fontMetrics().horizontalAdvance(label)
+            p.drawText(QPointF(x, y), label)
+
+
+class FineTuneDock(Container):
+    """Fine-tune a shipped or user model on image layers; the result becomes a user model."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._worker = None
+        self._cancel_event: threading.Event | None = None
+        self._auto_name = ""
+        self.last_result = None
+
+        self.noisy = Select(label="noisy layers", choices=self._image_layers,
+                            tooltip="the images to learn from: their noise is what the model learns to remove")
+        self.noisy.native.setMaximumHeight(90)
+        self.clean = ComboBox(label="clean layer", choices=self._clean_choices,
+                              tooltip="optional: a clean twin of the noisy layer (same size) for supervised "
+                                      "training; without it the model learns from the noisy images alone")
+        self.model = ComboBox(label="start from", choices=self._model_choices,
+                              tooltip="the shipped or your own model that training starts from")
+        self.steps = SpinBox(label="training steps", value=300, min=10, max=100_000, step=10,
+                             tooltip="more steps: better fit, longer run (about 300 steps take minutes on a CPU)")
+        self.name = LineEdit(label="save as", tooltip="name of the new model in your models folder")
+        self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
+                               tooltip="how noisy images alone are used for training")
+        self.batch = SpinBox(label="patches per step", value=8, min=1, max=128)
+        self.lr = FloatSpinBox(label="learning rate", value=3e-4, min=1e-6, max=1e-2, step=1e-4)
+        self.lr.native.setDecimals(6)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(label="status", value="ready")
+        # one line that never widens the dock (long text is cut; the tooltip holds all of it)
+        self.status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.changed.connect(lambda text: setattr(self.status, "tooltip", text))
+
+        self.advanced = Container(widgets=[self.method, self.batch, self.lr], labels=True)
+        self.extend([self.noisy, self.clean, self.model, self.steps, self.name, self.run_button,
+                     self.cancel_button, self.progress, self.status])
+        self._collapsible = QCollapsible("Advanced")
+        self._collapsible.addWidget(self.advanced.native)
+        self.native.layout().addWidget(self._collapsible)
+        self.plot = LossPlot()
+        self.native.layout().addWidget(self.plot)
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.noisy.changed.connect(self._suggest_name)
+        self.model.changed.connect(self._suggest_name)
+        self.clean.changed.connect(self._on_clean)
+        self.native.destroyed.connect(self._on_destroyed)
+        layers = self._viewer.layers.events
+        for event in (layers.inserted, layers.removed, layers.moved):
+            event.connect(self._refresh_layers)
+        from .user_models import on_user_models_changed
+
+        self._refresh_models_soon = ensure_main_thread(self._refresh_models)
+        self._unsubscribe = on_user_models_changed(self._refresh_models_soon)
+        self._refresh_layers()
+        self._on_clean(self.clean.value)
+
+    # ------------------------------------------------------------------ choices
+
+    def _image_layers(self, *_) -> list:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in reversed(self._viewer.layers) if isinstance(layer, Image)]
+
+    def _clean_choices(self, *_) -> list:
+        return [(NO_CLEAN, None), *self._image_layers()]
+
+    def _model_choices(self, *_) -> list[str]:
+        """Shipped and user models; without a clean layer, only denoisers (self-supervised training)."""
+        from .weights import WeightsError, available_models, read_info
+
+        pairs = getattr(self, "clean", None) is not None and self.clean.value is not None
+        names = []
+        for name, path in available_models().items():
+            try:
+                task = read_info(path).task
+            except WeightsError:
+                continue
+            if pairs or task in SELF_SUPERVISED_TASKS:
+                names.append(name)
+        return names
+
+    def _refresh_layers(self, *_):
+        self.noisy.reset_choices()
+        self.clean.reset_choices()
+        if not self.noisy.value and self.noisy.choices:
+            self.noisy.value = [self.noisy.choices[0]]
+        self._suggest_name()
+
+    def _refresh_models(self, *_):
+        current = self.model.value
+        self.model.reset_choices()
+        if current in self.model.choices:
+            self.model.value = current
+        elif "denoise-gray" in self.model.choices:
+            self.model.value = "denoise-gray"
+
+    def _on_clean(self, value):
+        self.method.enabled = value is None
+        self._refresh_models()
+
+    def _suggest_name(self, *_):
+        """A fresh name from the first noisy layer and the model, unless the user typed one."""
+        from .user_models import unique_model_name
+
+        if self.name.value and self.name.value != self._auto_name:
+            return
+        first = self.noisy.value[0].name if self.noisy.value else "model"
+        self._auto_name = unique_model_name(f"{first}-{self.model.value or 'model'}")
+        self.name.value = self._auto_name
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def settings(self) -> dict:
+        """The keyword arguments for ``session.finetune``, read from the layers here on the main thread."""
+        from .layers import layer_array
+        from .training.session import metric_of
+
+        noisy_layers = list(self.noisy.value)
+        if not noisy_layers:
+            raise ValueError("choose at least one noisy layer")
+        clean_layer = self.clean.value
+        if self.model.value is None:
+            raise ValueError("no model to start from")
+        rgb = {bool(layer.rgb) for layer in noisy_layers}
+        if len(rgb) > 1:
+            raise ValueError("the noisy layers mix RGB and gray images; choose one kind")
+        noisy = [layer_array(layer) for layer in noisy_layers]
+        clean = None
+        if clean_layer is not None:
+            if len(noisy_layers) != 1:
+                raise ValueError("with a clean layer, choose exactly one noisy layer (its noisy twin)")
+            if clean_layer in noisy_layers:
+                raise ValueError("the clean layer is also chosen as noisy; choose its noisy twin")
+            clean = [layer_array(clean_layer)]
+        from .user_models import check_model_name, user_models_dir
+        from .weights import WEIGHTS_SUFFIX, shipped_models
+
+        name = check_model_name(self.name.value)
+        if name in shipped_models():
+            raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
+        if (user_models_dir() / f"{name}{WEIGHTS_SUFFIX}").exists():
+            raise ValueError(f"a model named {name!r} exists in your models folder; choose another name")
+        # the Restore dock maps a layer by its contrast limits: training sees the same scale
+        ranges = [tuple(float(v) for v in layer.contrast_limits) for layer in noisy_layers]
+        out = dict(noisy=noisy, clean=clean, name=name, init=self.model.value, steps=int(self.steps.value),
+                   method=METHOD_LABELS[self.method.value], batch=int(self.batch.value), lr=float(self.lr.value),
+                   rgb=rgb.pop(), intensity_range=ranges, labels=[layer.name for layer in noisy_layers])
+        out["_metric"] = metric_of(clean)
+        return out
+
+    def run(self, *_):
+        """Start a fine-tune on a worker thread; returns the worker (None when refused)."""
+        if self.running:
+            show_info(f"{TITLE}: a fine-tune is already running; wait for it or press Cancel")
+            return None
+        try:
+            settings = self.settings()
+        except Exception as exc:  # noqa: BLE001 - one line for the user
+            show_error(f"{TITLE}: {exc}")
+            return None
+        metric = settings.pop("_metric")
+        self._cancel_event = threading.Event()
+        self.plot.reset(settings["steps"], metric)
+        worker = create_worker(fine_tune_vdir, settings, self._cancel_event, _start_thread=False,
+                               _progress={"total": settings["steps"] + 1, "desc": TITLE})
+        worker.yielded.connect(self._on_record)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        worker.aborted.connect(self.cancel)  # Cancel in napari's activity list
+        self._worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.max, self.progress.value = settings["steps"], 0
+        self.status.value = f"training {settings['name']} from {settings['init']}…"
+        worker.start()
+        return worker
+
+    def cancel(self, *_):
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+            self.status.value = "cancelling…"
+
+    def _on_destroyed(self, *_):
+        """Closing the dock (or the viewer) mid-run stops training at the next step."""
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+        self._unsubscribe()
+
+    def _on_record(self, record):
+        if self._worker is None:
+            return
+        self.plot.add(record)
+        self.progress.value = min(record.step, self.progress.max)
+        if record.loss is not None:
+            val = self.plot.val_points[-1][1] if self.plot.val_points else None
+            metric = METRIC_LABELS.get(self.plot.metric, "")
+            self.status.value = (f"step {record.step}/{record.steps} · loss {record.loss:.4g}"
+                                 + (f" · {metric} {val:.4g}" if val is not None else ""))
+
+    def _on_returned(self, outcome: _Outcome):
+        if outcome.cancelled or (self._cancel_event is not None and self._cancel_event.is_set()):
+            self.status.value = "cancelled; nothing saved"
+            return
+        if outcome.error is not None:
+            self.status.value = "failed"
+            show_error(f"{TITLE}: {' '.join(str(outcome.error).split())}")
+            return
+        from .user_models import notify_user_models_changed
+
+        res = outcome.result
+        self.last_result = res
+        self.progress.value = self.progress.max
+        self.status.value = f"saved {res.name} ({res.path.parent})"
+        self._auto_name = self.name.value = ""  # a fresh name for the next run
+        self._suggest_name()
+        notify_user_models_changed()  # the Restore dock lists it now
+        show_info(f"{TITLE}: model {res.name!r} saved; choose it in the Restore dock")
+
+    def _on_finished(self):
+        self._worker = None
+        self._cancel_event = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -1,0 +1,193 @@
+"""Fine-tuning from in-memory arrays (napari layers): the headless API behind the "Fine-tune (VDIR)" dock.
+
+One call, :func:`finetune`, trains a shipped or user model on arrays for a number of steps with the
+training package's own loop (:class:`~napari_vdir.training.trainer.Trainer`, its losses and its
+self-supervised methods, exactly as ``python -m napari_vdir.training``), reports each step to a callback,
+stops when a ``threading.Event`` is set, and saves the result in the user models folder
+(:mod:`napari_vdir.user_models`), where ``restore(model=NAME)`` and the plugin's model lists find it.
+
+- Noisy arrays alone: self-supervised (Neighbor2Neighbor by default, or blind-spot), as
+  ``--self-supervised``; the validation metric is the self-supervised loss on held-out planes.
+- Noisy arrays and their clean twins: supervised pairs, as ``--degraded``; the metric is validation PSNR.
+
+Intensities are mapped as ``napari_vdir.restore`` maps them (:func:`napari_vdir.training.data.array_planes`),
+so the model is trained on the scale it will see when it restores the same data. No napari, no Qt.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .trainer import TrainingCancelled
+
+__all__ = ["finetune", "StepRecord", "FineTuneResult", "TrainingCancelled", "METHODS", "DEFAULT_STEPS"]
+
+METHODS = ("neighbor2neighbor", "blind-spot")
+DEFAULT_STEPS = 300
+DEFAULT_PATCH = 64
+DEFAULT_BATCH = 8
+VAL_POINTS = 20  # validations per run: the live curve's points
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One training step as the callback sees it. ``val`` is set on validation steps (and step 0)."""
+
+    step: int
+    steps: int
+    loss: float | None  # the training objective of this step (None at step 0, before training)
+    val: float | None
+    seconds: float
+
+
+@dataclass
+class FineTuneResult:
+    name: str
+    path: Path
+    info: object  # weights.ModelInfo of the saved file
+    metric: str  # what ``val`` measures: "val_loss" (self-supervised, lower is better) or "val_psnr" (dB)
+    history: list[StepRecord] = field(default_factory=list)
+
+
+def metric_of(clean) -> str:
+    return "val_psnr" if clean is not None else "val_loss"
+
+
+def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", steps: int = DEFAULT_STEPS,
+             method: str = "neighbor2neighbor", patch: int | None = None, batch: int = DEFAULT_BATCH,
+             lr: float | None = None, rgb: bool | None = None, intensity_range=None, callback=None, cancel=None,
+             device: str = "auto", precision: str = "auto", seed: int = 0, labels: list[str] | None = None,
+             overwrite: bool = False, notify: bool = True) -> FineTuneResult:
+    """Fine-tune ``init`` on arrays and save it as the user model ``name``.
+
+    Parameters
+    ----------
+    noisy : array or list of arrays
+        Images to train on (2-D, stacks with leading Z/T axes, RGB): every 2-D plane is a training image.
+    clean : array or list of arrays, optional
+        Clean twins of ``noisy`` (same shapes, ``scale`` times larger for super-resolution): supervised
+        pairs. Without them the run is self-supervised (denoising only).
+    name : the new model's name in the user models folder (letters, digits, ``._-``).
+    init : shipped or user model name, or a weights file, to start from; it sets task and channels.
+    steps, patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
+        (less for smaller images), ``lr`` to the training CLI's default.
+    method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
+    rgb : whether the last axis is colour (None: a last axis of 3 or 4, as napari guesses).
+    intensity_range : ``restore``'s option of that name (e.g. a layer's contrast limits), or a list with one
+        per noisy array; None: restore's default mapping (uint8 / 255, other integers by their robust range,
+        floats as they are). Each clean twin is mapped by its noisy array's range, so a pair keeps one scale.
+    callback : ``callback(StepRecord)`` after step 0's validation and after every training step.
+    cancel : ``threading.Event`` or callable; checked before every step, raises :class:`TrainingCancelled`
+        and saves nothing.
+    overwrite : replace an existing user model of that name. ``notify``: tell the
+        :func:`~napari_vdir.user_models.on_user_models_changed` subscribers once the model is saved.
+    """
+    from .. import user_models
+    from ..weights import WEIGHTS_SUFFIX, load_weights, read_info, resolve_model, shipped_models
+    from .__main__ import MINIMAL_DEFAULTS
+    from .config import Recipe, one_line
+    from .data import ArrayData, array_planes
+    from .trainer import Trainer
+
+    name = user_models.check_model_name(name)
+    if name in shipped_models():
+        raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
+    target = user_models.user_models_dir() / f"{name}{WEIGHTS_SUFFIX}"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"a user model named {name!r} exists; choose another name")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: choose {' or '.join(METHODS)}")
+    start = read_info(resolve_model(init, "denoise", 1))
+    init_path = resolve_model(init, start.task, start.channels, start.scale)
+    if clean is None and start.task not in ("denoise", "real-denoise"):
+        raise ValueError(f"{start.name} is a {start.task} model: without clean images only denoisers can be "
+                         "fine-tuned (add the clean layer for pairs)")
+
+    noisy_arrays = _as_list(noisy)
+    clean_arrays = None if clean is None else _as_list(clean)
+    if clean_arrays is not None and len(clean_arrays) != len(noisy_arrays):
+        raise ValueError(f"{len(noisy_arrays)} noisy images but {len(clean_arrays)} clean ones; give one clean "
+                         "image for each noisy one")
+    ranges = _ranges_for(noisy_arrays, intensity_range, rgb)
+    noisy_planes, clean_planes = [], None if clean_arrays is None else []
+    for k, array in enumerate(noisy_arrays):
+        noisy_planes += array_planes(array, start.channels, rgb=rgb, intensity_range=ranges[k])
+        if clean_arrays is not None:  # mapped by its noisy twin's range: the pair keeps one intensity scale
+            clean_planes += array_planes(clean_arrays[k], start.channels, rgb=rgb, intensity_range=ranges[k])
+    smallest = min(min(p.shape[:2]) for p in noisy_planes)
+    if patch is None:
+        patch = min(DEFAULT_PATCH, smallest // 8 * 8)
+        if patch < 16:
+            raise ValueError(f"images of {smallest} px are too small to train on (at least 16 px on each side)")
+
+    values = dict(MINIMAL_DEFAULTS, name=name, task=start.task, channels=start.channels,
+                  scale=start.scale if start.task == "sr" else None, init=str(init_path),
+                  data={"train": list(labels or ["arrays"])}, steps=steps, patch=patch, batch=batch, seed=seed,
+                  self_supervised=method if clean is None else None,
+                  val_every=max(1, steps // VAL_POINTS), checkpoint_every=steps)
+    if lr is not None:
+        values["lr"] = lr
+    try:
+        recipe = Recipe.model_validate(values)
+    except ValueError as err:
+        raise ValueError(one_line(err)) from None
+
+    metric = metric_of(clean)
+    history: list[StepRecord] = []
+    t0 = time.perf_counter()
+
+    def report(trainer, row):
+        if not history and trainer.history:  # step 0: the starting model's validation
+            first = trainer.history[0]
+            history.append(StepRecord(0, steps, None, first.get(metric), 0.0))
+            if callback is not None:
+                callback(history[-1])
+        history.append(StepRecord(trainer.step, steps, row.get("total"), row.get(metric),
+                                  time.perf_counter() - t0))
+        if callback is not None:
+            callback(history[-1])
+
+    with tempfile.TemporaryDirectory(prefix="napari-vdir-finetune-") as out:
+        trainer = Trainer(recipe, out, device=device, precision=precision, log=lambda *_: None)
+        trainer.load_data(ArrayData(noisy_planes, clean_planes, labels))
+        exported = trainer.fit(report, cancel=cancel)
+        if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+            raise TrainingCancelled(f"cancelled at step {trainer.step}")  # pressed during the last step
+        model, info = load_weights(exported)
+    info.description += f"; fine-tuned from {start.name} on {', '.join(recipe.data.train)}"
+    path = user_models.save_user_model(name, model, info, overwrite=overwrite, notify=notify)
+    return FineTuneResult(name, path, read_info(path), metric, history)
+
+
+def _ranges_for(arrays: list, intensity_range, rgb: bool | None) -> list:
+    """One explicit ``(low, high)`` (or None: floats as they are) per noisy array: ``intensity_range`` (one
+    for all, or a list with one per array) resolved as ``restore`` resolves it for that array."""
+    from ..api import Intensity
+
+    if isinstance(intensity_range, list):
+        if len(intensity_range) != len(arrays):
+            raise ValueError(f"{len(intensity_range)} intensity ranges for {len(arrays)} images")
+        given = intensity_range
+    else:
+        given = [intensity_range] * len(arrays)
+    out = []
+    for array, rng in zip(arrays, given, strict=True):
+        array = np.asarray(array)
+        if rgb or (rgb is None and array.ndim >= 3 and array.shape[-1] in (3, 4)):
+            array = array[..., :3]
+        mapping = Intensity.of(array, rng)
+        out.append(None if mapping.identity else (float(mapping.low), float(mapping.high)))
+    return out
+
+
+def _as_list(arrays) -> list:
+    if isinstance(arrays, (list, tuple)):
+        if not arrays:
+            raise ValueError("no images given")
+        return list(arrays)
+    return [arrays]

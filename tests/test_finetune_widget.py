@@ -1,0 +1,127 @@
+"""The Fine-tune dock in a real viewer: a run saves a user model that restore() finds by name, the plot
+fills, Cancel saves nothing, and the dock does not grow."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import napari_vdir
+from napari_vdir import user_models
+from napari_vdir.weights import load_weights
+
+pytestmark = pytest.mark.gui
+
+
+def noisy_stack(rng, planes: int = 3, size: int = 48) -> np.ndarray:
+    """uint16 counts of blurry blobs with Poisson-Gaussian noise on a 100-count offset."""
+    yy, xx = np.mgrid[:size, :size]
+    clean = np.full((planes, size, size), 0.05)
+    for z in range(planes):
+        for _ in range(5):
+            cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(3, 8)
+            clean[z] += 0.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    noisy = rng.poisson(clean * 12) / 12 + rng.normal(0, 0.03, clean.shape)
+    return np.clip(np.rint(noisy * 4000 + 100), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch, tiny_weights):
+    """A private user models folder holding a tiny gray denoiser to start from (fast; quality is not tested)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    shutil.copy(tiny_weights[("denoise", 1, 1)], folder / "tiny-start.safetensors")
+    return folder
+
+
+@pytest.fixture
+def dock(make_napari_viewer, models_dir, rng):
+    from napari_vdir._finetune_widget import FineTuneDock
+
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy_stack(rng), name="cells")
+    widget = FineTuneDock(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune (VDIR)")
+    assert "tiny-start" in widget.model.choices  # a user model is a starting point
+    widget.model.value = "tiny-start"
+    widget.steps.value = 10
+    widget.batch.value = 4
+    return widget
+
+
+def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, models_dir, qtbot):
+    data = dock._viewer.layers["cells"].data
+    dock.name.value = "cells-tuned"
+    changes = []
+    unsubscribe = user_models.on_user_models_changed(lambda: changes.append(dock.model.choices))
+    size_before, minimum_before = dock.native.sizeHint(), dock.native.minimumSizeHint()
+    try:
+        worker = dock.run()
+        assert worker is not None and dock.running
+        with qtbot.waitSignal(worker.finished, timeout=300_000):
+            pass
+    finally:
+        unsubscribe()
+    saved = models_dir / "cells-tuned.safetensors"
+    assert saved.is_file(), dock.status.value
+    model, info = load_weights(saved)
+    assert info.name == "cells-tuned" and info.recipe["self_supervised"] == "neighbor2neighbor"
+    assert info.recipe["steps_done"] == 10 and info.recipe["data"]["train"] == ["cells"]
+    assert changes and "cells-tuned" in dock.model.choices  # announced; this dock's own list has it too
+    restored = napari_vdir.restore(data, "denoise", model="cells-tuned", precision="float32")
+    assert restored.shape == data.shape and restored.dtype == data.dtype
+    assert dock.plot.train_points and [s for s, _ in dock.plot.train_points] == list(range(1, 11))
+    assert len(dock.plot.val_points) >= 2 and dock.plot.val_points[0][0] == 0  # the start and later validations
+    assert dock.progress.value == dock.progress.max
+    assert dock.status.value.startswith("saved cells-tuned")
+    assert dock.name.value != "cells-tuned"  # a fresh name is offered for the next run
+    qtbot.wait(10)
+    assert dock.native.sizeHint().width() <= size_before.width()
+    assert dock.native.minimumSizeHint().width() <= minimum_before.width()
+    assert dock.native.sizeHint().height() <= size_before.height()
+
+
+def test_cancel_stops_training_and_saves_nothing(dock, models_dir, qtbot):
+    dock.steps.value = 5000
+    dock.name.value = "never-saved"
+    worker = dock.run()
+
+    def cancel_at_third_step(record):
+        if record.step >= 3:
+            dock.cancel()
+
+    worker.yielded.connect(cancel_at_third_step)
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    assert not (models_dir / "never-saved.safetensors").exists()
+    assert not any(p.name.startswith(".") for p in models_dir.iterdir())  # no partial file either
+    assert dock.status.value == "cancelled; nothing saved"
+    assert 3 <= dock.plot.train_points[-1][0] < 5000
+    assert not dock.running and dock.run_button.enabled
+
+
+def test_a_second_run_is_refused_while_one_runs_and_errors_are_notifications(dock, qtbot, monkeypatch, rng):
+    from napari_vdir import _finetune_widget
+
+    messages = []
+    monkeypatch.setattr(_finetune_widget, "show_error", messages.append)
+    monkeypatch.setattr(_finetune_widget, "show_info", messages.append)
+    dock._viewer.add_image(noisy_stack(rng, planes=3, size=40), name="clean of another size")
+    dock.clean.value = dock._viewer.layers["clean of another size"]
+    dock.name.value = "mismatched"
+    worker = dock.run()  # the sizes are found out in the worker: its error must come back as a notification
+    assert worker is not None
+    assert dock.run() is None and "already running" in messages[-1]
+    qtbot.waitUntil(lambda: not dock.running, timeout=60_000)
+    assert "sizes do not match" in messages[-1] and dock.status.value == "failed"
+    for name, expected in (("denoise-gray", "shipped model"), ("bad/name", "model name"),
+                           ("tiny-start", "exists in your models folder")):
+        dock.name.value = name
+        assert dock.run() is None and expected in messages[-1]
+    dock.name.value = "fine"
+    dock.noisy.value = []
+    assert dock.run() is None and "noisy layer" in messages[-1]
+    assert not dock.running
