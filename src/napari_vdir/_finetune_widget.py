@@ -15,7 +15,17 @@ import queue
 import threading
 from dataclasses import dataclass
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, Select, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QPointF, QRectF, QSize, Qt
@@ -81,7 +91,6 @@ class LossPlot(QWidget):
         self.val_points: list[tuple[int, float]] = []
         self.steps = 1
         self.metric = "val_loss"
-        self.setMinimumHeight(140)
         # never wider than the dock gives it: the dock must not grow with what is drawn
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.setFixedHeight(160)
@@ -154,6 +163,8 @@ class FineTuneDock(Container):
     """Fine-tune a shipped or user model on image layers; the result becomes a user model."""
 
     def __init__(self, napari_viewer):
+        from .training.session import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS  # torch loads with the dock
+
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._worker = None
@@ -169,13 +180,13 @@ class FineTuneDock(Container):
                                       "training; without it the model learns from the noisy images alone")
         self.model = ComboBox(label="start from", choices=self._model_choices,
                               tooltip="the shipped or your own model that training starts from")
-        self.steps = SpinBox(label="training steps", value=300, min=10, max=100_000, step=10,
+        self.steps = SpinBox(label="training steps", value=DEFAULT_STEPS, min=10, max=100_000, step=10,
                              tooltip="more steps: better fit, longer run (about 300 steps take minutes on a CPU)")
         self.name = LineEdit(label="save as", tooltip="name of the new model in your models folder")
         self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
                                tooltip="how noisy images alone are used for training")
-        self.batch = SpinBox(label="patches per step", value=8, min=1, max=128)
-        self.lr = FloatSpinBox(label="learning rate", value=3e-4, min=1e-6, max=1e-2, step=1e-4)
+        self.batch = SpinBox(label="patches per step", value=DEFAULT_BATCH, min=1, max=128)
+        self.lr = FloatSpinBox(label="learning rate", value=DEFAULT_LR, min=1e-6, max=1e-2, step=1e-4)
         self.lr.native.setDecimals(6)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -205,8 +216,7 @@ class FineTuneDock(Container):
             event.connect(self._refresh_layers)
         from .user_models import on_user_models_changed
 
-        self._refresh_models_soon = ensure_main_thread(self._refresh_models)
-        self._unsubscribe = on_user_models_changed(self._refresh_models_soon)
+        self._unsubscribe = on_user_models_changed(self._on_user_models_changed)  # held weakly
         self._refresh_layers()
         self._on_clean(self.clean.value)
 
@@ -249,6 +259,11 @@ class FineTuneDock(Container):
             self.model.value = current
         elif "denoise-gray" in self.model.choices:
             self.model.value = "denoise-gray"
+
+    @ensure_main_thread
+    def _on_user_models_changed(self):
+        """A model was saved (by this dock, or by a script in any thread): list it."""
+        self._refresh_models()
 
     def _on_clean(self, value):
         self.method.enabled = value is None
@@ -326,7 +341,7 @@ class FineTuneDock(Container):
         worker.yielded.connect(self._on_record)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
-        worker.aborted.connect(self.cancel)  # Cancel in napari's activity list
+        worker.aborted.connect(self._on_aborted)  # stopped from outside (napari's task list)
         self._worker = worker
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.max, self.progress.value = settings["steps"], 0
@@ -338,6 +353,11 @@ class FineTuneDock(Container):
         if self._cancel_event is not None:
             self._cancel_event.set()
             self.status.value = "cancelling…"
+
+    def _on_aborted(self, *_):
+        """The worker was quit before training ended: stop training too; nothing is saved."""
+        self.cancel()
+        self.status.value = "cancelled; nothing saved"
 
     def _on_destroyed(self, *_):
         """Closing the dock (or the viewer) mid-run stops training at the next step."""

@@ -31,6 +31,9 @@ METHODS = ("neighbor2neighbor", "blind-spot")
 DEFAULT_STEPS = 300
 DEFAULT_PATCH = 64
 DEFAULT_BATCH = 8
+# a third of the training CLI's 1e-3: starting from a trained model, 150 steps on a generated Poisson-Gaussian
+# stack gained 2.0 dB over the shipped denoise-gray at 3e-4 and 1.2 dB at 1e-3
+DEFAULT_LR = 3e-4
 VAL_POINTS = 20  # validations per run: the live curve's points
 
 
@@ -60,7 +63,7 @@ def metric_of(clean) -> str:
 
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", steps: int = DEFAULT_STEPS,
              method: str = "neighbor2neighbor", patch: int | None = None, batch: int = DEFAULT_BATCH,
-             lr: float | None = None, rgb: bool | None = None, intensity_range=None, callback=None, cancel=None,
+             lr: float = DEFAULT_LR, rgb: bool | None = None, intensity_range=None, callback=None, cancel=None,
              device: str = "auto", precision: str = "auto", seed: int = 0, labels: list[str] | None = None,
              overwrite: bool = False, notify: bool = True) -> FineTuneResult:
     """Fine-tune ``init`` on arrays and save it as the user model ``name``.
@@ -75,7 +78,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     name : the new model's name in the user models folder (letters, digits, ``._-``).
     init : shipped or user model name, or a weights file, to start from; it sets task and channels.
     steps, patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
-        (less for smaller images), ``lr`` to the training CLI's default.
+        (less for smaller images); ``lr`` is the peak of the cosine schedule (:data:`DEFAULT_LR`).
     method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
     rgb : whether the last axis is colour (None: a last axis of 3 or 4, as napari guesses).
     intensity_range : ``restore``'s option of that name (e.g. a layer's contrast limits), or a list with one
@@ -128,10 +131,8 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     values = dict(MINIMAL_DEFAULTS, name=name, task=start.task, channels=start.channels,
                   scale=start.scale if start.task == "sr" else None, init=str(init_path),
                   data={"train": list(labels or ["arrays"])}, steps=steps, patch=patch, batch=batch, seed=seed,
-                  self_supervised=method if clean is None else None,
+                  lr=lr, self_supervised=method if clean is None else None,
                   val_every=max(1, steps // VAL_POINTS), checkpoint_every=steps)
-    if lr is not None:
-        values["lr"] = lr
     try:
         recipe = Recipe.model_validate(values)
     except ValueError as err:

@@ -1,0 +1,120 @@
+"""training.session.finetune: fine-tuning from in-memory arrays, headless (no napari, no Qt)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import napari_vdir
+from napari_vdir import user_models
+from napari_vdir.training import session
+from napari_vdir.training.data import array_planes
+
+
+def cells_stack(rng, planes: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) uint16 counts: blobs on a dim background, Poisson (12 photons at 1.0) + Gaussian read
+    noise, on a 100-count camera offset (examples/noisy_stack.py's recipe)."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    clean = np.full((planes, size, size), 0.05)
+    for z in range(planes):
+        for _ in range(size // 8):
+            cy, cx = rng.uniform(0, size, 2)
+            r = rng.uniform(3, 12)
+            clean[z] += rng.uniform(0.2, 0.6) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    clean = np.clip(clean, 0, 0.9)
+    noisy = rng.poisson(clean * 12.0) / 12.0 + rng.normal(0, 0.03, clean.shape)
+
+    def counts(x):
+        return np.clip(np.rint(x * 4000 + 100), 0, 65535).astype(np.uint16)
+    return counts(noisy), counts(clean)
+
+
+def psnr(a, b, peak) -> float:
+    return float(10 * np.log10(peak**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    return folder
+
+
+def test_a_short_self_supervised_run_beats_the_shipped_model_it_starts_from(models_dir):
+    """60 Neighbor2Neighbor steps on the noisy uint16 stack alone (its clean twin is only for scoring)."""
+    noisy, clean = cells_stack(np.random.default_rng(0), planes=4, size=128)
+    peak = float(clean.max()) - float(clean.min())
+    records = []
+    result = session.finetune(noisy, name="cells", init="denoise-gray", steps=60, patch=48, batch=4,
+                              callback=records.append, seed=0)
+    assert result.path == models_dir / "cells.safetensors" and result.metric == "val_loss"
+    start = napari_vdir.restore(noisy, "denoise", model="denoise-gray", precision="float32")
+    tuned = napari_vdir.restore(noisy, "denoise", model="cells", precision="float32")
+    before, after = psnr(start, clean, peak), psnr(tuned, clean, peak)
+    print(f"noisy {psnr(noisy, clean, peak):.2f} dB, denoise-gray {before:.2f} dB, fine-tuned {after:.2f} dB")
+    assert after > before + 0.5, (before, after)
+    assert [r.step for r in records] == list(range(61))  # step 0 (the start's validation), then every step
+    assert records[0].loss is None and all(r.loss is not None for r in records[1:])
+    assert sum(r.val is not None for r in records) == 21  # every third step and step 0
+    assert result.info.trained_steps > 60  # the shipped model's steps plus these
+    assert result.info.recipe["init"].endswith("denoise-gray.safetensors")
+
+
+def test_pairs_train_supervised_and_report_validation_psnr(models_dir, tiny_weights):
+    noisy, clean = cells_stack(np.random.default_rng(1), planes=3, size=48)
+    shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
+    records = []
+    result = session.finetune(noisy, clean, name="paired", init="tiny-denoise-x1-1ch", steps=20, batch=4,
+                              lr=2e-3, callback=records.append)
+    assert result.metric == "val_psnr" and result.info.recipe["self_supervised"] is None
+    vals = [r.val for r in records if r.val is not None]
+    assert len(vals) >= 2 and vals[-1] > vals[0]  # dB, from an untrained network
+    assert "paired" in user_models.list_user_models()
+
+
+def test_a_clean_twin_is_mapped_by_its_noisy_images_range():
+    """One intensity scale per pair: the clean plane in the noisy array's units, not by its own range."""
+    noisy, clean = cells_stack(np.random.default_rng(2), planes=2, size=32)
+    (rng,) = session._ranges_for([noisy], None, None)
+    low, high = napari_vdir.intensity.robust_range(noisy)
+    assert rng == (low, high)
+    plane = array_planes(clean, 1, intensity_range=rng)[1][..., 0]
+    np.testing.assert_allclose(plane, (clean[1] - low) / (high - low), rtol=1e-6)
+    assert session._ranges_for([noisy.astype(np.float32) / 65535], None, None) == [None]  # floats as they are
+    assert session._ranges_for([noisy], [(0, 1000)], None) == [(0.0, 1000.0)]  # e.g. contrast limits
+
+
+def test_cancel_stops_the_run_and_saves_nothing(models_dir, tiny_weights):
+    shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
+    noisy, _ = cells_stack(np.random.default_rng(3), planes=2, size=32)
+    stop = threading.Event()
+    steps = []
+
+    def on_step(record):
+        steps.append(record.step)
+        if record.step == 3:
+            stop.set()
+
+    with pytest.raises(session.TrainingCancelled):
+        session.finetune(noisy, name="stopped", init="tiny-denoise-x1-1ch", steps=500, batch=2,
+                         callback=on_step, cancel=stop)
+    assert steps[-1] == 3
+    assert not (models_dir / "stopped.safetensors").exists()
+    assert not [p for p in models_dir.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name, error", [("denoise-gray", "shipped model"), ("a/b", "model name"),
+                                         ("taken", "exists")])
+def test_names_are_checked_before_training(models_dir, tiny_weights, name, error):
+    models_dir.mkdir()
+    shutil.copy(tiny_weights[("denoise", 1, 1)], models_dir / "taken.safetensors")
+    with pytest.raises((ValueError, FileExistsError), match=error):
+        session.finetune(np.zeros((32, 32), np.uint8), name=name, init="denoise-gray", steps=1)
+
+
+def test_a_non_denoiser_needs_clean_images(models_dir):
+    with pytest.raises(ValueError, match="only denoisers"):
+        session.finetune(np.zeros((32, 32, 3), np.uint8), name="x", init="jpeg-rgb", steps=1)
