@@ -152,3 +152,120 @@ def test_sr_mix_adds_mild_noise_and_jpeg_when_asked():
     saved, _ = deg.random_sr_degradation(hr, 2, torch.Generator().manual_seed(2), mix={"area": 1.0},
                                          noise=(0.0, 0, 0), jpeg=(1.0, 60, 60), quantise=0.0)
     assert torch.allclose(saved, deg.jpeg_batch(base, [60] * 8))
+
+
+# ---------------------------------------------------------------- clean-inclusive ranges (issue 15)
+
+CLEAN = deg.NOISE_RANGES["clean-inclusive"]
+
+
+def test_default_ranges_draw_exactly_what_they_always_drew():
+    """The shipped recipes keep reproducing their models: the degraded-only ranges use the same random
+    numbers as before the ranges existed (no extra draw for a clean share of 0)."""
+    n = 64
+    ours, before = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sigma = deg.random_sigma(n, ours)
+    assert torch.equal(sigma, deg.uniform(n, 5.0, 70.0, before, "cpu"))
+    assert torch.equal(ours.get_state(), before.get_state())  # the noise drawn next is the same too
+    assert deg.noise_ranges(None) == deg.NOISE_RANGES["degraded-only"] == deg.NoiseRanges()
+    x = clean_batch(8, 32)
+    ours, before = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    _, q = deg.random_jpeg(x, ours)
+    assert torch.equal(q, torch.randint(10, 81, (8,), generator=before).float() / 100)
+    assert torch.equal(ours.get_state(), before.get_state())
+    with pytest.raises(ValueError, match="unknown noise ranges 'loud'"):
+        deg.noise_ranges("loud")
+
+
+def test_a_tenth_of_awgn_inputs_is_exactly_clean_and_sigma_reaches_75():
+    sigma = deg.random_sigma(20000, torch.Generator().manual_seed(0), ranges="clean-inclusive")
+    clean = sigma == 0
+    assert clean.float().mean().item() == pytest.approx(0.10, abs=0.01)  # binomial std 0.002
+    assert 74 < sigma.max() <= 75 and (sigma[~clean] < 2).any()
+    assert deg.random_sigma(20000, torch.Generator().manual_seed(0)).min() >= 5  # degraded-only: never clean
+    same = deg.random_sigma(500, torch.Generator().manual_seed(4), ranges=CLEAN)
+    assert torch.equal(same, deg.random_sigma(500, torch.Generator().manual_seed(4), ranges=CLEAN))  # seeded
+    x = clean_batch(8, 32)
+    noisy = deg.add_gaussian_noise(x, torch.tensor([0.0] * 4 + [30.0] * 4), torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[:4], x[:4]) and not torch.equal(noisy[4:], x[4:])
+
+
+def test_poisson_gaussian_reaches_negligible_noise_and_exactly_clean():
+    x = clean_batch(400, 16)
+    noisy, equivalent = deg.random_poisson_gaussian(x, torch.Generator().manual_seed(0), ranges=CLEAN)
+    clean = equivalent == 0
+    assert clean.float().mean().item() == pytest.approx(0.10, abs=0.05)
+    assert torch.equal(noisy[clean], x[clean])
+    assert (equivalent[~clean] < 1.0).float().mean() > 0.02  # below 1/255: negligible noise occurs
+    _, before = deg.random_poisson_gaussian(x, torch.Generator().manual_seed(0))
+    assert before.min() > 1.0
+
+
+def test_camera_pipeline_from_clean_and_low_iso_to_heavy():
+    x = torch.linspace(0.2, 0.8, 64).reshape(1, 1, 1, 64).expand(200, 3, 64, 64).contiguous()
+    rms = {}
+    for name in ("degraded-only", "clean-inclusive"):
+        y = deg.add_camera_noise(x, torch.Generator().manual_seed(0), ranges=name)
+        rms[name] = ((y - x) ** 2).mean(dim=(1, 2, 3)).sqrt() * 255
+    exact = rms["clean-inclusive"] == 0
+    assert exact.float().mean().item() == pytest.approx(0.10, abs=0.05)
+    low = rms["clean-inclusive"][~exact] < 2  # nearly clean: under 2 of 255 RMS
+    assert low.float().mean() > 0.15 and (rms["degraded-only"] < 2).float().mean() < 0.05
+    assert rms["clean-inclusive"].max() > 15  # and still heavy at the other end
+
+
+def test_jpeg_from_quality_10_to_95_and_uncompressed():
+    x = clean_batch(300, 16)
+    out, q = deg.random_jpeg(x, torch.Generator().manual_seed(0), ranges=CLEAN)
+    uncompressed = q == deg.UNCOMPRESSED_QUALITY / 100
+    assert uncompressed.float().mean().item() == pytest.approx(0.10, abs=0.05)
+    assert torch.equal(out[uncompressed], x[uncompressed])
+    qualities = torch.round(q[~uncompressed] * 100).int()
+    assert qualities.min() == 10 and qualities.max() == 95 and (qualities == 95).any()
+    for i in torch.nonzero(~uncompressed).flatten()[:3].tolist():  # the others really are those JPEGs
+        expected = deg.jpeg_batch(x[i:i + 1], [int(qualities[(~uncompressed)[:i].sum()])])
+        assert torch.equal(out[i:i + 1], expected)
+    _, before = deg.random_jpeg(x, torch.Generator().manual_seed(0))
+    assert before.max() <= 0.80
+
+
+def test_zero_estimator_targets_stay_finite_through_the_loss():
+    """sigma = 0 (and quality 100) are honest targets: the EST head is an L1 on sigma / 255 (no log), and the
+    whole objective and its gradients stay finite on a batch of clean images."""
+    from napari_vdir.nets import VDIR, ArchConfig, Decoder
+    from napari_vdir.training import losses
+
+    torch.manual_seed(0)
+    cfg = ArchConfig(channels=3, width=8, rir_blocks=1, res_blocks=1, encoder_width=8, estimate_dims=1)
+    model, decoder = VDIR(cfg), Decoder(3, 8)
+    clean = clean_batch(4, 32)
+    sigma = torch.zeros(4)
+    y = deg.add_gaussian_noise(clean, sigma, torch.Generator().manual_seed(0))
+    out = model(y, sample=True, with_estimate=True)
+    target = (sigma / 255.0)[:, None]
+    est = losses.estimate_loss(out.estimate, target)
+    total = ((out.image - clean).abs().mean() + 0.01 * losses.kl_divergence(out.mu, out.logvar)
+             + (decoder(out.c) - y).abs().mean() + est)
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(est)
+    assert est.item() == pytest.approx(out.estimate.abs().mean().item())  # distance to 0, nothing else
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    full_quality = torch.full((4, 1), deg.UNCOMPRESSED_QUALITY / 100)
+    assert torch.isfinite(losses.estimate_loss(out.estimate.detach(), full_quality))
+
+
+def test_recipes_choose_the_ranges_and_default_to_the_shipped_ones():
+    from pathlib import Path
+
+    from napari_vdir.training.config import Recipe, load_recipe
+
+    base = dict(name="x", task="denoise", data={"train": ["imgs"]}, steps=1)
+    assert Recipe.model_validate(base).ranges == "degraded-only"
+    assert Recipe.model_validate({**base, "ranges": "clean-inclusive"}).ranges in deg.NOISE_RANGES
+    with pytest.raises(ValueError, match="ranges"):
+        Recipe.model_validate({**base, "ranges": "quiet"})
+    with pytest.raises(ValueError, match="not sr"):
+        Recipe.model_validate({**base, "task": "sr", "scale": 2, "ranges": "clean-inclusive"})
+    root = Path(__file__).resolve().parents[1] / "training"
+    assert all(load_recipe(p).ranges == "degraded-only" for p in root.glob("*.yaml"))  # shipped: unchanged
+    assert load_recipe(root / "stages" / "probe-unshuffle.yaml").ranges == "clean-inclusive"

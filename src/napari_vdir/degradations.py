@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,8 +29,75 @@ READ_SIGMA_RANGE = (0.0, 0.06)
 GAMMA_RANGE = (1.8, 2.6)
 
 
+@dataclass(frozen=True)
+class NoiseRanges:
+    """What the denoise, camera and JPEG training degradations draw from (a recipe's ``ranges``).
+
+    ``clean_share`` of the images is left exactly as it is (sigma 0, no camera pipeline, no JPEG): the
+    model learns to leave an image with nothing to fix alone, and EST(c) learns its honest estimate
+    (noise sigma 0; JPEG quality 100 for an uncompressed image). ``log_uniform`` draws the Poisson read
+    noise and the camera's noise stds log-uniformly, so nearly clean settings are as common as heavy ones
+    (uniform draws from 0 almost never give a low-ISO image).
+    """
+
+    sigma: tuple[float, float] = SIGMA_RANGE
+    photons: tuple[float, float] = PHOTONS_RANGE
+    read_noise: tuple[float, float] = READ_NOISE_RANGE
+    shot_sigma: tuple[float, float] = SHOT_SIGMA_RANGE
+    read_sigma: tuple[float, float] = READ_SIGMA_RANGE
+    jpeg_quality: tuple[int, int] = JPEG_QUALITY_RANGE
+    clean_share: float = 0.0
+    log_uniform: bool = False
+
+
+NOISE_RANGES = {
+    # every image visibly degraded: the ranges the models shipped before issue 15 were trained on
+    "degraded-only": NoiseRanges(),
+    # from nothing to fix to heavy: 10 % exactly clean; AWGN sigma 0-75; Poisson-Gaussian down to
+    # ~0.5 of 255 (1e5 photons, read noise 0.1); the camera from low ISO (shot 0.002, read 0.0005 in
+    # linear raw units) to heavy; JPEG quality 10-95 (and the clean share uncompressed)
+    "clean-inclusive": NoiseRanges(sigma=(0.0, 75.0), photons=(4.0, 1e5), read_noise=(0.1, 20.0),
+                                   shot_sigma=(0.002, 0.16), read_sigma=(0.0005, 0.06), jpeg_quality=(10, 95),
+                                   clean_share=0.1, log_uniform=True),
+}
+DEFAULT_RANGES = "degraded-only"
+
+
+def noise_ranges(ranges: NoiseRanges | str | None) -> NoiseRanges:
+    """A :class:`NoiseRanges`, or the one :data:`NOISE_RANGES` names (None: today's default)."""
+    if isinstance(ranges, NoiseRanges):
+        return ranges
+    name = DEFAULT_RANGES if ranges is None else ranges
+    if name not in NOISE_RANGES:
+        raise ValueError(f"unknown noise ranges {name!r}; choose from {', '.join(NOISE_RANGES)}")
+    return NOISE_RANGES[name]
+
+
 def uniform(n, lo, hi, generator, device) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+def log_uniform(n, lo, hi, generator, device) -> torch.Tensor:
+    return torch.exp(uniform(n, math.log(lo), math.log(hi), generator, device))
+
+
+def _spread(n, bounds, log: bool, generator, device) -> torch.Tensor:
+    return (log_uniform if log else uniform)(n, *bounds, generator, device)
+
+
+def clean_mask(n: int, share: float, generator=None, device="cpu") -> torch.Tensor:
+    """Which of ``n`` images stay exactly clean (each with probability ``share``). No draw at share 0,
+    so the degraded-only ranges consume the random numbers they always did."""
+    if share <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=device)
+    return torch.rand(n, generator=generator, device=device) < share
+
+
+def random_sigma(n: int, generator=None, device="cpu", ranges: NoiseRanges | str | None = None) -> torch.Tensor:
+    """Blind-AWGN noise stds (0-255 scale): uniform over the range, and exactly 0 for the clean share."""
+    r = noise_ranges(ranges)
+    sigma = uniform(n, *r.sigma, generator, device)
+    return sigma.masked_fill(clean_mask(n, r.clean_share, generator, device), 0.0)
 
 
 def add_gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, generator=None) -> torch.Tensor:
@@ -54,12 +122,19 @@ def add_poisson_gaussian(x: torch.Tensor, photons: torch.Tensor, read_sigma: tor
     return noisy, equivalent
 
 
-def random_poisson_gaussian(x, generator=None):
+def random_poisson_gaussian(x, generator=None, ranges: NoiseRanges | str | None = None):
+    """Poisson-Gaussian noise with photons log-uniform over the range and read noise uniform (log-uniform
+    with ``ranges.log_uniform``); the clean share comes back exactly clean, with equivalent std 0."""
+    r = noise_ranges(ranges)
     n = x.shape[0]
-    log_lo, log_hi = math.log(PHOTONS_RANGE[0]), math.log(PHOTONS_RANGE[1])
-    photons = torch.exp(uniform(n, log_lo, log_hi, generator, x.device))
-    read = uniform(n, *READ_NOISE_RANGE, generator, x.device)
-    return add_poisson_gaussian(x, photons, read, generator)
+    photons = log_uniform(n, *r.photons, generator, x.device)
+    read = _spread(n, r.read_noise, r.log_uniform, generator, x.device)
+    noisy, equivalent = add_poisson_gaussian(x, photons, read, generator)
+    clean = clean_mask(n, r.clean_share, generator, x.device)
+    if clean.any():
+        noisy = torch.where(clean.reshape(-1, 1, 1, 1), x, noisy)
+        equivalent = equivalent.masked_fill(clean, 0.0)
+    return noisy, equivalent
 
 
 def bayer_masks(pattern: str, h: int, w: int, device) -> torch.Tensor:
@@ -80,27 +155,31 @@ def demosaic_bilinear(raw: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(raw * masks, (1, 1, 1, 1), mode="reflect"), kernels, groups=3)
 
 
-def add_camera_noise(x: torch.Tensor, generator=None) -> torch.Tensor:
+def add_camera_noise(x: torch.Tensor, generator=None, ranges: NoiseRanges | str | None = None) -> torch.Tensor:
     """Realistic camera noise (the CBDNet recipe, with a gamma camera response).
 
     sRGB -> linear (inverse gamma) -> Bayer mosaic -> Poisson-Gaussian noise with
     variance L*s^2 + c^2 -> bilinear demosaic -> clip -> gamma. Colour images only.
+    ``ranges`` sets the noise stds (log-uniform from low ISO with the clean-inclusive ranges) and the
+    share of images returned exactly as they are (a clean photo has already been through a camera).
     """
     if x.shape[1] != 3:
         raise ValueError("camera noise needs RGB images")
+    r = noise_ranges(ranges)
     n, _, h, w = x.shape
     dev = x.device
     gamma = uniform(n, *GAMMA_RANGE, generator, dev).reshape(-1, 1, 1, 1)
-    shot = uniform(n, *SHOT_SIGMA_RANGE, generator, dev).reshape(-1, 1, 1, 1)
-    read = uniform(n, *READ_SIGMA_RANGE, generator, dev).reshape(-1, 1, 1, 1)
+    shot = _spread(n, r.shot_sigma, r.log_uniform, generator, dev).reshape(-1, 1, 1, 1)
+    read = _spread(n, r.read_sigma, r.log_uniform, generator, dev).reshape(-1, 1, 1, 1)
     linear = x.clamp(0, 1) ** gamma
     patterns = torch.cat([bayer_masks(p, h, w, dev) for p in ("RGGB", "BGGR", "GRBG", "GBRG")])
     masks = patterns[torch.randint(0, 4, (n,), generator=generator, device=dev)]
     raw = (linear * masks).sum(dim=1, keepdim=True)
     std = torch.sqrt(raw * shot ** 2 + read ** 2)
     raw = raw + std * torch.randn(raw.shape, generator=generator, device=dev, dtype=x.dtype)
-    out = demosaic_bilinear(raw.expand(-1, 3, -1, -1), masks)
-    return out.clamp(0, 1) ** (1.0 / gamma)
+    out = demosaic_bilinear(raw.expand(-1, 3, -1, -1), masks).clamp(0, 1) ** (1.0 / gamma)
+    clean = clean_mask(n, r.clean_share, generator, dev)
+    return torch.where(clean.reshape(-1, 1, 1, 1), x, out) if clean.any() else out
 
 
 def gaussian_kernel(sigma_major: float, sigma_minor: float, theta: float, size: int = KERNEL_SIZE) -> np.ndarray:
@@ -465,8 +544,24 @@ def jpeg_batch(x: torch.Tensor, qualities) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x)
 
 
-def random_jpeg(x: torch.Tensor, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """JPEG at quality ~ U{10..80}; returns the decoded batch and quality / 100."""
-    lo, hi = JPEG_QUALITY_RANGE
-    q = torch.randint(lo, hi + 1, (x.shape[0],), generator=_cpu(generator))
-    return jpeg_batch(x, q.tolist()), (q.float() / 100.0).to(x.device)
+UNCOMPRESSED_QUALITY = 100
+"""What EST(c) learns for an image that was never JPEG-compressed: the top of the quality scale."""
+
+
+def random_jpeg(x: torch.Tensor, generator=None, ranges: NoiseRanges | str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """JPEG at quality ~ U{lo..hi} of the ranges (10..80 by default); returns the decoded batch and
+    quality / 100. The clean share stays uncompressed, with target ``UNCOMPRESSED_QUALITY`` / 100."""
+    r = noise_ranges(ranges)
+    lo, hi = r.jpeg_quality
+    g = _cpu(generator)
+    q = torch.randint(lo, hi + 1, (x.shape[0],), generator=g)
+    clean = clean_mask(x.shape[0], r.clean_share, g)
+    if not clean.any():
+        return jpeg_batch(x, q.tolist()), (q.float() / 100.0).to(x.device)
+    out = x.clone()
+    saved = ~clean
+    if saved.any():
+        out[saved.to(x.device)] = jpeg_batch(x[saved.to(x.device)], q[saved].tolist())
+    q = q.masked_fill(clean, UNCOMPRESSED_QUALITY)
+    return out, (q.float() / 100.0).to(x.device)

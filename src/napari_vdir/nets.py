@@ -29,6 +29,10 @@ ARCH_LIMITS: dict[str, tuple[int, int]] = {
     "encoder_width": (1, 256),
     "estimate_dims": (0, 8),
 }
+# The architecture fields that take one of a few names (bounded like ARCH_LIMITS, checked before anything is built).
+ARCH_CHOICES: dict[str, tuple[str, ...]] = {
+    "trunk": ("full", "unshuffle"),
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class ArchConfig:
     ``width=64, rir_blocks=5, res_blocks=5`` is the paper's configuration.
     ``estimate_dims`` is the number of degradation parameters EST(c) predicts
     (0 for real noise, where none is known).
+    ``trunk="unshuffle"`` runs the restorer's residual-in-residual body at half resolution on the 2 x 2
+    cells of [y, up(c)] (FFDNet-style): a quarter of the cost per block, twice the receptive field per
+    block (:class:`UnshuffleRestorer`, restoration only). ``"full"`` is the paper's restorer.
     """
 
     channels: int = 3
@@ -47,8 +54,14 @@ class ArchConfig:
     res_blocks: int = 5
     encoder_width: int = 64
     estimate_dims: int = 1
+    trunk: str = "full"
 
     def __post_init__(self):
+        for name, choices in ARCH_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if self.trunk == "unshuffle" and self.scale != 1:
+            raise ValueError("trunk 'unshuffle' is for restoration (scale 1); super-resolution uses the full trunk")
         for name in ARCH_LIMITS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -62,7 +75,12 @@ class ArchConfig:
                 raise ValueError(f"{name} must be between {low} and {high}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``trunk`` only when it is not the default "full", so a full-trunk model's
+        metadata (and its recipe's) reads exactly as before the field existed, for older napari-vdir too."""
+        values = asdict(self)
+        if values["trunk"] == "full":
+            del values["trunk"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> ArchConfig:
@@ -76,7 +94,11 @@ class ArchConfig:
     @property
     def receptive_radius(self) -> int:
         """Pixels (input grid) on each side that one output pixel depends on."""
-        trunk = 1 + self.rir_blocks * (2 * self.res_blocks + 1) + 2
+        trunk = 1 + self.rir_blocks * (2 * self.res_blocks + 1) + 2  # head, blocks, fuse and tail convs
+        if self.trunk == "unshuffle":
+            # each conv at half resolution reaches one 2 x 2 cell (2 pixels) further; an output pixel's own
+            # cell adds its neighbour pixel on one side
+            trunk = 2 * trunk + 1
         # encoder: conv(1) + pool(1) + 2 convs at 1/2 (4) + pool(2) + 3 convs at 1/4 (12)
         # + bilinear upsampling of c (4)
         encoder = 1 + 1 + 4 + 2 + 12 + 4
@@ -167,6 +189,30 @@ class Restorer(nn.Module):
     def forward(self, y, c, between_blocks=None):
         h = self.trunk(torch.cat([y, upsample_latent(c, y.shape[-2:])], dim=1), between_blocks)
         return y + self.tail(h)
+
+
+class UnshuffleRestorer(nn.Module):
+    """x = y + shuffle(R(unshuffle([y, up(c)]))): the trunk runs at half resolution on 2 x 2 cells.
+
+    Each 2 x 2 neighbourhood of [y, up(c)] becomes 4 x (C + 4) input channels (pixel-unshuffle), the
+    residual-in-residual body runs on them, its tail gives 4 x C channels that pixel-shuffle back to the
+    input grid, and the global residual adds y. An odd height or width is reflect-padded by one pixel
+    and cropped back.
+    """
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.trunk = Trunk(4 * (cfg.channels + LATENT_CHANNELS), cfg.width, cfg.rir_blocks, cfg.res_blocks)
+        self.tail = conv3x3(cfg.width, 4 * cfg.channels)
+
+    def forward(self, y, c, between_blocks=None):
+        h, w = y.shape[-2:]
+        x = torch.cat([y, upsample_latent(c, (h, w))], dim=1)
+        pad_h, pad_w = h % 2, w % 2
+        if pad_h or pad_w:  # reflection needs 2 pixels; a 1-pixel side repeats its pixel
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > 1 else "replicate")
+        r = F.pixel_shuffle(self.tail(self.trunk(F.pixel_unshuffle(x, 2), between_blocks)), 2)
+        return y + r[..., :h, :w]
 
 
 class SuperResolver(nn.Module):
@@ -268,7 +314,10 @@ class VDIR(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg.channels, cfg.encoder_width)
-        self.restorer = Restorer(cfg) if cfg.scale == 1 else SuperResolver(cfg)
+        if cfg.scale > 1:
+            self.restorer = SuperResolver(cfg)
+        else:
+            self.restorer = UnshuffleRestorer(cfg) if cfg.trunk == "unshuffle" else Restorer(cfg)
         self.estimator = Estimator(cfg.estimate_dims) if cfg.estimate_dims else None
 
     def encode(self, y):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
+from ..degradations import DEFAULT_RANGES
 from ..nets import ARCH_LIMITS, ArchConfig
 from ..tasks import ESTIMATES, check_task
 
@@ -33,6 +34,18 @@ class ArchSpec(Strict):
     rir_blocks: int = Field(_PAPER.rir_blocks, ge=1, le=ARCH_LIMITS["rir_blocks"][1])
     res_blocks: int = Field(_PAPER.res_blocks, ge=1, le=ARCH_LIMITS["res_blocks"][1])
     encoder_width: int = Field(_PAPER.encoder_width, ge=4, le=ARCH_LIMITS["encoder_width"][1])
+    trunk: Literal["full", "unshuffle"] = Field(
+        _PAPER.trunk, description="'unshuffle': the restorer's body runs at half resolution on 2x2 cells "
+        "(nets.UnshuffleRestorer; restoration tasks only)")
+
+    @model_serializer(mode="wrap")
+    def _default_trunk_unwritten(self, handler):
+        """As ``ArchConfig.to_dict``: the default trunk is not written, so a full-trunk recipe dumps (and a
+        checkpoint's stored recipe compares on resume) exactly as before the field existed."""
+        values = handler(self)
+        if values.get("trunk") == _PAPER.trunk:
+            del values["trunk"]
+        return values
 
 
 class DataSpec(Strict):
@@ -67,6 +80,10 @@ class Recipe(Strict):
     channels: Literal[1, 3] = 3
     scale: int | None = None
     degradation: Degradation | None = None
+    ranges: Literal["degraded-only", "clean-inclusive"] = Field(
+        DEFAULT_RANGES, description="what the noise, camera and JPEG degradations draw from "
+        "(degradations.NOISE_RANGES): 'clean-inclusive' reaches down to nothing to fix (10% exactly clean, "
+        "sigma 0-75, low-ISO camera, JPEG 10-95 and uncompressed)")
     arch: ArchSpec = ArchSpec()
     data: DataSpec
     steps: int = Field(ge=1)
@@ -91,6 +108,10 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _consistent(self):
         check_task(self.task, self.scale)
+        if self.ranges != DEFAULT_RANGES and self.task == "sr":
+            raise ValueError(f"ranges {self.ranges!r} are for the noise and JPEG degradations, not sr")
+        if self.arch.trunk == "unshuffle" and self.task == "sr":
+            raise ValueError("arch.trunk 'unshuffle' is for restoration tasks; super-resolution uses 'full'")
         if self.patch % 4:
             raise ValueError("patch must be a multiple of 4 (the latent is at 1/4 resolution)")
         if self.degradation is None:
