@@ -212,3 +212,16 @@ def test_regrid_moves_a_corner_grid_image_onto_the_centred_grid():
     assert ev.regrid(corner, 2, "centred", "centred") is corner
     assert ev.setting_grid(ev.Setting("Set5", "x2_g2.0")) == "corner"
     assert ev.setting_grid(ev.Setting("Set5", "x2_g2.0-centred")) == ev.setting_grid(ev.Setting("Set5", "x4_area"))
+
+
+def test_paper_protocol_settings_run_the_paper_grid_model_where_there_is_one(tmp_path):
+    paper, centred = ev.Setting("Set5", "x2_g2.0"), ev.Setting("Set5", "x2_matlab")
+    both = {"sr-x2-rgb", "sr-x2-rgb-paper"}
+    assert ev.shipped_model(paper, both) == "sr-x2-rgb-paper"
+    assert ev.shipped_model(ev.Setting("Set5", "x2_g2.0-centred"), both) == "sr-x2-rgb"
+    assert ev.shipped_model(centred, both) == "sr-x2-rgb"
+    assert ev.shipped_model(paper, {"sr-x2-rgb"}) == "sr-x2-rgb"  # no paper model: the default one
+    for name in both:
+        (tmp_path / f"{name}.safetensors").write_bytes(b"")
+    assert ev.model_for(paper, tmp_path).name == "sr-x2-rgb-paper.safetensors"
+    assert ev.model_for(centred, tmp_path).name == "sr-x2-rgb.safetensors"

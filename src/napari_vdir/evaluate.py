@@ -383,18 +383,32 @@ class FFDNetPeer:
         return out[0].numpy().transpose(1, 2, 0).reshape(x.shape).astype(np.float64)
 
 
-def shipped_model(setting: Setting) -> str:
+PAPER_SR_SUFFIX = "-paper"  # sr-x2-rgb-paper: the model for low-res images made on the paper's corner grid
+
+
+def shipped_model(setting: Setting, available=None) -> str:
+    """Name of the model "ours" runs for a setting. The paper-protocol settings (corner grid) take the
+    ``-paper`` SR model where one is ``available`` (default: the shipped names): a model cannot tell the
+    two grids apart (``degradations.SR_GRID_NOTE``), so the pixel-centred default is not asked to."""
     task = RESTORE_TASK[setting.task]
-    if task == "sr":
-        return f"sr-x{setting.scale}-rgb"
-    return f"{task}-{'gray' if setting.gray else 'rgb'}"
+    if task != "sr":
+        return f"{task}-{'gray' if setting.gray else 'rgb'}"
+    name = f"sr-x{setting.scale}-rgb"
+    if setting_grid(setting) == "corner":
+        from .weights import shipped_models
+
+        names = shipped_models() if available is None else available
+        if name + PAPER_SR_SUFFIX in names:
+            return name + PAPER_SR_SUFFIX
+    return name
 
 
 def model_for(setting: Setting, models=None):
     """The weights "ours" uses: ``models`` is a folder of weights files named like the shipped ones, or a
     mapping (task, scale, channels) -> name or path; default the shipped model."""
     if isinstance(models, (str, Path)):
-        return Path(models) / f"{shipped_model(setting)}.safetensors"
+        names = {p.stem for p in Path(models).glob("*.safetensors")}
+        return Path(models) / f"{shipped_model(setting, names)}.safetensors"
     key = (RESTORE_TASK[setting.task], setting.scale, 1 if setting.gray else 3)
     return (models or {}).get(key, shipped_model(setting))
 
