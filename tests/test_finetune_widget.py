@@ -77,6 +77,7 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     assert dock.plot.train_points and [s for s, _ in dock.plot.train_points] == list(range(1, 11))
     assert len(dock.plot.val_points) >= 2 and dock.plot.val_points[0][0] == 0  # the start and later validations
     assert dock.progress.value == dock.progress.max
+    assert worker.pbar.total == 11 and worker.pbar.n == 11  # napari's activity list: step 0 and 10 steps
     assert dock.status.value.startswith("saved cells-tuned")
     assert dock.name.value != "cells-tuned"  # a fresh name is offered for the next run
     qtbot.wait(10)
