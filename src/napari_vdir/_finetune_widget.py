@@ -152,10 +152,15 @@ class LossPlot(QWidget):
             for step, value in points:
                 p.drawEllipse(at(step, value), 2.0, 2.0)
             p.setBrush(Qt.BrushStyle.NoBrush)
+        backdrop = self.palette().window().color()
+        backdrop.setAlpha(200)  # the range labels stay readable over the curves
+        metrics = p.fontMetrics()
         p.setPen(colour)
         for value, y in ((high, box.top() + 12), (low, box.bottom() - 4)):
             label = f"{value:.4g}"
-            x = box.left() + 4 if side == "left" else box.right() - 4 - p.fontMetrics().horizontalAdvance(label)
+            width = metrics.horizontalAdvance(label)
+            x = box.left() + 4 if side == "left" else box.right() - 4 - width
+            p.fillRect(QRectF(x - 1, y - metrics.ascent(), width + 2, metrics.height()), backdrop)
             p.drawText(QPointF(x, y), label)
 
 
