@@ -11,22 +11,35 @@ npe2 = pytest.importorskip("npe2")
 
 
 def test_manifest_validates_and_resolves():
+    import importlib
+
     from npe2 import PluginManifest
 
     pm = PluginManifest.from_distribution("napari-vdir")
     assert pm.name == "napari-vdir"
-    assert {w.display_name for w in pm.contributions.widgets} == {"Denoise", "Super-resolve", "Remove JPEG artifacts"}
+    assert {w.display_name for w in pm.contributions.widgets} == {"Restore (VDIR)", "Denoise", "Super-resolve",
+                                                                 "Remove JPEG artefacts", "Fine-tune (VDIR)"}
+    # the three task shortcuts are the one Restore dock, preset on a task
+    from napari_vdir._widget import RestoreDock
+
+    commands = {c.id: c for c in pm.contributions.commands}
+    for widget in pm.contributions.widgets:
+        module, attr = commands[widget.command].python_name.split(":")
+        if module == "napari_vdir._widget":
+            assert issubclass(getattr(importlib.import_module(module), attr), RestoreDock)
+    # the right-click actions are contributed (Layers > Filter > Restore (VDIR); see _commands)
+    menu = {item.command for item in pm.contributions.menus["napari-vdir.restore_menu"]}
+    assert menu == {"napari-vdir.denoise_layer", "napari-vdir.jpeg_layer", "napari-vdir.sr2_layer"}
     assert {s.key for s in pm.contributions.sample_data} == {"noisy_photo", "noisy_gray", "low_resolution",
                                                              "jpeg_damaged"}
-    import importlib
-
     for command in pm.contributions.commands:
         module, attr = command.python_name.split(":")
         assert callable(getattr(importlib.import_module(module), attr)), command.id
 
 
 def test_plugin_modules_import_without_torch():
-    code = ("import sys, napari_vdir, napari_vdir._widget, napari_vdir._sample_data, napari_vdir.layers; "
+    code = ("import sys, napari_vdir, napari_vdir._widget, napari_vdir._sample_data, napari_vdir.layers, "
+            "napari_vdir._commands; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,5 +1,5 @@
-"""The napari dock widgets, under Xvfb (pytest-xvfb): docking, outputs and their geometry,
-plane vs stack, rerun, cancel, bad layers, responsiveness and the strength slider."""
+"""The Restore (VDIR) dock, under Xvfb (pytest-xvfb): docking from the menu shortcuts, outputs and their
+geometry, plane vs stack, rerun, cancel, bad layers, responsiveness and the strength slider."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ TIMEOUT_MS = 60_000
 @pytest.fixture
 def notes(monkeypatch):
     """Collect the widget's error/info notifications."""
-    seen = {"error": [], "info": []}
+    seen = {"error": [], "info": [], "warning": []}
     monkeypatch.setattr(_widget, "show_error", lambda msg: seen["error"].append(str(msg)))
     monkeypatch.setattr(_widget, "show_info", lambda msg: seen["info"].append(str(msg)))
+    monkeypatch.setattr(_widget, "show_warning", lambda msg: seen["warning"].append(str(msg)))
     return seen
 
 
@@ -44,7 +45,7 @@ CASES = {
     # display name: (sample maker, tiny-weights key, layer kwargs, output-scale divisor)
     "Denoise": (lambda: samples.noisy_gray(size=64), ("denoise", 1, 1), {"translate": (2.0, 3.0)}, 1),
     "Super-resolve": (lambda: samples.low_resolution(size=32), ("sr", 2, 3), {"translate": (3.0, 5.0)}, 2),
-    "Remove JPEG artifacts": (lambda: samples.jpeg_damaged(size=64), ("jpeg", 1, 3), {"scale": (0.5, 0.25)}, 1),
+    "Remove JPEG artefacts": (lambda: samples.jpeg_damaged(size=64), ("jpeg", 1, 3), {"scale": (0.5, 0.25)}, 1),
 }
 
 
@@ -56,9 +57,12 @@ def test_widget_docks_and_restores_a_sample_layer(make_napari_viewer, qtbot, tin
     layer = viewer.add_image(data, **{**meta, **extra})
     widget = dock(viewer, name)
     assert widget.layer.value is layer
+    assert isinstance(widget, _widget.RestoreDock)
+    assert widget.core_task[0] == key[0]  # the shortcut presets the one dock on its task
     from napari_vdir.devices import device_label, select_device
+    from napari_vdir.layers import backend_label
 
-    assert widget.device_label.value == device_label(select_device("auto"))
+    assert widget.device_label.value == f"{device_label(select_device('auto'))} · {backend_label('auto')}"
     use_weights(widget, tiny_weights[key])
     widget.show_latent.value = True
     run_and_wait(qtbot, widget)
@@ -107,19 +111,22 @@ def test_plane_and_stack_with_physical_axes(make_napari_viewer, qtbot, tiny_weig
     widget.show_uncertainty.value = True
     assert widget.samples.value >= 2  # uncertainty needs Monte-Carlo samples
 
+    assert not widget.extent.native.isHidden()  # 'this plane / all planes' is offered for a stack
     widget.extent.value = _widget.PLANE
     viewer.dims.set_current_step(0, 1)
     run_and_wait(qtbot, widget)
     assert notes["error"] == []
-    out = viewer.layers["stack [denoise]"]
+    out = viewer.layers["stack [denoise] (plane 1)"]
     assert out.data.shape == (1, 32, 32) and out.data.dtype == np.uint16
     np.testing.assert_allclose(out.translate, (12.0, 1.0, 1.0))  # plane 1 sits at z = 10 + 1 * 2
     plane = out.data[0].copy()
-    unc = viewer.layers["stack [denoise] uncertainty"]
+    unc = viewer.layers["stack [denoise] (plane 1) uncertainty"]
     assert unc.data.shape == (1, 32, 32) and (unc.data >= 0).all()
 
     widget.extent.value = _widget.STACK
     run_and_wait(qtbot, widget)
+    # the whole-stack result is a layer of its own: the plane run is not silently replaced
+    assert viewer.layers["stack [denoise] (plane 1)"].data.shape == (1, 32, 32)
     out = viewer.layers["stack [denoise]"]
     assert out.data.shape == (3, 32, 32)
     np.testing.assert_allclose(out.translate, (10.0, 1.0, 1.0))
@@ -136,7 +143,8 @@ def test_plane_and_stack_with_physical_axes(make_napari_viewer, qtbot, tiny_weig
     widget.show_uncertainty.value = False
     run_and_wait(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
-    assert names == ["stack", "stack [denoise]"]
+    assert names == ["stack", "stack [denoise] (plane 1)", "stack [denoise] (plane 1) latent c",
+                     "stack [denoise] (plane 1) uncertainty", "stack [denoise]"]
 
 
 def test_cancel_mid_run_keeps_viewer_and_gui_stays_responsive(make_napari_viewer, qtbot, tiny_weights, notes):
@@ -148,7 +156,7 @@ def test_cancel_mid_run_keeps_viewer_and_gui_stays_responsive(make_napari_viewer
     names = [layer.name for layer in viewer.layers]
     widget = dock(viewer, "Denoise")
     use_weights(widget, tiny_weights[("denoise", 1, 1)])
-    widget.tile_size.value = 16  # 16 tiles per plane, 1024 in all
+    assert widget.tile_size.value == "auto"  # one tile per plane: 64 progress ticks
 
     # record, from the worker thread, which tiles finish after Cancel was pressed
     after_cancel = []
@@ -262,8 +270,8 @@ def test_gray_stack_with_width_three_is_not_taken_for_rgb(tiny_weights, make_nap
 
 
 def test_dask_uint16_plane_matches_stack(tiny_weights):
-    """A lazy (dask) uint16 layer is normalised by its whole range, like a numpy one: a plane restored
-    alone equals that plane of a whole-stack run, although the bright spot is in another plane."""
+    """A lazy (dask) uint16 layer is normalised by the robust range of the plane on screen: a plane restored
+    alone equals that plane of a (lazy) whole-stack run, and the bright spot in another plane plays no part."""
     import dask.array as da
     from napari.layers import Image
 
@@ -274,7 +282,10 @@ def test_dask_uint16_plane_matches_stack(tiny_weights):
     layer = Image(da.from_array(stack, chunks=(1, 32, 32)), name="lazy")
     weights = tiny_weights[("denoise", 1, 1)]
     plane = restore_layer(layer, "denoise", model=weights, plane=(0,)).layers[0][0]
-    whole = restore_layer(layer, "denoise", model=weights).layers[0][0]
+    # the dock passes the plane on screen as range_plane, so both runs read their range from it
+    result = restore_layer(layer, "denoise", model=weights, range_plane=(0,))
+    assert result.lazy and isinstance(result.layers[0][0], da.Array)
+    whole = np.asarray(result.layers[0][0])
     assert plane.shape == (1, 32, 32) and whole.shape == (3, 32, 32)
     np.testing.assert_array_equal(plane[0], whole[0])
 

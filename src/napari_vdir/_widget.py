@@ -1,17 +1,23 @@
-"""The three dock widgets: Denoise, Super-resolve, Remove JPEG artifacts.
+"""The "Restore (VDIR)" dock: one dock for every task, in words a biologist uses.
 
-Each is a magicgui ``Container`` that only gathers settings and calls the core through
-:func:`napari_vdir.layers.restore_layer` on a napari thread worker. Progress comes back per tile
-(and plane) through ``ensure_main_thread``; Cancel sets a ``threading.Event`` the core checks
-before every tile and between the network's blocks, so a cancelled run stops within one block and
-adds nothing to the viewer. A bad weights file is reported as a notification when it is chosen and
-when Run is pressed; napari keeps running.
+The dock only gathers settings and calls the core through :func:`napari_vdir.layers.restore_layer` on a
+napari thread worker. Everything the worker needs is read from the layer on the main thread first
+(:func:`napari_vdir.layers.snapshot`): the worker never touches a napari layer or a Qt object. Progress
+comes back per tile (and plane) through ``ensure_main_thread`` and is shown in the dock and in napari's
+activity list; warnings the core raises in the worker are collected there and shown as notifications
+on the main thread. Cancel sets a ``threading.Event`` the core checks before every tile and between the
+network's blocks, so a cancelled run stops within one block and adds nothing to the viewer.
+
+The three menu entries Denoise / Super-resolve / Remove JPEG artefacts open the same dock preset on
+their task (:class:`DenoiseDock`, :class:`SuperResolveDock`, :class:`JpegDock`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -27,14 +33,36 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
 from . import layers as vl
 
 AUTO_MODEL = "auto (shipped, by colour)"
 WEIGHTS_FILE = "weights file…"
-PLANE, STACK = "current plane", "whole stack"
+PLANE, STACK = "this plane", "all planes"
+TILE_CHOICES = ("auto", 64, 128, 256, 512, 1024)
+DOCK_WIDTH = 360  # px: the dock never widens past this, whatever the text it shows
+
+# task chooser label -> (core task, scale)
+TASKS = {
+    "Denoise": ("denoise", None),
+    "Camera noise": ("real-denoise", None),
+    "Super-resolve ×2": ("sr", 2),
+    "Super-resolve ×4": ("sr", 4),
+    "Remove JPEG artefacts": ("jpeg", None),
+}
+TASK_ALIASES = {"denoise": "Denoise", "real-denoise": "Camera noise", "camera": "Camera noise",
+                "sr": "Super-resolve ×2", "sr2": "Super-resolve ×2", "sr4": "Super-resolve ×4",
+                "jpeg": "Remove JPEG artefacts"}
+
+
+def task_label(task: str) -> str:
+    if task in TASKS:
+        return task
+    if task in TASK_ALIASES:
+        return TASK_ALIASES[task]
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
 @dataclass
@@ -44,21 +72,28 @@ class _Outcome:
     result: vl.LayerRestoration | None = None
     error: Exception | None = None
     cancelled: bool = False
+    warnings: list = field(default_factory=list)   # messages of the warnings the core raised
 
 
 def _run_job(kwargs: dict) -> _Outcome:
+    """Worker thread: restore a :class:`~napari_vdir.layers.LayerSnapshot` (never a napari layer)."""
     from .inference import RestorationCancelled
 
     cancel = kwargs.get("cancel")
-    try:
-        result = vl.restore_layer(**kwargs)
-        if cancel is not None and cancel.is_set():  # pressed after the last check: still add nothing
-            return _Outcome(cancelled=True)
-        return _Outcome(result=result)
-    except RestorationCancelled:
-        return _Outcome(cancelled=True)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
-        return _Outcome(error=exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = vl.restore_layer(**kwargs)
+            if cancel is not None and cancel.is_set():  # pressed after the last check: still add nothing
+                outcome = _Outcome(cancelled=True)
+            else:
+                outcome = _Outcome(result=result)
+        except RestorationCancelled:
+            outcome = _Outcome(cancelled=True)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
+            outcome = _Outcome(error=exc)
+    outcome.warnings = list(dict.fromkeys(str(w.message) for w in caught))
+    return outcome
 
 
 def _device_choices() -> list[str]:
@@ -72,84 +107,267 @@ def _device_choices() -> list[str]:
     return choices
 
 
-def _models_for(tasks: tuple[str, ...]) -> list[str]:
+def _user_models() -> dict[str, Path]:
+    """The user's fine-tuned models (``napari_vdir.user_models``), when that module is installed."""
+    if importlib.util.find_spec("napari_vdir.user_models") is None:
+        return {}
+    from .user_models import list_user_models
+
+    return list_user_models()
+
+
+def _models_for(task: str, scale: int | None) -> list[str]:
+    """Shipped, then user, model names for a core task (and SR factor)."""
     from .weights import WeightsError, read_info, shipped_models
 
     names = []
-    for name, path in shipped_models().items():
+    candidates = dict(shipped_models())
+    for name, path in _user_models().items():
+        candidates.setdefault(name, path)
+    for name, path in candidates.items():
         try:
-            if read_info(path).task in tasks:
-                names.append(name)
+            info = read_info(path)
         except WeightsError:
             continue
+        if info.task == task and (scale is None or info.scale == scale):
+            names.append(name)
     return names
 
 
-class RestoreWidget(Container):
-    """Shared body of the three widgets; subclasses set the tasks they accept."""
+class _FlushAfterRemoval:
+    """Let Qt paint once after layers are removed, before anything else can be added.
 
-    tasks: tuple[str, ...] = ("denoise",)
-    title = "Restore"
+    napari 0.9.2 (vispy, Mesa's llvmpipe) crashes in ``glDrawArrays`` when layers are removed and an image
+    is added with no event processing in between, and then another layer is added: the removed layers'
+    GL objects are deleted in the same GL flush that creates the new layer's, and the next draw dies. It
+    happens without this plugin (``viewer.layers.clear(); viewer.add_image(a)`` then, later,
+    ``viewer.add_image(b)``); the dock's result is simply that next layer. Processing the pending
+    (non-input) events right after a removal flushes the deletions first. Connected last, so napari's own
+    handlers have run; inside a batch (``layers.clear()``) it waits for the batch's end.
+    """
 
-    def __init__(self, napari_viewer):
+    def __init__(self, layers_events):
+        self._events = layers_events
+        self._depth = 0
+        layers_events.begin_batch.connect(self._begin, position="last")
+        layers_events.end_batch.connect(self._end, position="last")
+        layers_events.removed.connect(self._removed, position="last")
+
+    def _begin(self, *_):
+        self._depth += 1
+
+    def _end(self, *_):
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._flush()
+
+    def _removed(self, *_):
+        if self._depth == 0:
+            self._flush()
+
+    @staticmethod
+    def _flush():
+        from qtpy.QtCore import QEventLoop
+        from qtpy.QtWidgets import QApplication
+
+        if QApplication.instance() is not None:
+            QApplication.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+
+    def disconnect(self):
+        for name, callback in (("begin_batch", self._begin), ("end_batch", self._end),
+                               ("removed", self._removed)):
+            getattr(self._events, name).disconnect(callback)
+
+
+class RestoreDock(Container):
+    """One dock for all tasks: layer, task, Run/Cancel, progress and the estimate; the rest under Advanced."""
+
+    title = "Restore (VDIR)"
+
+    def __init__(self, napari_viewer, task: str = "denoise"):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._worker = None
         self._cancel_event: threading.Event | None = None
+        self._activity = None  # napari.utils.progress shown in the activity list while a run is in flight
         self.last_result: vl.LayerRestoration | None = None
 
-        self.layer = ComboBox(label="input layer", choices=self._image_layers,
-                              tooltip="an image layer: gray or RGB, 2-D or a stack (Z, T, ...)")
-        self.model = ComboBox(label="model", choices=[AUTO_MODEL, *_models_for(self.tasks), WEIGHTS_FILE],
-                              value=AUTO_MODEL, tooltip="shipped model, or a .safetensors weights file")
-        self.weights_path = FileEdit(label="weights file", filter="*.safetensors", visible=False)
-        self.device = ComboBox(label="device", choices=_device_choices(), value="auto")
-        self.device_label = Label(label="runs on")
-        self.extent = RadioButtons(label="restore", choices=[PLANE, STACK], value=STACK,
-                                   orientation="horizontal")
-        self.tile_size = SpinBox(label="tile size", value=0, min=0, max=4096, step=16,
-                                 tooltip="0 = automatic (by memory); smaller tiles use less memory")
-        self.ensemble = CheckBox(text="x8 self-ensemble (slower, slightly better)")
-        self.samples = SpinBox(label="MC samples", value=1, min=1, max=64,
-                               tooltip="average this many draws of the latent c (1 = deterministic)")
-        self.show_latent = CheckBox(text="add latent c layer", value=True)
-        self.show_uncertainty = CheckBox(text="add uncertainty layer (needs ≥ 2 samples)")
-        self.strength = FloatSlider(label="strength", value=1.0, min=0.25, max=2.0, step=0.05,
-                                    tooltip="1 = plain result; > 1 restores harder (smoother), < 1 more gently")
+        # -- essentials
+        self.layer = ComboBox(label="image", choices=self._image_layers,
+                              tooltip="an image layer: gray, RGB or several channels; 2-D or a stack (Z, T, ...)")
+        self.task = ComboBox(label="task", choices=list(TASKS), value=task_label(task),
+                             tooltip="Denoise: noise of any camera or microscope, estimated from the image. "
+                                     "Camera noise: real photo-sensor noise (RGB). Super-resolve: 2 or 4 times "
+                                     "more pixels, sharper. Remove JPEG artefacts: blocks and ringing.")
+        self.extent = RadioButtons(label="restore", choices=[PLANE, STACK], value=STACK, orientation="horizontal",
+                                   tooltip="this plane: only the plane on screen (quick look); all planes: the "
+                                           "whole stack")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(label="status", value="ready")
-        self.estimate_label = Label(label="estimate", value="–")
+        self.estimate_label = Label(label="estimated", value="–")
+        self.device_label = Label(label="runs on")
 
-        self.extend([self.layer, *self._task_widgets(), self.model, self.weights_path, self.device,
-                     self.device_label, self.extent, self.tile_size, self.ensemble, self.samples,
-                     self.show_latent, self.show_uncertainty, self.strength, self.run_button,
-                     self.cancel_button, self.progress, self.status, self.estimate_label])
+        # -- advanced
+        self.model = ComboBox(label="model", choices=self._model_choices, value=AUTO_MODEL,
+                              tooltip="auto: the shipped model for the task and the image's colours; or a "
+                                      "shipped / your fine-tuned model, or a .safetensors weights file")
+        self.weights_path = FileEdit(label="weights file", filter="*.safetensors", visible=False)
+        self.device = ComboBox(label="device", choices=_device_choices(), value="auto")
+        self.channel_axis = ComboBox(label="channels", choices=self._channel_choices,
+                                     tooltip="the axis holding the channels of a multichannel layer; each channel "
+                                             "is restored and normalised on its own")
+        self.tile_size = ComboBox(label="tile size", choices=list(TILE_CHOICES), value="auto",
+                                  tooltip="auto: by memory; smaller tiles use less memory and give the same result")
+        self.ensemble = CheckBox(text="8× test-time averaging (slower)",
+                                 tooltip="average the results of the 8 flips and rotations of the image")
+        self.samples = SpinBox(label="uncertainty samples", value=1, min=1, max=64,
+                               tooltip="1 = one deterministic result; more: average this many plausible "
+                                       "restorations, and their spread is the uncertainty map")
+        self.show_latent = CheckBox(text="add degradation map layer", value=False,
+                                    tooltip="the network's code of how the image is degraded (noise, blur, JPEG), "
+                                            "4 channels at 1/4 resolution")
+        self.show_uncertainty = CheckBox(text="add uncertainty map (needs ≥ 2 samples)")
+        self.strength = FloatSlider(label="strength", value=1.0, min=0.25, max=2.0, step=0.05,
+                                    tooltip="1 = as trained; higher restores harder (smoother), lower more gently")
+        strength_help = Label(value="strength 1 = as trained · higher: smoother · lower: gentler")
+        self.advanced = Container(widgets=[self.model, self.weights_path, self.device, self.channel_axis,
+                                           self.tile_size, self.ensemble, self.samples, self.show_latent,
+                                           self.show_uncertainty, self.strength, strength_help], labels=True)
+
+        self.extend([self.layer, self.task, self.extent, buttons, self.progress, self.status,
+                     self.estimate_label, self.device_label])
+        self._collapsible = self._add_collapsible("Advanced", self.advanced)
+        self._fix_size()
 
         self.model.changed.connect(self._on_model)
+        self.task.changed.connect(self._on_task)
         self.weights_path.changed.connect(self._on_weights_path)
         self.device.changed.connect(self._update_device_label)
+        self.layer.changed.connect(self._on_layer)
+        self.channel_axis.changed.connect(self._update_extent)
         self.show_uncertainty.changed.connect(self._on_uncertainty)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._set_progress = ensure_main_thread(self._set_progress_now)
+        self._refresh_models_soon = ensure_main_thread(self._refresh_models)
         self.native.destroyed.connect(self._on_destroyed)
         self._update_device_label()
         for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
             event.connect(self.layer.reset_choices)
+        self._flush_guard = _FlushAfterRemoval(self._viewer.layers.events)
+        self._unsubscribe_models = self._subscribe_user_models()
         self.layer.reset_choices()
+        self._on_layer(self.layer.value)
+
+    # ------------------------------------------------------------------ layout
+
+    def _add_collapsible(self, title: str, content: Container):
+        from superqt import QCollapsible
+
+        box = QCollapsible(title)
+        box.setDuration(0)
+        content.margins = (0, 0, 0, 0)
+        box.addWidget(content.native)
+        box.collapse(animate=False)
+        self.native.layout().addWidget(box)
+        return box
+
+    def _fix_size(self):
+        """Long texts wrap (and are cut to a tooltip) instead of widening the dock."""
+        from qtpy.QtWidgets import QSizePolicy
+
+        self.native.setMaximumWidth(DOCK_WIDTH)
+        for label in (self.status, self.estimate_label, self.device_label):
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.changed.connect(lambda text, lab=label: setattr(lab, "tooltip", text))
+        for combo in (self.layer, self.model, self.channel_axis):
+            combo.native.setSizeAdjustPolicy(combo.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.native.setMinimumContentsLength(12)
+
+    def set_advanced_visible(self, shown: bool):
+        """Open or close the Advanced section (as clicking its title does)."""
+        if shown:
+            self._collapsible.expand(animate=False)
+        else:
+            self._collapsible.collapse(animate=False)
 
     # ------------------------------------------------------------------ settings
-
-    def _task_widgets(self) -> list:
-        return []
 
     def _image_layers(self, *_) -> list:
         from napari.layers import Image
 
         # top of the layer list first, as napari shows it
         return [(layer.name, layer) for layer in reversed(self._viewer.layers) if isinstance(layer, Image)]
+
+    @property
+    def core_task(self) -> tuple[str, int | None]:
+        return TASKS[self.task.value]
+
+    def _model_choices(self, *_) -> list[str]:
+        return [AUTO_MODEL, *_models_for(*self.core_task), WEIGHTS_FILE]
+
+    def _channel_choices(self, *_) -> list:
+        layer = self.layer.value if hasattr(self, "layer") else None
+        choices = [("none", None)]
+        try:
+            snap = vl.snapshot(layer)
+        except (TypeError, ValueError):
+            return choices
+        if snap.rgb:
+            return [("RGB colours", None)]
+        for axis in range(snap.ndim):
+            try:
+                vl.check_channel_axis(snap, axis)
+            except ValueError:
+                continue
+            choices.append((f"axis {axis} ({snap.axis_labels[axis]}, {snap.data.shape[axis]})", axis))
+        return choices
+
+    def _on_layer(self, layer):
+        """New input layer: its channel axis guess, and 'this plane / all planes' only for stacks."""
+        self.channel_axis.reset_choices()
+        try:
+            snap = vl.snapshot(layer)
+        except (TypeError, ValueError):
+            self.extent.visible = False
+            return
+        guess = vl.guess_channel_axis(snap)
+        if guess in self.channel_axis.choices:
+            self.channel_axis.value = guess
+        self._update_extent()
+
+    def _update_extent(self, *_):
+        try:
+            snap = vl.snapshot(self.layer.value)
+            self.extent.visible = bool(vl.plane_axes(snap, self.channel_axis.value))
+        except (TypeError, ValueError):
+            self.extent.visible = False
+
+    def _on_task(self, *_):
+        self._refresh_models()
+        self.estimate_label.value = "–"
+
+    def _refresh_models(self):
+        current = self.model.value
+        self.model.reset_choices()
+        if current in self.model.choices:
+            self.model.value = current
+
+    def _subscribe_user_models(self):
+        """Refresh the model list when a fine-tuned model is saved (``napari_vdir.user_models``)."""
+        if importlib.util.find_spec("napari_vdir.user_models") is None:
+            return None
+        from .user_models import on_user_models_changed
+
+        return on_user_models_changed(self._user_models_changed)  # a bound method: held weakly
+
+    def _user_models_changed(self):
+        self._refresh_models_soon()  # called in the saving thread: marshal to the main thread
 
     def _on_model(self, value):
         self.weights_path.visible = value == WEIGHTS_FILE
@@ -167,9 +385,10 @@ class RestoreWidget(Container):
             self.status.value = "bad weights file"
             show_error(f"{self.title}: {exc}")
             return
-        if info.task not in self.tasks:
+        task, _ = self.core_task
+        if info.task != task:
             self.status.value = "weights file for another task"
-            show_error(f"{self.title}: {path.name} is a {info.task!r} model; this widget runs {', '.join(self.tasks)}")
+            show_error(f"{self.title}: {path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
             return
         self.status.value = f"weights: {info.name} ({info.task}, {'RGB' if info.channels == 3 else 'gray'})"
 
@@ -181,27 +400,29 @@ class RestoreWidget(Container):
         from .devices import device_label, select_device
 
         try:
-            self.device_label.value = device_label(select_device(self.device.value))
+            self.device_label.value = f"{device_label(select_device(self.device.value))} · " \
+                                      f"{vl.backend_label(self.device.value)}"
         except Exception as exc:  # noqa: BLE001
             self.device_label.value = f"unavailable: {exc}"
 
     def _model_and_task(self) -> tuple[object, str, int | None]:
-        """(model argument for the core, task, scale) from the chooser."""
-        from .weights import read_info, shipped_models
+        """(model argument for the core, task, scale) from the choosers."""
+        from .weights import read_info, resolve_model
 
+        task, scale = self.core_task
         choice = self.model.value
         if choice == AUTO_MODEL:
-            return None, self.tasks[0], self._auto_scale()
-        path = Path(self.weights_path.value) if choice == WEIGHTS_FILE else shipped_models()[choice]
-        if choice == WEIGHTS_FILE and not path.is_file():
-            raise ValueError("choose a .safetensors weights file")
+            return None, task, scale
+        if choice == WEIGHTS_FILE:
+            path = Path(self.weights_path.value)
+            if not path.is_file():
+                raise ValueError("choose a .safetensors weights file")
+        else:
+            path = resolve_model(choice, task, 1, scale or 1)
         info = read_info(path)
-        if info.task not in self.tasks:
-            raise ValueError(f"{path.name} is a {info.task!r} model; this widget runs {', '.join(self.tasks)}")
+        if info.task != task:
+            raise ValueError(f"{path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
         return str(path), info.task, (info.scale if info.task == "sr" else None)
-
-    def _auto_scale(self) -> int | None:
-        return None
 
     # ------------------------------------------------------------------ running
 
@@ -210,20 +431,25 @@ class RestoreWidget(Container):
         return self._worker is not None
 
     def job(self, layer) -> dict:
-        """The keyword arguments for ``restore_layer``; raises with a user-facing message."""
+        """The keyword arguments for ``restore_layer``, read on the main thread (the worker gets a snapshot
+        of the layer, never the layer); raises with a user-facing message."""
         model, task, scale = self._model_and_task()
-        data = vl.layer_array(layer)  # rejects labels, empty layers, ...
-        plane = None
-        if self.extent.value == PLANE and data.ndim > (3 if layer.rgb else 2):
-            plane = vl.current_plane(layer, self._viewer.dims.point)
+        snap = vl.snapshot(layer)  # rejects labels, empty layers, ...
+        channel_axis = vl.check_channel_axis(snap, self.channel_axis.value)
+        here = vl.current_plane(layer, self._viewer.dims.point, channel_axis)
+        plane = here if (self.extent.value == PLANE and here) else None
         strength = round(float(self.strength.value), 3)  # slider float noise must not move 1.0 off neutral
-        return dict(layer=layer, task=task, scale=scale, model=model, device=self.device.value, plane=plane,
-                    tile_size=self.tile_size.value or None, ensemble=self.ensemble.value,
+        tile = self.tile_size.value
+        return dict(layer=snap, task=task, scale=scale, model=model, device=self.device.value, plane=plane,
+                    channel_axis=channel_axis, range_plane=here or None,
+                    tile_size=None if tile == "auto" else int(tile), ensemble=self.ensemble.value,
                     samples=self.samples.value, latent=self.show_latent.value,
                     uncertainty=self.show_uncertainty.value, strength=strength)
 
     def run(self, *_, layer=None):
         """Start a restoration of ``layer`` (default: the chosen input layer) on a worker thread."""
+        from napari.utils import progress
+
         if self.running:
             show_info(f"{self.title}: a restoration is already running; wait for it or press Cancel")
             return None
@@ -238,6 +464,7 @@ class RestoreWidget(Container):
         self._worker = create_worker(_run_job, kwargs, _start_thread=False)
         self._worker.returned.connect(self._on_returned)
         self._worker.finished.connect(self._on_finished)
+        self._activity = progress(total=0, desc=f"{self.task.value}: {kwargs['layer'].name}")
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value, self.progress.max = 0, 1
         self.status.value = f"running on {self.device_label.value}…"
@@ -253,14 +480,25 @@ class RestoreWidget(Container):
         """Closing the dock (or the viewer) mid-run stops the worker at the next tile."""
         if self._cancel_event is not None:
             self._cancel_event.set()
+        if self._unsubscribe_models is not None:
+            self._unsubscribe_models()
+        try:
+            self._flush_guard.disconnect()
+        except Exception:  # noqa: BLE001 - the viewer may be gone already
+            pass
 
     def _set_progress_now(self, done: int, total: int):
         if self._worker is None:  # a late tick after the run ended (or the widget closed)
             return
         self.progress.max = max(int(total), 1)
         self.progress.value = int(done)
+        if self._activity is not None:
+            self._activity.total = max(int(total), 1)
+            self._activity.update(int(done) - self._activity.n)
 
     def _on_returned(self, outcome: _Outcome):
+        for message in outcome.warnings:
+            show_warning(f"{self.title}: {message}")
         if outcome.cancelled or (self._cancel_event is not None and self._cancel_event.is_set()):
             self.status.value = "cancelled; viewer unchanged"
             self.progress.value = 0
@@ -275,35 +513,33 @@ class RestoreWidget(Container):
         vl.remove_stale(self._viewer, res)
         self.last_result = res
         self.estimate_label.value = res.summary()
-        self.device_label.value = res.device
-        self.status.value = f"done: {res.model} on {res.device}"
+        self.status.value = f"done: {res.model} on {res.device}" + (f" ({res.backend})" if res.backend else "")
 
     def _on_finished(self):
         self._worker = None
         self._cancel_event = None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
 
-class DenoiseWidget(RestoreWidget):
-    """Gaussian / Poisson-Gaussian noise ("auto"), or camera noise with the real-denoise model."""
+class DenoiseDock(RestoreDock):
+    """Plugins menu shortcut: the Restore dock preset on Denoise (napari instantiates widget classes)."""
 
-    tasks = ("denoise", "real-denoise")
-    title = "Denoise"
-
-
-class SuperResolveWidget(RestoreWidget):
-    tasks = ("sr",)
-    title = "Super-resolve"
-
-    def _task_widgets(self) -> list:
-        self.factor = ComboBox(label="factor", choices=[2, 4], value=2,
-                               tooltip="used with the automatic model; a chosen model brings its own factor")
-        return [self.factor]
-
-    def _auto_scale(self) -> int | None:
-        return int(self.factor.value)
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer, task="denoise")
 
 
-class JpegWidget(RestoreWidget):
-    tasks = ("jpeg",)
-    title = "Remove JPEG artifacts"
+class SuperResolveDock(RestoreDock):
+    """Plugins menu shortcut: the Restore dock preset on Super-resolve ×2."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer, task="sr2")
+
+
+class JpegDock(RestoreDock):
+    """Plugins menu shortcut: the Restore dock preset on Remove JPEG artefacts."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(napari_viewer, task="jpeg")
