@@ -77,12 +77,6 @@ def list_user_models() -> dict[str, Path]:
     return found
 
 
-def user_model_info(name: str):
-    """The :class:`~napari_vdir.weights.ModelInfo` of a user model, or None when there is no valid one."""
-    path = list_user_models().get(name)
-    return None if path is None else _validated(path)
-
-
 def _validated(path: Path):
     """ModelInfo of a valid file, else None (with a warning the first time this version of it is seen)."""
     from .weights import WeightsError, read_info
