@@ -118,3 +118,22 @@ def test_names_are_checked_before_training(models_dir, tiny_weights, name, error
 def test_a_non_denoiser_needs_clean_images(models_dir):
     with pytest.raises(ValueError, match="only denoisers"):
         session.finetune(np.zeros((32, 32, 3), np.uint8), name="x", init="jpeg-rgb", steps=1)
+
+
+def test_several_arrays_of_different_sizes_and_dtypes_train_together(models_dir, tiny_weights):
+    """Like several layers chosen in the dock: each mapped by its own range, all planes in one run."""
+    shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
+    counts, _ = cells_stack(np.random.default_rng(4), planes=2, size=48)
+    floats = counts[0, :40, :36].astype(np.float32) / 4000.0  # a 2-D float image, another size
+    result = session.finetune([counts, floats], name="both", init="tiny-denoise-x1-1ch", steps=10, batch=2,
+                              intensity_range=[None, (0.0, 2.0)], labels=["stack", "float image"])
+    assert result.info.recipe["data"]["train"] == ["stack", "float image"]
+    assert result.info.recipe["patch"] == 32  # the smaller image's side, rounded down to a multiple of 8
+    assert len(result.history) == 11
+    with pytest.raises(ValueError, match="2 intensity ranges for 1 images"):
+        session.finetune([counts], name="x", init="tiny-denoise-x1-1ch", steps=1, intensity_range=[None, None])
+
+
+def test_colour_images_need_a_colour_model(models_dir):
+    with pytest.raises(ValueError, match="gray model"):
+        session.finetune(np.zeros((32, 32, 3), np.uint8), name="x", init="denoise-gray", steps=1)

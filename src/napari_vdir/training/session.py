@@ -116,6 +116,8 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     if clean_arrays is not None and len(clean_arrays) != len(noisy_arrays):
         raise ValueError(f"{len(noisy_arrays)} noisy images but {len(clean_arrays)} clean ones; give one clean "
                          "image for each noisy one")
+    if start.channels == 1 and any(_is_rgb(a, rgb) for a in noisy_arrays):
+        raise ValueError(f"{start.name} is a gray model; start from an RGB model to train on colour images")
     ranges = _ranges_for(noisy_arrays, intensity_range, rgb)
     noisy_planes, clean_planes = [], None if clean_arrays is None else []
     for k, array in enumerate(noisy_arrays):
@@ -179,11 +181,18 @@ def _ranges_for(arrays: list, intensity_range, rgb: bool | None) -> list:
     out = []
     for array, rng in zip(arrays, given, strict=True):
         array = np.asarray(array)
-        if rgb or (rgb is None and array.ndim >= 3 and array.shape[-1] in (3, 4)):
+        if _is_rgb(array, rgb):
             array = array[..., :3]
         mapping = Intensity.of(array, rng)
         out.append(None if mapping.identity else (float(mapping.low), float(mapping.high)))
     return out
+
+
+def _is_rgb(array, rgb: bool | None) -> bool:
+    """As :func:`~napari_vdir.training.data.array_planes` decides: given, else a last axis of 3 or 4."""
+    if rgb is not None:
+        return bool(rgb)
+    return len(array.shape) >= 3 and array.shape[-1] in (3, 4)
 
 
 def _as_list(arrays) -> list:
