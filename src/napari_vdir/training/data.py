@@ -76,7 +76,6 @@ class ArrayData:
 
     noisy: list[np.ndarray]
     clean: list[np.ndarray] | None = None
-    labels: list[str] | None = None  # where the planes came from (layer names), for the log
 
     def samplers(self, recipe: Recipe, device):
         """(training sampler, held-out noisy sampler or None, validation batches, description)."""

@@ -157,7 +157,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
 
     with tempfile.TemporaryDirectory(prefix="napari-vdir-finetune-") as out:
         trainer = Trainer(recipe, out, device=device, precision=precision, log=lambda *_: None)
-        trainer.load_data(ArrayData(noisy_planes, clean_planes, labels))
+        trainer.load_data(ArrayData(noisy_planes, clean_planes))
         exported = trainer.fit(report, cancel=cancel)
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             raise TrainingCancelled(f"cancelled at step {trainer.step}")  # pressed during the last step
