@@ -53,7 +53,12 @@ def dock(make_napari_viewer, models_dir, rng):
 
 
 def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, models_dir, qtbot):
+    from napari_vdir._widget import RestoreDock
+
     data = dock._viewer.layers["cells"].data
+    restore_dock = RestoreDock(dock._viewer)
+    dock._viewer.window.add_dock_widget(restore_dock, name="Restore (VDIR)")
+    assert "cells-tuned" not in restore_dock.model.choices
     dock.name.value = "cells-tuned"
     changes = []
     unsubscribe = user_models.on_user_models_changed(lambda: changes.append(dock.model.choices))
@@ -72,6 +77,7 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     assert info.name == "cells-tuned" and info.recipe["self_supervised"] == "neighbor2neighbor"
     assert info.recipe["steps_done"] == 10 and info.recipe["data"]["train"] == ["cells"]
     assert changes and "cells-tuned" in dock.model.choices  # announced; this dock's own list has it too
+    qtbot.waitUntil(lambda: "cells-tuned" in restore_dock.model.choices, timeout=5_000)  # and the Restore dock's
     restored = napari_vdir.restore(data, "denoise", model="cells-tuned", precision="float32")
     assert restored.shape == data.shape and restored.dtype == data.dtype
     assert dock.plot.train_points and [s for s, _ in dock.plot.train_points] == list(range(1, 11))
@@ -127,3 +133,14 @@ def test_a_second_run_is_refused_while_one_runs_and_errors_are_notifications(doc
     dock.noisy.value = []
     assert dock.run() is None and "noisy layer" in messages[-1]
     assert not dock.running
+
+
+def test_layers_are_mapped_as_the_restore_dock_maps_them(dock):
+    """Contrast limits as wide as a hot pixel (or the dtype) are narrowed to the data's robust range."""
+    layer = dock._viewer.layers["cells"]
+    hot = layer.data.copy()
+    hot[0, 0, 0] = 65535
+    layer.data = hot
+    layer.contrast_limits = (0, 65535)
+    low, high = dock.settings()["intensity_range"][0]
+    assert 0 <= low < high < 10_000  # the data's robust range (bright cells ~2000-4000 counts)

@@ -292,7 +292,7 @@ class FineTuneDock(Container):
 
     def settings(self) -> dict:
         """The keyword arguments for ``session.finetune``, read from the layers here on the main thread."""
-        from .layers import layer_array
+        from .layers import layer_intensity_range, snapshot
         from .training.session import metric_of
 
         noisy_layers = list(self.noisy.value)
@@ -304,14 +304,15 @@ class FineTuneDock(Container):
         rgb = {bool(layer.rgb) for layer in noisy_layers}
         if len(rgb) > 1:
             raise ValueError("the noisy layers mix RGB and gray images; choose one kind")
-        noisy = [layer_array(layer) for layer in noisy_layers]
+        snaps = [snapshot(layer) for layer in noisy_layers]  # checks each layer; no napari object leaves here
+        noisy = [snap.data for snap in snaps]
         clean = None
         if clean_layer is not None:
             if len(noisy_layers) != 1:
                 raise ValueError("with a clean layer, choose exactly one noisy layer (its noisy twin)")
             if clean_layer in noisy_layers:
                 raise ValueError("the clean layer is also chosen as noisy; choose its noisy twin")
-            clean = [layer_array(clean_layer)]
+            clean = [snapshot(clean_layer).data]
         from .user_models import check_model_name, user_models_dir
         from .weights import WEIGHTS_SUFFIX, shipped_models
 
@@ -320,8 +321,8 @@ class FineTuneDock(Container):
             raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
         if (user_models_dir() / f"{name}{WEIGHTS_SUFFIX}").exists():
             raise ValueError(f"a model named {name!r} exists in your models folder; choose another name")
-        # the Restore dock maps a layer by its contrast limits: training sees the same scale
-        ranges = [tuple(float(v) for v in layer.contrast_limits) for layer in noisy_layers]
+        # each layer mapped as the Restore dock maps it, so the model trains on the scale it will restore at
+        ranges = [layer_intensity_range(snap, None) for snap in snaps]
         out = dict(noisy=noisy, clean=clean, name=name, init=self.model.value, steps=int(self.steps.value),
                    method=METHOD_LABELS[self.method.value], batch=int(self.batch.value), lr=float(self.lr.value),
                    rgb=rgb.pop(), intensity_range=ranges, labels=[layer.name for layer in noisy_layers])
