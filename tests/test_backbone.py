@@ -186,19 +186,42 @@ def test_tiled_restore_equals_one_pass(tmp_path, shape):
 
 # ----------------------------------------------------------------------------- export
 
-def test_onnx_export_computes_the_unshuffle_forward(tmp_path):
+def test_cli_onnx_export_computes_the_unshuffle_forward(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from napari_vdir.export import export_model
+    from napari_vdir.cli import main
 
     model = unshuffle_model()
-    out = export_model(save(model, tmp_path / "u.safetensors"), "onnx", tmp_path / "u.onnx")
+    out = tmp_path / "u.onnx"
+    assert main(["export", str(save(model, tmp_path / "u.safetensors")), "--format", "onnx", "-o", str(out)]) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for shape in ((1, 3, 40, 56), (2, 3, 64, 36)):  # dynamic batch, height and width
         x = np.random.default_rng(1).random(shape, dtype=np.float32)
         with torch.no_grad():
             expected = model(torch.from_numpy(x)).image.numpy()
         np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, rtol=0, atol=1e-5)
+
+
+def test_bioimageio_package_of_the_unshuffle_trunk_passes(tmp_path):
+    """Every weight format of the package (ONNX, TorchScript, pytorch_state_dict built from nets.py's source
+    with the arch kwargs) reproduces the test output, and the halo covers the receptive radius."""
+    core = pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    import yaml
+
+    from napari_vdir.export import export_model
+
+    model = unshuffle_model()
+    out = export_model(save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unshuffle"
+    assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
+    summary = core.test_model(out)
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
+                                        if d.status != "passed"]
+    reproduced = {tuple(d.loc)[1] for d in summary.details
+                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
+    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
 
 
 def test_bioimageio_architecture_source_builds_the_unshuffle_trunk():

@@ -1,0 +1,313 @@
+"""Issue 15's equal-CPU-time backbone probe: today's CPU-size trunk against the pixel-unshuffle trunk.
+
+    python benchmarks/probe_backbone.py --minutes 40            # writes benchmarks/results/backbone_probe.md
+    python benchmarks/probe_backbone.py --minutes 3 --smoke     # end-to-end check, marked as a smoke run
+
+Each candidate is one recipe, ``training/stages/probe-<candidate>.yaml``, identical but for ``arch``: blind
+colour AWGN with the clean-inclusive ranges (sigma 0-75, 10 % exactly clean), CBSD432 for training, Val20 for
+validation, bf16 on the CPU, the shipped CPU recipes' objective (restore L1, KL, decoder, EST; critic off). The
+probe runs them one after the other through the training CLI with the same ``--time-budget`` (the learning
+rate is annealed over that much training time) and ``--threads``:
+
+    python -m napari_vdir.training --recipe training/stages/probe-<candidate>.yaml --out runs/probe-<candidate> \\
+        --threads 1 --time-budget MINUTES --val-every N --quiet
+
+then reads each run's ``log.csv`` (the validation curve), scores its final weights on fixed test settings
+(CBSD68 sigma 30, Kodak24 sigma 50, Kodak24 clean in; the ``napari_vdir.evaluate`` protocol, first images
+only) and times ``napari_vdir.restore`` of a 512² RGB image at one thread on a random-init network of each
+candidate (speed does not depend on the weights). Run it with nothing else on its core (``taskset -c 1``
+on this project's 2-core machine while core 0 trains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results" / "backbone_probe.md"
+CANDIDATES = ("full", "unshuffle")
+SMOKE_BELOW_MINUTES = 20  # shorter runs say nothing about which trunk learns better
+SPEED_SIDE = 512
+# (set, sigma or "clean", images): the issue's throwaway probe used CBSD68's first 12 at sigma 30 and
+# Kodak24's first 6 at sigma 50; "clean" is PSNR of restore(clean) against clean (nothing to fix)
+TEST_SETTINGS = (("CBSD68", 30, 12), ("Kodak24", 50, 6), ("Kodak24", "clean", 6))
+
+
+def recipe_path(candidate: str) -> Path:
+    return REPO / "training" / "stages" / f"probe-{candidate}.yaml"
+
+
+def train_command(candidate: str, out: Path, minutes: float, threads: int, val_every: int) -> list[str]:
+    return [sys.executable, "-m", "napari_vdir.training", "--recipe", str(recipe_path(candidate).relative_to(REPO)),
+            "--out", str(out), "--threads", str(threads), "--time-budget", f"{minutes:g}",
+            "--val-every", str(val_every), "--quiet"]
+
+
+def check_ranges_in_effect() -> None:
+    """The recipes ask for ``ranges: clean-inclusive``; refuse to probe if training would not apply it
+    (``training.data.degrade`` must pass ``recipe.ranges`` to the samplers): the runs would silently train
+    on other ranges than the report states."""
+    import torch
+
+    from napari_vdir.training.config import load_recipe
+    from napari_vdir.training.data import degrade
+
+    recipe = load_recipe(recipe_path(CANDIDATES[0]))
+    g = torch.Generator().manual_seed(0)
+    batch = degrade(torch.full((400, 3, 8, 8), 0.5), recipe, g, g)
+    if not (batch.estimate_target == 0).any():
+        raise SystemExit("training/data.py does not apply the recipe's `ranges` yet (no exactly-clean inputs "
+                         "among 400 clean-inclusive draws); the probe would train on the degraded-only ranges")
+
+
+def train(candidate: str, out: Path, minutes: float, threads: int, val_every: int) -> float:
+    """Run one candidate's training from scratch; returns its wall time in seconds."""
+    if out.exists():
+        print(f"removing the previous probe run {out}", flush=True)
+        shutil.rmtree(out)
+    cmd = train_command(candidate, out, minutes, threads, val_every)
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.perf_counter() - t0
+
+
+def read_curve(log: Path) -> list[dict]:
+    """The validation rows of a trainer's log.csv: step, training seconds, val PSNR, learning rate and the
+    mean restore L1 of the steps since the previous validation."""
+    rows, losses = [], []
+    with open(log, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row.get("restore"):
+                losses.append(float(row["restore"]))
+            if row.get("val_psnr"):
+                rows.append({"step": int(row["step"]), "seconds": float(row["seconds"] or 0.0),
+                             "val_psnr": float(row["val_psnr"]), "lr": float(row["lr"]) if row["lr"] else None,
+                             "restore": statistics.fmean(losses) if losses else None})
+                losses = []
+    return rows
+
+
+def arch_of(candidate: str):
+    from napari_vdir.nets import ArchConfig
+    from napari_vdir.training.config import load_recipe
+
+    r = load_recipe(recipe_path(candidate))
+    return ArchConfig(channels=r.channels, estimate_dims=r.estimate_dims, **r.arch.model_dump())
+
+
+def describe(candidate: str) -> dict:
+    """Parameters, multiply-adds per pixel (inference: encoder + restorer + EST) and receptive radius."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from napari_vdir.nets import VDIR
+
+    cfg = arch_of(candidate)
+    model = VDIR(cfg).eval()
+    y = torch.rand(1, cfg.channels, 128, 128)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(y, with_estimate=True)
+    return {"arch": cfg, "params": sum(p.numel() for p in model.parameters()),
+            "restorer_params": sum(p.numel() for p in model.restorer.parameters()),
+            "macs_per_pixel": counter.get_total_flops() / 2 / (128 * 128), "radius": cfg.receptive_radius}
+
+
+def time_restore(candidate: str, repeats: int = 5) -> dict:
+    """Median seconds per megapixel of ``napari_vdir.restore`` on a 512² RGB image (one warm-up first):
+    the fast path (precision "auto": bf16 on CPUs with it) and exact float32 (ONNX Runtime when installed).
+
+    Wall seconds and the process's CPU seconds: on a core shared with other jobs the wall time also counts
+    the time slices they took, the CPU time (one thread) does not."""
+    import torch
+
+    from napari_vdir import restore
+    from napari_vdir.nets import VDIR
+    from napari_vdir.weights import ModelInfo, save_weights
+
+    cfg = arch_of(candidate)
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).random((SPEED_SIDE, SPEED_SIDE, 3), dtype=np.float32)
+    megapixels = SPEED_SIDE * SPEED_SIDE / 1e6
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_weights(Path(tmp) / f"{candidate}.safetensors", VDIR(cfg),
+                            ModelInfo(name=f"probe-{candidate}", task="denoise", arch=cfg))
+        for label, options in (("fast", {"precision": "auto"}), ("float32", {"precision": "float32"})):
+            try:
+                restore(image, "denoise", model=path, device="cpu", **options)  # warm-up (and ORT export)
+            except (ImportError, ValueError) as err:
+                out[label] = f"n/a ({err})"
+                continue
+            wall, cpu = [], []
+            for _ in range(repeats):
+                t0, c0 = time.perf_counter(), time.process_time()
+                restore(image, "denoise", model=path, device="cpu", **options)
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            out[label] = statistics.median(wall) / megapixels
+            out[f"{label}_cpu"] = statistics.median(cpu) / megapixels
+    return out
+
+
+def score_weights(weights: Path, shared: Path) -> dict:
+    """Mean PSNR of restore() on the fixed test settings (napari_vdir.evaluate's images and noise)."""
+    from napari_vdir import restore
+    from napari_vdir.evaluate import Setting, degrade, load_images, score
+
+    results = {}
+    for dataset, level, count in TEST_SETTINGS:
+        setting = Setting(dataset, 30 if level == "clean" else level)
+        values = []
+        for i, (_, clean) in enumerate(load_images(shared / "datasets", setting, count)):
+            ref, x = (clean, clean) if level == "clean" else degrade(setting, clean, i)
+            out = np.clip(np.asarray(restore(x, "denoise", model=weights, device="cpu"), np.float64), 0, 1)
+            values.append(score(setting, ref, out)["psnr"])
+        results[(dataset, level, count)] = statistics.fmean(values)
+    return results
+
+
+def curve_table(curves: dict[str, list[dict]]) -> list[str]:
+    lines = ["| candidate | step | training minutes | lr | restore L1 (since last val) | Val20 PSNR (dB) |",
+             "|---|---|---|---|---|---|"]
+    for cand, rows in curves.items():
+        for r in rows:
+            lr = "" if r["lr"] is None else f"{r['lr']:.2e}"
+            loss = "" if r["restore"] is None else f"{r['restore']:.4f}"
+            lines.append(f"| {cand} | {r['step']} | {r['seconds'] / 60:.1f} | {lr} | {loss} | {r['val_psnr']:.2f} |")
+    return lines
+
+
+def at_fractions(curves: dict[str, list[dict]], minutes: float) -> list[str]:
+    """Val20 PSNR of each candidate at the last validation before 1/4, 1/2, 3/4 and all of the budget."""
+    fractions = (0.25, 0.5, 0.75, 1.0)
+    lines = ["| candidate | " + " | ".join(f"≤ {f * minutes:g} min" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for cand, rows in curves.items():
+        cells = []
+        for f in fractions:
+            before = [r for r in rows if r["seconds"] <= f * minutes * 60 + 1e-6 and r["step"] > 0]
+            if f == 1.0 and rows:
+                before = rows[-1:]
+            cells.append(f"{before[-1]['val_psnr']:.2f} (step {before[-1]['step']})" if before else "—")
+        lines.append(f"| {cand} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def fmt_speed(measured: dict, label: str) -> str:
+    value = measured.get(label)
+    if value is None or isinstance(value, str):
+        return value or "—"
+    return f"{measured[label + '_cpu']:.2f} ({value:.2f})"
+
+
+def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores: dict, walls: dict) -> None:
+    smoke = args.smoke or args.minutes < SMOKE_BELOW_MINUTES
+    lines = ["# Backbone probe (issue 15): CPU-size full trunk vs pixel-unshuffle trunk", ""]
+    if smoke:
+        lines += [f"> **SMOKE RUN — NOT A RESULT.** {args.minutes:g} minutes per candidate only proves that the probe "
+                  "runs end to end (training CLI, curves, scoring, timing). Nothing below the speed table says which "
+                  f"trunk learns better; run it with `--minutes 40` or more on an idle core.", ""]
+    if args.note:
+        lines += [args.note, ""]
+    lines += ["Command (from the repository root):", "",
+              f"    taskset -c 1 python benchmarks/probe_backbone.py --minutes {args.minutes:g} --threads {args.threads}"
+              f" --val-every {args.val_every}" + (" --smoke" if args.smoke else ""), "",
+              "Per candidate (same data, minutes, threads, seed and objective; only `arch` differs):", ""]
+    lines += ["    python " + shlex.join(train_command(c, Path("runs") / f"probe-{c}", args.minutes, args.threads,
+                                                   args.val_every)[1:]) for c in args.candidates]
+    lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
+              f"{__import__('torch').__version__}; {time.strftime('%Y-%m-%d %H:%M %Z')}; 1-minute load average "
+              f"{speed.get('load', '?')} while timing.", "",
+              "## Candidates and inference speed", "",
+              f"`napari_vdir.restore` of a {SPEED_SIDE}² RGB image, {args.threads} thread(s), random-init weights, "
+              "median of 5 after a warm-up; `fast` = precision auto (bf16 autocast + channels_last on this CPU), "
+              "`float32` = exact (ONNX Runtime when installed). CPU seconds of the process per megapixel, wall "
+              "seconds in brackets (they also count the time slices other jobs on the same core took). "
+              "These timings are real measurements, also in a smoke run.", "",
+              "| candidate | arch | parameters (restorer) | multiply-adds / pixel | receptive radius (px) "
+              "| s/MP fast | s/MP float32 |", "|---|---|---|---|---|---|---|"]
+    for c in args.candidates:
+        d, a = info[c], info[c]["arch"]
+        arch = f"{a.trunk}, width {a.width}, D{a.rir_blocks}/N{a.res_blocks}"
+        lines.append(f"| {c} | {arch} | {d['params'] / 1e6:.2f} M ({d['restorer_params'] / 1e6:.2f} M) | "
+                     f"{d['macs_per_pixel'] / 1e3:.0f} k | {d['radius']} | {fmt_speed(speed[c], 'fast')} | "
+                     f"{fmt_speed(speed[c], 'float32')} |")
+    if curves:
+        lines += ["", "## Validation curves" + (" (smoke run)" if smoke else ""), "",
+                  "Val20 PSNR: the first 8 Val20 images, 256² centre crops, the recipe's degradation (sigma 0-75 "
+                  "with 10 % clean, seeded): one number over mixed noise levels, comparable between the "
+                  "candidates, not with the evaluation tables.", ""]
+        lines += at_fractions(curves, args.minutes) + [""] + curve_table(curves)
+        lines += ["", "Wall time per candidate (training incl. validation and start-up): "
+                  + ", ".join(f"{c} {walls[c] / 60:.1f} min" for c in walls if c in curves) + "."]
+    if scores:
+        keys = list(next(iter(scores.values())))
+        lines += ["", "## Final weights on fixed test settings" + (" (smoke run)" if smoke else ""), "",
+                  "`napari_vdir.restore` (blind, precision auto) of the run's last weights; the "
+                  "`napari_vdir.evaluate` images and noise (seed 1000 + i, not clipped), first images only; "
+                  "`clean` = PSNR of restore(clean image) vs the clean image.", "",
+                  "| candidate | " + " | ".join(f"{d} {'clean' if lv == 'clean' else f'σ{lv}'} (first {n})"
+                                                 for d, lv, n in keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        for c, s in scores.items():
+            lines.append(f"| {c} | " + " | ".join(f"{s[k]:.2f}" for k in keys) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=40.0, help="training minutes per candidate (default 40)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training and timing (default 1)")
+    p.add_argument("--val-every", type=int, default=500, help="validate every N steps (default 500)")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where the runs go (runs/probe-<candidate>)")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"report (default {RESULTS.relative_to(REPO)})")
+    p.add_argument("--speed-only", action="store_true", help="only describe and time the candidates")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"mark the report as a smoke run (always so below {SMOKE_BELOW_MINUTES} minutes)")
+    p.add_argument("--note", help="a paragraph to put at the top of the report (how this run was made)")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    shared = Path(os.environ.get("NAPARI_VDIR_SHARED", REPO.parent / "shared"))
+    if not args.speed_only:
+        check_ranges_in_effect()
+    info = {c: describe(c) for c in args.candidates}
+    speed = {"load": f"{os.getloadavg()[0]:.2f}"}
+    for c in args.candidates:
+        speed[c] = time_restore(c)
+        print(f"{c}: {speed[c]} s/MP", flush=True)
+    speed["load"] += f" -> {os.getloadavg()[0]:.2f}"
+    curves, scores, walls = {}, {}, {}
+    if not args.speed_only:
+        runs = args.runs if args.runs.is_absolute() else REPO / args.runs
+        for c in args.candidates:
+            out = runs / f"probe-{c}"
+            walls[c] = train(c, out, args.minutes, args.threads, args.val_every)
+            curves[c] = read_curve(out / "log.csv")
+            scores[c] = score_weights(out / f"probe-{c}.safetensors", shared)
+            print(f"{c}: {scores[c]}", flush=True)
+    write_report(args.out, args, info, speed, curves, scores, walls)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
