@@ -135,12 +135,25 @@ def test_a_second_run_is_refused_while_one_runs_and_errors_are_notifications(doc
     assert not dock.running
 
 
-def test_layers_are_mapped_as_the_restore_dock_maps_them(dock):
-    """Contrast limits as wide as a hot pixel (or the dtype) are narrowed to the data's robust range."""
+def test_layers_are_prepared_as_the_restore_dock_prepares_them(dock):
+    """Contrast limits as wide as a hot pixel (or the dtype) are narrowed to the data's robust range and padded
+    as for restoring; the hot pixel itself is clipped before training. A clean twin gets the noisy range."""
+    from napari_vdir import layers
+    from napari_vdir._finetune_widget import training_inputs
+
     layer = dock._viewer.layers["cells"]
     hot = layer.data.copy()
     hot[0, 0, 0] = 65535
     layer.data = hot
     layer.contrast_limits = (0, 65535)
-    low, high = dock.settings()["intensity_range"][0]
-    assert 0 <= low < high < 10_000  # the data's robust range (bright cells ~2000-4000 counts)
+    settings = dock.settings()
+    assert [s.name for s in settings["noisy_snaps"]] == ["cells"] and settings["clean_snap"] is None
+    snap = settings["noisy_snaps"][0]
+    prepared = training_inputs([snap], snap)
+    (rng,) = prepared["intensity_range"]
+    assert rng == layers.padded_range(layers.layer_intensity_range(snap, None))  # what restore_layer uses
+    low, high = rng
+    assert low < 0 < high < 10_000  # padded robust range: bright cells ~2000-4000 counts
+    noisy, clean = prepared["noisy"][0], prepared["clean"][0]
+    assert noisy[0, 0, 0] < 15_000 and clean[0, 0, 0] == noisy[0, 0, 0]  # clipped, by the same range
+    assert np.array_equal(noisy[1:], hot[1:])  # nothing else changed

@@ -50,11 +50,31 @@ class _Outcome:
     cancelled: bool = False
 
 
+def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
+    """Layer snapshots -> ``finetune``'s ``noisy``, ``clean`` and ``intensity_range``, prepared as the Restore
+    dock prepares a layer (``layers.restore_layer``): the layer's range (contrast limits narrowed to the robust
+    range) padded by ``layers.RANGE_HEADROOM``, and far outliers (hot pixels) clipped. A clean layer gets its
+    noisy twin's range. No napari or Qt object: this runs in the worker."""
+    from .layers import clip_outliers, layer_intensity_range, padded_range
+
+    noisy, ranges = [], []
+    for snap in noisy_snaps:
+        rng = padded_range(layer_intensity_range(snap, None))
+        noisy.append(snap.data if rng is None else clip_outliers(snap.data, rng, -1 if snap.rgb else None))
+        ranges.append(rng)
+    clean = None
+    if clean_snap is not None:
+        rng = ranges[0]
+        clean = [clean_snap.data if rng is None else clip_outliers(clean_snap.data, rng, -1 if clean_snap.rgb else None)]
+    return dict(noisy=noisy, clean=clean, intensity_range=ranges)
+
+
 def fine_tune_vdir(settings: dict, cancel: threading.Event):
     """The worker: runs the session in a thread of its own and yields its step records as they come.
 
     A generator worker advances napari's activity-list progress bar once per record; the records reach
-    the dock through ``yielded`` on the main thread.
+    the dock through ``yielded`` on the main thread. ``settings`` holds layer snapshots (``noisy_snaps``,
+    ``clean_snap``), prepared here by :func:`training_inputs`, and ``finetune``'s other arguments.
     """
     from .training.session import TrainingCancelled, finetune
 
@@ -64,7 +84,9 @@ def fine_tune_vdir(settings: dict, cancel: threading.Event):
 
     def train():
         try:
-            outcome.result = finetune(**settings, callback=records.put, cancel=cancel, notify=False)
+            options = dict(settings)
+            options.update(training_inputs(options.pop("noisy_snaps"), options.pop("clean_snap")))
+            outcome.result = finetune(**options, callback=records.put, cancel=cancel, notify=False)
         except TrainingCancelled:
             outcome.cancelled = True
         except Exception as exc:  # noqa: BLE001 - reported by the dock
@@ -291,9 +313,11 @@ class FineTuneDock(Container):
         return self._worker is not None
 
     def settings(self) -> dict:
-        """The keyword arguments for ``session.finetune``, read from the layers here on the main thread."""
-        from .layers import layer_intensity_range, snapshot
-        from .training.session import metric_of
+        """What the worker needs, read from the layers here on the main thread: layer snapshots (plain data,
+        no napari object) and ``session.finetune``'s other arguments. Raises with a user-facing message."""
+        from .layers import snapshot
+        from .user_models import check_model_name, user_models_dir
+        from .weights import WEIGHTS_SUFFIX, shipped_models
 
         noisy_layers = list(self.noisy.value)
         if not noisy_layers:
@@ -304,30 +328,23 @@ class FineTuneDock(Container):
         rgb = {bool(layer.rgb) for layer in noisy_layers}
         if len(rgb) > 1:
             raise ValueError("the noisy layers mix RGB and gray images; choose one kind")
-        snaps = [snapshot(layer) for layer in noisy_layers]  # checks each layer; no napari object leaves here
-        noisy = [snap.data for snap in snaps]
-        clean = None
+        snaps = [snapshot(layer) for layer in noisy_layers]  # checks each layer
+        clean_snap = None
         if clean_layer is not None:
             if len(noisy_layers) != 1:
                 raise ValueError("with a clean layer, choose exactly one noisy layer (its noisy twin)")
             if clean_layer in noisy_layers:
                 raise ValueError("the clean layer is also chosen as noisy; choose its noisy twin")
-            clean = [snapshot(clean_layer).data]
-        from .user_models import check_model_name, user_models_dir
-        from .weights import WEIGHTS_SUFFIX, shipped_models
-
+            clean_snap = snapshot(clean_layer)
         name = check_model_name(self.name.value)
         if name in shipped_models():
             raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
         if (user_models_dir() / f"{name}{WEIGHTS_SUFFIX}").exists():
             raise ValueError(f"a model named {name!r} exists in your models folder; choose another name")
-        # each layer mapped as the Restore dock maps it, so the model trains on the scale it will restore at
-        ranges = [layer_intensity_range(snap, None) for snap in snaps]
-        out = dict(noisy=noisy, clean=clean, name=name, init=self.model.value, steps=int(self.steps.value),
-                   method=METHOD_LABELS[self.method.value], batch=int(self.batch.value), lr=float(self.lr.value),
-                   rgb=rgb.pop(), intensity_range=ranges, labels=[layer.name for layer in noisy_layers])
-        out["_metric"] = metric_of(clean)
-        return out
+        return dict(noisy_snaps=snaps, clean_snap=clean_snap, name=name, init=self.model.value,
+                    steps=int(self.steps.value), method=METHOD_LABELS[self.method.value],
+                    batch=int(self.batch.value), lr=float(self.lr.value), rgb=rgb.pop(),
+                    labels=[layer.name for layer in noisy_layers])
 
     def run(self, *_):
         """Start a fine-tune on a worker thread; returns the worker (None when refused)."""
@@ -339,7 +356,9 @@ class FineTuneDock(Container):
         except Exception as exc:  # noqa: BLE001 - one line for the user
             show_error(f"{TITLE}: {exc}")
             return None
-        metric = settings.pop("_metric")
+        from .training.session import metric_of
+
+        metric = metric_of(settings["clean_snap"])
         self._cancel_event = threading.Event()
         self.plot.reset(settings["steps"], metric)
         worker = create_worker(fine_tune_vdir, settings, self._cancel_event, _start_thread=False,
