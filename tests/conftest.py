@@ -101,3 +101,15 @@ def private_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_user_models(tmp_path_factory):
+    """Model lists include the user models folder: tests never see (or write to) the real one."""
+    before = os.environ.get("NAPARI_VDIR_MODELS")
+    os.environ["NAPARI_VDIR_MODELS"] = str(tmp_path_factory.mktemp("user-models"))
+    yield
+    if before is None:
+        os.environ.pop("NAPARI_VDIR_MODELS", None)
+    else:
+        os.environ["NAPARI_VDIR_MODELS"] = before
