@@ -118,18 +118,12 @@ except ImportError:
     pass
 
 
-_context_menu_added = False
-
-
 def add_layer_context_menu() -> bool:
     """Add the three layer commands to the layer list's right-click menu (image layers only).
 
     Uses napari's app-model registry (``napari._app_model``; napari 0.9.2 has no manifest route to that
     menu). Returns False, changing nothing, where that is not possible; safe to call more than once.
     """
-    global _context_menu_added
-    if _context_menu_added:
-        return True
     try:
         from app_model.expressions import parse_expression
         from app_model.types import CommandRule, MenuItem
@@ -139,12 +133,14 @@ def add_layer_context_menu() -> bool:
     app = get_app_model()
     if not all(cmd in app.commands for cmd in LAYER_COMMANDS):
         return False
+    present = {getattr(getattr(item, "command", None), "id", None) for item in app.menus.get_menu(CONTEXT_MENU)}
+    if set(LAYER_COMMANDS) <= present:
+        return True
     when = parse_expression("active_layer_type == 'image'")
     items = [(CONTEXT_MENU, MenuItem(command=CommandRule(id=cmd, title=title), when=when, group=CONTEXT_GROUP,
                                      order=i))
              for i, (cmd, (title, _, _)) in enumerate(LAYER_COMMANDS.items())]
     app.menus.append_menu_items(items)
-    _context_menu_added = True
     return True
 
 

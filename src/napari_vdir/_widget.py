@@ -42,7 +42,7 @@ AUTO_MODEL = "auto (shipped, by colour)"
 WEIGHTS_FILE = "weights file…"
 PLANE, STACK = "this plane", "all planes"
 TILE_CHOICES = ("auto", 64, 128, 256, 512, 1024)
-DOCK_WIDTH = 360  # px: the dock never widens past this, whatever the text it shows
+DOCK_WIDTH = 400  # px: the dock never widens past this, whatever the text it shows
 
 # task chooser label -> (core task, scale)
 TASKS = {
@@ -134,6 +134,19 @@ def _models_for(task: str, scale: int | None) -> list[str]:
     return names
 
 
+class _Text(Label):
+    """A word-wrapped label whose tooltip holds its whole text (the dock never widens for it)."""
+
+    @property
+    def value(self):
+        return Label.value.fget(self)
+
+    @value.setter
+    def value(self, text):
+        Label.value.fset(self, text)
+        self.tooltip = str(text)
+
+
 class _FlushAfterRemoval:
     """Let Qt paint once after layers are removed, before anything else can be added.
 
@@ -207,9 +220,9 @@ class RestoreDock(Container):
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="ready")
-        self.estimate_label = Label(label="estimated", value="–")
-        self.device_label = Label(label="runs on")
+        self.status = _Text(label="status", value="ready")
+        self.estimate_label = _Text(label="estimated", value="–")
+        self.device_label = _Text(label="runs on")
 
         # -- advanced
         self.model = ComboBox(label="model", choices=self._model_choices, value=AUTO_MODEL,
@@ -230,10 +243,11 @@ class RestoreDock(Container):
         self.show_latent = CheckBox(text="add degradation map layer", value=False,
                                     tooltip="the network's code of how the image is degraded (noise, blur, JPEG), "
                                             "4 channels at 1/4 resolution")
-        self.show_uncertainty = CheckBox(text="add uncertainty map (needs ≥ 2 samples)")
+        self.show_uncertainty = CheckBox(text="add uncertainty map (≥ 2 samples)")
         self.strength = FloatSlider(label="strength", value=1.0, min=0.25, max=2.0, step=0.05,
                                     tooltip="1 = as trained; higher restores harder (smoother), lower more gently")
         strength_help = Label(value="strength 1 = as trained · higher: smoother · lower: gentler")
+        self._wrapped = [strength_help]
         self.advanced = Container(widgets=[self.model, self.weights_path, self.device, self.channel_axis,
                                            self.tile_size, self.ensemble, self.samples, self.show_latent,
                                            self.show_uncertainty, self.strength, strength_help], labels=True)
@@ -281,10 +295,9 @@ class RestoreDock(Container):
         from qtpy.QtWidgets import QSizePolicy
 
         self.native.setMaximumWidth(DOCK_WIDTH)
-        for label in (self.status, self.estimate_label, self.device_label):
+        for label in (self.status, self.estimate_label, self.device_label, *self._wrapped):
             label.native.setWordWrap(True)
             label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-            label.changed.connect(lambda text, lab=label: setattr(lab, "tooltip", text))
         for combo in (self.layer, self.model, self.channel_axis):
             combo.native.setSizeAdjustPolicy(combo.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.native.setMinimumContentsLength(12)
@@ -295,6 +308,8 @@ class RestoreDock(Container):
             self._collapsible.expand(animate=False)
         else:
             self._collapsible.collapse(animate=False)
+        self._collapsible.updateGeometry()
+        self.native.layout().invalidate()
 
     # ------------------------------------------------------------------ settings
 
@@ -353,8 +368,10 @@ class RestoreDock(Container):
         self.estimate_label.value = "–"
 
     def _refresh_models(self):
+        """The model list for the task, in order (a plain reset would append new names at the end)."""
         current = self.model.value
-        self.model.reset_choices()
+        self.model.choices = []
+        self.model.choices = self._model_choices
         if current in self.model.choices:
             self.model.value = current
 
