@@ -237,3 +237,24 @@ def test_zarr_layer_restores_lazily(tiny_weights, tmp_path):
     assert result.lazy and isinstance(out, da.Array) and out.chunks[0] == (1,) * 20
     plane = vl.restore_layer(layer, "denoise", model=tiny_weights[("denoise", 1, 1)], plane=(10,)).layers[0][0]
     np.testing.assert_array_equal(np.asarray(out[10]), plane[0])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_three_channels_are_not_taken_for_rgb(tiny_weights, lazy):
+    """(C=3, Y, X) fluorescence labelled 'c': each channel goes through the gray model on its own range
+    (the colour model would mix them); the same as restoring each channel alone."""
+    import dask.array as da
+
+    rng = np.random.default_rng(7)
+    data = np.stack([rng.integers(100, 400, (32, 32)), rng.integers(1000, 3000, (32, 32)),
+                     rng.integers(5000, 30000, (32, 32))]).astype(np.uint16)
+    weights = tiny_weights[("denoise", 1, 1)]  # a gray model: the colour path would refuse it
+    layer = Image(da.from_array(data) if lazy else data, axis_labels=("c", "y", "x"))
+    result = vl.restore_layer(layer, "denoise", model=weights, latent=True)
+    out = np.asarray(result.layers[0][0])
+    assert out.shape == data.shape
+    for c in range(3):
+        alone = vl.restore_layer(Image(data[c]), "denoise", model=weights).layers[0][0]
+        np.testing.assert_array_equal(out[c], alone)
+    if not lazy:
+        assert result.layers[1][0].shape == (4, 3, 8, 8)  # latent: (4, channels, h/4, w/4)

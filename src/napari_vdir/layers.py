@@ -370,13 +370,16 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     core_axis = -1 if rgb else (ch if ch is not None else False)
     options = dict(scale=scale, model=model, channel_axis=core_axis, device=device, tile_size=tile_size,
                    ensemble=ensemble, samples=samples, strength=strength, intensity_range=intensity_range)
+    three_channels = ch is not None and sub.shape[ch] == 3  # the core would take them for RGB colours
     if lazy_whole:
-        image = restore(sub, task, **options)
+        image = (_restore_channels_apart(sub, ch, task, options, lazy=True) if three_channels
+                 else restore(sub, task, **options))
         res = None
         info = _model_info(model, task, scale, 3 if rgb else 1)
         s = info.scale
     else:
-        res = restore(sub, task, details=True, progress=progress, cancel=cancel, **options)
+        run = dict(details=True, progress=progress, cancel=cancel, **options)
+        res = _restore_channels_apart(sub, ch, task, run) if three_channels else restore(sub, task, **run)
         image, info, s = res.image, res.model, res.model.scale
     if alpha is not None:
         a = alpha
@@ -422,6 +425,39 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     return LayerRestoration(layers, estimate, device_used, info.name, task, stale,
                             data_units=np.dtype(snap.data.dtype) != np.uint8, lazy=lazy_whole,
                             backend="" if res is None else res.backend)
+
+
+def _restore_channels_apart(sub, ch: int, task: str, options: dict, lazy: bool = False):
+    """Restore 3 channels of a multichannel (not RGB) layer one by one with the gray model, each with its
+    own range; ``restore`` would send exactly 3 channels through the colour model together."""
+    from dataclasses import replace
+
+    from .api import restore
+
+    ranges = options.get("intensity_range")
+    parts = []
+    for c in range(3):
+        part = dict(options)
+        if ranges is not None and np.ndim(ranges) == 2:
+            part["intensity_range"] = tuple(float(v) for v in np.asarray(ranges)[c])
+        parts.append(restore(_take(sub, c, ch), task, **part))
+    if lazy:
+        return _dask().concatenate(parts, axis=ch)
+    first = parts[0]
+    lead_ndim = first.latent.ndim - 3  # each part's latent: (*plane axes, 4, h/4, w/4)
+    estimate = {k: np.mean([p.estimate[k] for p in parts], axis=0) for k in first.estimate}
+    return replace(first, image=np.concatenate([p.image for p in parts], axis=ch),
+                   latent=np.stack([p.latent for p in parts], axis=lead_ndim),
+                   estimate={k: (float(v) if np.ndim(v) == 0 else v) for k, v in estimate.items()},
+                   uncertainty=None if first.uncertainty is None else np.concatenate(
+                       [p.uncertainty for p in parts], axis=ch))
+
+
+def _take(a, index: int, axis: int):
+    """``a`` restricted to ``index`` along ``axis``, keeping the axis (numpy or dask)."""
+    key = [slice(None)] * a.ndim
+    key[axis] = slice(index, index + 1)
+    return a[tuple(key)]
 
 
 def _latent_layer(snap, lat, ch, axes, spatial, in_scale, in_translate, task, plane):
