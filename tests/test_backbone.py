@@ -77,6 +77,16 @@ def test_an_odd_side_is_padded_at_its_end_so_the_cell_grid_stays_put():
     assert not torch.allclose(odd[..., -1, :], whole[..., 46, :39])  # the border does see the padding
 
 
+def test_cancel_is_checked_between_the_blocks_of_the_half_resolution_body():
+    model = unshuffle_model(rir_blocks=2, res_blocks=3)
+    calls = []
+    with torch.no_grad():
+        plain = model(torch.ones(1, 3, 16, 16)).image
+        checked = model(torch.ones(1, 3, 16, 16), between_blocks=lambda: calls.append(1)).image
+    assert len(calls) == 1 + 2 * (3 + 1)  # after the encoder, after every block and group conv
+    assert torch.equal(plain, checked)
+
+
 # ----------------------------------------------------------------------------- weights files
 
 def test_weights_round_trip_records_the_trunk(tmp_path):
