@@ -272,18 +272,20 @@ class LayerRestoration:
     # no longer describe the output and are removed from the viewer
     stale: list = field(default_factory=list)
     data_units: bool = True      # the estimate is also given in the layer's units (not uint8 / 255)
+    range_span: float | None = None  # width of the one intensity range the layer was mapped by (before margins)
     lazy: bool = False           # the output is computed plane by plane when napari shows it
     backend: str = ""
 
     def summary(self) -> str:
         if self.lazy:
             return "restored lazily: each plane is computed when you view it (no estimate)"
-        return describe_estimate(self.task, self.estimate, self.data_units)
+        return describe_estimate(self.task, self.estimate, self.data_units, self.range_span)
 
 
-def describe_estimate(task: str, estimate: dict, data_units: bool = False) -> str:
+def describe_estimate(task: str, estimate: dict, data_units: bool = False, range_span: float | None = None) -> str:
     """One line for the dock, e.g. 'estimated noise σ ≈ 24.8 (of 255)' or, for data that is not 8-bit,
-    'estimated noise σ ≈ 41.3 in the layer's units (1.4 % of its intensity range)'."""
+    'estimated noise σ ≈ 41.3 in the layer's units (1.4 % of its intensity range)' (the percentage only
+    where one range, ``range_span`` wide, was used)."""
     def value(key):
         v = estimate.get(key)
         if v is None:
@@ -296,8 +298,10 @@ def describe_estimate(task: str, estimate: dict, data_units: bool = False) -> st
     if task == "denoise" and value("noise_sigma") is not None:
         sigma = value("noise_sigma")
         if data_units and value("noise_sigma_data_units") is not None:
-            return (f"estimated noise σ ≈ {value('noise_sigma_data_units'):.3g} in the layer's units "
-                    f"({sigma / 2.55:.1f} % of its intensity range)" + suffix)
+            text = f"estimated noise σ ≈ {value('noise_sigma_data_units'):.3g} in the layer's units"
+            if range_span:
+                text += f" ({100 * value('noise_sigma_data_units') / range_span:.1f} % of its intensity range)"
+            return text + suffix
         return f"estimated noise σ ≈ {sigma:.1f} (of 255)" + suffix
     if task == "sr" and value("blur_sigma_major") is not None:
         return (f"estimated blur width σ ≈ {value('blur_sigma_major'):.2f} × {value('blur_sigma_minor'):.2f} "
@@ -344,6 +348,7 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
         sub = _as_dask(snap.data, axes)
     else:
         sub = snap.data
+    range_span = None
     if isinstance(sub, np.ndarray):
         check_image(sub)  # NaN, negative signed values, ...: the core's one-line reasons, before any range
     if isinstance(intensity_range, str) and intensity_range == "layer":
@@ -355,7 +360,10 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
                 where = range_plane if range_plane is not None else tuple(snap.data.shape[a] // 2 for a in axes)
                 sample = np.asarray(snap.data[_plane_index(snap, axes, where)])
                 check_image(sample)
-        intensity_range = padded_range(layer_intensity_range(snap, ch, sample))
+        unpadded = layer_intensity_range(snap, ch, sample)
+        if unpadded is not None and np.ndim(unpadded) == 1:
+            range_span = float(unpadded[1] - unpadded[0])
+        intensity_range = padded_range(unpadded)
         if intensity_range is not None:
             colour_axis = -1 if rgb else ch
             if rgb and sub.shape[-1] == 4:
@@ -423,7 +431,7 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     stale = [n for n in (latent_name(snap.name, task, plane), uncertainty_name(snap.name, task, plane))
              if n not in produced]
     return LayerRestoration(layers, estimate, device_used, info.name, task, stale,
-                            data_units=np.dtype(snap.data.dtype) != np.uint8, lazy=lazy_whole,
+                            data_units=np.dtype(snap.data.dtype) != np.uint8, range_span=range_span, lazy=lazy_whole,
                             backend="" if res is None else res.backend)
 
 
