@@ -269,3 +269,21 @@ def test_recipes_choose_the_ranges_and_default_to_the_shipped_ones():
     root = Path(__file__).resolve().parents[1] / "training"
     assert all(load_recipe(p).ranges == "degraded-only" for p in root.glob("*.yaml"))  # shipped: unchanged
     assert load_recipe(root / "stages" / "probe-unshuffle.yaml").ranges == "clean-inclusive"
+
+
+def test_recipe_ranges_reach_the_training_batches():
+    """ranges: clean-inclusive gives a share of exactly clean inputs for every noise/JPEG degradation; the
+    default (degraded-only) gives none."""
+    from napari_vdir.training.config import Recipe
+    from napari_vdir.training.data import degrade
+
+    base = dict(name="x", data={"train": ["imgs"]}, steps=1)
+    clean = torch.rand(400, 3, 16, 16)
+    for task, kind in (("denoise", "awgn"), ("denoise", "poisson"), ("denoise", "awgn+poisson"),
+                       ("jpeg", "jpeg"), ("real-denoise", "camera")):
+        for ranges, low, high in (("clean-inclusive", 0.02, 0.2), ("degraded-only", 0.0, 0.0)):
+            r = Recipe.model_validate({**base, "task": task, "degradation": kind, "ranges": ranges})
+            g = torch.Generator().manual_seed(0)
+            batch = degrade(clean, r, g, g)
+            same = (batch.degraded == batch.clean).flatten(1).all(1).float().mean().item()
+            assert low <= same <= high, (kind, ranges, same)

@@ -76,6 +76,7 @@ class ArrayData:
 
     noisy: list[np.ndarray]
     clean: list[np.ndarray] | None = None
+    labels: list[str] | None = None  # where the planes came from (layer names), for the log
 
     def samplers(self, recipe: Recipe, device):
         """(training sampler, held-out noisy sampler or None, validation batches, description)."""
@@ -251,11 +252,12 @@ def degrade(clean: torch.Tensor, recipe: Recipe, generator: torch.Generator, cpu
     """Apply the recipe's synthetic degradation; returns what the model sees and what it must give back."""
     kind = recipe.degradation
     n = clean.shape[0]
+    ranges = deg.noise_ranges(recipe.ranges)
     if kind == "awgn":
-        sigma = deg.uniform(n, *deg.SIGMA_RANGE, generator, clean.device)
+        sigma = deg.random_sigma(n, generator, clean.device, ranges)
         return Batch(deg.add_gaussian_noise(clean, sigma, generator), clean, (sigma / 255.0)[:, None])
     if kind == "poisson":
-        noisy, equivalent = deg.random_poisson_gaussian(clean, generator)
+        noisy, equivalent = deg.random_poisson_gaussian(clean, generator, ranges)
         return Batch(noisy, clean, (equivalent / 255.0)[:, None])
     if kind == "awgn+poisson":
         half = n // 2
@@ -264,7 +266,7 @@ def degrade(clean: torch.Tensor, recipe: Recipe, generator: torch.Generator, cpu
         return Batch(torch.cat([a.degraded, b.degraded]), clean,
                      torch.cat([a.estimate_target, b.estimate_target]))
     if kind == "camera":
-        noisy = deg.add_camera_noise(clean, generator)
+        noisy = deg.add_camera_noise(clean, generator, ranges)
         # a third of the photos are also JPEG-saved, as phones and cameras do
         saved = torch.rand(n, generator=cpu_generator) < 1 / 3
         if saved.any():
@@ -278,7 +280,7 @@ def degrade(clean: torch.Tensor, recipe: Recipe, generator: torch.Generator, cpu
         kernels, params = deg.random_kernels(n, recipe.scale, cpu_generator, clean.device)
         return Batch(deg.blur_decimate(clean, kernels, recipe.scale), clean, params)
     if kind == "jpeg":
-        decoded, quality = deg.random_jpeg(clean, cpu_generator)
+        decoded, quality = deg.random_jpeg(clean, cpu_generator, ranges)
         return Batch(decoded, clean, quality[:, None])
     raise ValueError(f"unknown degradation {kind!r}")
 
