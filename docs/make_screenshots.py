@@ -72,9 +72,12 @@ def save_png(viewer, path: Path):
 
 
 def save_widget(qwidget, path: Path):
-    """A PNG of one Qt widget (a dock, a menu) as it is drawn on screen."""
+    """A PNG of one Qt widget (a dock, a menu) as it is drawn on screen, without the empty dock area below."""
+    from qtpy.QtCore import QRect
+
     settle(0.3)
-    qwidget.grab().save(str(path), "PNG")
+    height = min(qwidget.height(), qwidget.sizeHint().height() + 8)
+    qwidget.grab(QRect(0, 0, qwidget.width(), height)).save(str(path), "PNG")
     print(f"{path} ({path.stat().st_size // 1024} KB)")
 
 
