@@ -154,7 +154,7 @@ def test_restored_sr_layer_overlays_its_input(tiny_weights):
 
 
 def test_sr_training_defaults_to_the_real_world_mix(tmp_path):
-    """A new SR recipe trains on sr-mix (pixel-centred); the shipped recipes keep the paper's 'blur' explicitly."""
+    """A new SR recipe trains on sr-mix (pixel-centred); the paper-protocol recipes keep the paper's 'blur'."""
     import torch
 
     from napari_vdir.training.config import Recipe, load_recipe
@@ -169,5 +169,6 @@ def test_sr_training_defaults_to_the_real_world_mix(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "training"
-    for name in ("sr-x2-rgb", "sr-x4-rgb"):
+    assert load_recipe(root / "sr-x2-rgb.yaml").degradation == "sr-mix"  # the real-world default
+    for name in ("sr-x2-rgb-paper", "sr-x4-rgb"):  # the paper-protocol models
         assert load_recipe(root / f"{name}.yaml").degradation == "blur"
