@@ -1,8 +1,7 @@
 """Restore every image layer of a (hidden) napari viewer with the plugin's own code, and save the results.
 
-This runs the same path as the dock widgets (``napari_vdir.layers.restore_layer`` + ``add_or_update``),
-so layer names, dtypes, scale and translate match what the Denoise / Super-resolve / Remove JPEG
-artifacts widgets produce. It needs a display for Qt; on a server run it under Xvfb, e.g.::
+This runs the same path as the Restore (VDIR) dock (``napari_vdir.layers.restore_layer`` + ``add_or_update``),
+so layer names, dtypes, scale and translate match what the dock produces. It needs a display for Qt; on a server run it under Xvfb, e.g.::
 
     xvfb-run -a python examples/batch_napari.py images/*.tif --task denoise --out restored/
     xvfb-run -a python examples/batch_napari.py --sample noisy_photo --latent --out restored/
