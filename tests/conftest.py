@@ -92,24 +92,16 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_cache(tmp_path_factory):
-    """The ONNX Runtime backend exports graphs into the user cache folder: tests use a folder of their own."""
-    before = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+def private_user_folders(tmp_path_factory):
+    """Tests get folders of their own for what napari-vdir keeps per user: the ONNX graphs it exports into the
+    user cache folder, and the user models folder (model lists read it), never the real ones."""
+    folders = {"XDG_CACHE_HOME": "cache", "NAPARI_VDIR_MODELS": "user-models"}
+    before = {name: os.environ.get(name) for name in folders}
+    for name, folder in folders.items():
+        os.environ[name] = str(tmp_path_factory.mktemp(folder))
     yield
-    if before is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = before
-
-
-@pytest.fixture(scope="session", autouse=True)
-def private_user_models(tmp_path_factory):
-    """Model lists include the user models folder: tests never see (or write to) the real one."""
-    before = os.environ.get("NAPARI_VDIR_MODELS")
-    os.environ["NAPARI_VDIR_MODELS"] = str(tmp_path_factory.mktemp("user-models"))
-    yield
-    if before is None:
-        os.environ.pop("NAPARI_VDIR_MODELS", None)
-    else:
-        os.environ["NAPARI_VDIR_MODELS"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
