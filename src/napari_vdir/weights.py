@@ -317,13 +317,12 @@ def resolve_model(model: str | Path | None, task: str, channels: int, scale: int
         as_path = Path(model)
         if as_path.suffix == WEIGHTS_SUFFIX or as_path.exists():
             return _existing(as_path)
-        if str(model) in shipped_models():
-            return shipped_models()[str(model)]
-        from .user_models import list_user_models, user_models_dir
+        found = available_models()
+        if str(model) in found:
+            return found[str(model)]
+        from .user_models import user_models_dir
 
-        user = list_user_models()
-        if str(model) in user:
-            return user[str(model)]
+        user = [name for name in found if name not in shipped_models()]
         raise WeightsError(f"no shipped model named {model!r} and no user model of that name in {user_models_dir()}; "
                            f"shipped: {', '.join(shipped_models()) or 'none'}; user: {', '.join(user) or 'none'}")
     names = [default_model_name(task, channels, scale)]
