@@ -55,17 +55,15 @@ def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
     dock prepares a layer (``layers.restore_layer``): the layer's range (contrast limits narrowed to the robust
     range) padded by ``layers.RANGE_HEADROOM``, and far outliers (hot pixels) clipped. A clean layer gets its
     noisy twin's range. No napari or Qt object: this runs in the worker."""
-    from .layers import clip_outliers, layer_intensity_range, padded_range
+    from .layers import layer_intensity_range, prepare_for_model
 
-    noisy, ranges = [], []
-    for snap in noisy_snaps:
-        rng = padded_range(layer_intensity_range(snap, None))
-        noisy.append(snap.data if rng is None else clip_outliers(snap.data, rng, -1 if snap.rgb else None))
-        ranges.append(rng)
+    layer_ranges = [layer_intensity_range(snap, None) for snap in noisy_snaps]
+    prepared = [prepare_for_model(snap.data, rng, snap.rgb, None, snap.lazy)
+                for snap, rng in zip(noisy_snaps, layer_ranges, strict=True)]
+    noisy, ranges = [data for data, _ in prepared], [rng for _, rng in prepared]
     clean = None
-    if clean_snap is not None:
-        rng = ranges[0]
-        clean = [clean_snap.data if rng is None else clip_outliers(clean_snap.data, rng, -1 if clean_snap.rgb else None)]
+    if clean_snap is not None:  # mapped by its noisy twin's range
+        clean = [prepare_for_model(clean_snap.data, layer_ranges[0], clean_snap.rgb, None, clean_snap.lazy)[0]]
     return dict(noisy=noisy, clean=clean, intensity_range=ranges)
 
 

@@ -257,6 +257,19 @@ def clip_outliers(data, rng, channel_axis: int | None, margin: float = OUTLIER_C
     return _dask().clip(data, low, high)
 
 
+def prepare_for_model(data, layer_range, rgb: bool, channel_axis: int | None, lazy: bool = False):
+    """``(data, range)`` as every path into the model prepares a layer (restoring or fine-tuning): the
+    layer's range (:func:`layer_intensity_range`) padded by :data:`RANGE_HEADROOM`, and ``data`` with far
+    outliers clipped to it (:func:`clip_outliers`; an RGBA layer's alpha is left as it is). ``lazy``: ``data``
+    is a dask array. A None range (uint8) leaves ``data`` unchanged."""
+    rng = padded_range(layer_range)
+    if rng is None:
+        return data, None
+    if rgb and data.shape[-1] == 4:
+        return _concat(data, clip_outliers(data[..., :3], rng, None), data[..., 3:], lazy), rng
+    return clip_outliers(data, rng, -1 if rgb else channel_axis), rng
+
+
 # ---------------------------------------------------------------------------- results
 
 @dataclass
@@ -363,13 +376,7 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
         unpadded = layer_intensity_range(snap, ch, sample)
         if unpadded is not None and np.ndim(unpadded) == 1:
             range_span = float(unpadded[1] - unpadded[0])
-        intensity_range = padded_range(unpadded)
-        if intensity_range is not None:
-            colour_axis = -1 if rgb else ch
-            if rgb and sub.shape[-1] == 4:
-                sub = _concat(sub, clip_outliers(sub[..., :3], intensity_range, None), sub[..., 3:], lazy_whole)
-            else:
-                sub = clip_outliers(sub, intensity_range, colour_axis)
+        sub, intensity_range = prepare_for_model(sub, unpadded, rgb, ch, lazy=lazy_whole)
 
     alpha = None
     if rgb and sub.shape[-1] == 4:  # RGBA: restore the colour, carry alpha along
