@@ -267,7 +267,11 @@ def test_recipes_choose_the_ranges_and_default_to_the_shipped_ones():
     with pytest.raises(ValueError, match="not sr"):
         Recipe.model_validate({**base, "task": "sr", "scale": 2, "ranges": "clean-inclusive"})
     root = Path(__file__).resolve().parents[1] / "training"
-    assert all(load_recipe(p).ranges == "degraded-only" for p in root.glob("*.yaml"))  # shipped: unchanged
+    # issue 15: every shipped noise/JPEG model is fine-tuned on the clean-inclusive ranges from a degraded-only stage
+    inclusive = {p.stem for p in root.glob("*.yaml") if load_recipe(p).ranges == "clean-inclusive"}
+    assert inclusive == {"denoise-rgb", "denoise-gray", "jpeg-rgb", "jpeg-gray", "real-denoise-rgb"}
+    assert all(load_recipe(root / "stages" / f"{name}-degraded-only.yaml").ranges == "degraded-only"
+               for name in inclusive)
     assert load_recipe(root / "stages" / "probe-unshuffle.yaml").ranges == "clean-inclusive"
 
 

@@ -96,7 +96,7 @@ def test_settings_run_in_priority_order_and_cli_writes_reports(datasets, tiny_we
     (folder / "real-denoise-rgb.safetensors").write_bytes(tiny_weights[("real-denoise", 1, 3)].read_bytes())
     out = tmp_path / "out"
     argv = ["--datasets", str(datasets), "--out", str(out), "--sets", "Val20", "--max-images", "1",
-            "--methods", "noisy,skimage-wavelet,ours", "--models", str(folder)]
+            "--methods", "noisy,skimage-wavelet,ours", "--models", str(folder), "--real-settings", "camera"]
     report = ev.main(argv)
     (result,) = report["results"]
     assert result["n_images"] == 1 and set(result["methods"]) == {"noisy", "skimage-wavelet", "ours"}
@@ -225,3 +225,68 @@ def test_paper_protocol_settings_run_the_paper_grid_model_where_there_is_one(tmp
         (tmp_path / f"{name}.safetensors").write_bytes(b"")
     assert ev.model_for(paper, tmp_path).name == "sr-x2-rgb-paper.safetensors"
     assert ev.model_for(centred, tmp_path).name == "sr-x2-rgb.safetensors"
+
+
+def test_clean_in_settings_give_the_model_the_reference_itself(datasets):
+    kodak = _first_image(datasets / "Kodak24")
+    for setting in (ev.Setting("Kodak24", ev.CLEAN), ev.Setting("Kodak24", ev.CAMERA_CLEAN),
+                    ev.Setting("Classic5", ev.CLEAN)):
+        ref, x = ev.degrade(setting, kodak, 0)
+        assert np.array_equal(ref, x) and x is not ref and setting.label == setting.level
+    ref, x = ev.degrade(ev.Setting("LIVE1-Y", ev.CLEAN), kodak, 0)  # the uint8 luma, as LIVE1-Y scores
+    assert ref.ndim == 2 and np.array_equal(ref, x) and np.array_equal(ref, np.round(ref * 255) / 255)
+    camera = ev.Setting("Kodak24", ev.CAMERA_CLEAN)
+    assert camera.task == "real" and ev.Setting("Kodak24", ev.CLEAN).task == "awgn"
+    assert ev.shipped_model(camera) == "real-denoise-rgb"
+    # no input column (infinite PSNR) and no non-blind peer (it needs a sigma > 0)
+    assert set(ev.make_methods(ev.Setting("Kodak24", ev.CLEAN), None)) == {"skimage-nlm", "skimage-wavelet", "ours"}
+    assert set(ev.make_methods(ev.Setting("LIVE1", ev.CLEAN), None)) == {"skimage-tv", "ours"}
+
+
+def test_camera_low_is_the_same_pipeline_with_less_noise(datasets):
+    """Same gamma, mosaic and draws (seed 2000 + i), noise stds 1/8: only the noise differs, the demosaicing
+    error (most of what a low-ISO camera leaves) stays."""
+    import torch
+
+    from napari_vdir import degradations as deg
+
+    clean = _first_image(datasets / "Val20")
+    default, low = (ev.degrade(ev.Setting("Val20", level), clean, 0)[1] for level in ("camera", "camera-low"))
+    x = torch.from_numpy(clean.transpose(2, 0, 1).copy())[None]
+    silent = deg.NoiseRanges(shot_sigma=(0.0, 0.0), read_sigma=(0.0, 0.0))
+    demosaiced = deg.add_camera_noise(x, generator=torch.Generator().manual_seed(ev.CAMERA_SEED), ranges=silent)
+    demosaiced = demosaiced[0].numpy().transpose(1, 2, 0)
+    noise_default, noise_low = np.abs(default - demosaiced).mean(), np.abs(low - demosaiced).mean()
+    assert 0 < noise_low < 0.25 * noise_default
+    assert _psnr(clean, default) < _psnr(clean, low) < _psnr(clean, demosaiced)
+
+
+def test_settings_from_takes_the_levels_of_each_task_a_set_has():
+    keys = lambda **kw: [s.key for s in ev.settings_from(**kw)]  # noqa: E731
+    assert set(keys(sets=["Kodak24"])) == {"Kodak24/sigma30", "Kodak24/sigma50", "Kodak24/clean",
+                                           "Kodak24/camera-clean"}
+    assert keys(sets=["Kodak24"], sigmas=[30]) == ["Kodak24/sigma30"]  # given levels replace the defaults
+    assert keys(sets=["Kodak24"], real_settings=["camera"]) == ["Kodak24/camera"]
+    assert keys(sets=["LIVE1"], qualities=[95, ev.CLEAN]) == ["LIVE1/q95", "LIVE1/clean"]
+    assert ev.parse_args(["--sigmas", "clean,30"]).sigmas == [ev.CLEAN, 30]
+    assert {"LIVE1/q90", "LIVE1/q95", "LIVE1/clean", "Classic5/clean", "Set12/clean", "Val20/camera-low"} <= \
+        set(keys(sets=list(ev.DEFAULT_SETS)))
+
+
+def _result(setting, per_method):
+    """An evaluation result whose methods scored these per-image PSNRs (RGB PSNR the same)."""
+    return {"set": setting.dataset, "task": setting.task, "setting": setting.label, "n_images": 2,
+            "images_in_set": 2, "methods": {m: {"images": ["a", "b"], "seconds_per_mp": [1.0, 1.0],
+                                                "metrics": [{"psnr": v, "ssim": 1.0, "psnr_rgb": v} for v in vals]}
+                                            for m, vals in per_method.items()}}
+
+
+@pytest.mark.parametrize("setting,base", [(ev.Setting("LIVE1", 95), "jpeg"), (ev.Setting("Val20", "camera-low"), "noisy")])
+def test_light_degradations_are_scored_against_their_input(setting, base):
+    """q90/q95 JPEG and the low-ISO camera: ours must gain 0.3 dB over what went in, not just be high."""
+    r = _result(setting, {base: [40.0, 42.0], "ours": [40.5, 42.2]})
+    assert ev._target(r, ev.summarise(r["methods"])).endswith("met (+0.35)")
+    r = _result(setting, {base: [40.0, 42.0], "ours": [40.2, 42.2]})
+    assert "not met (+0.20)" in ev._target(r, ev.summarise(r["methods"]))
+    clean = _result(ev.Setting("Kodak24", ev.CLEAN), {"ours": [41.0, 42.0]})
+    assert ev._target(clean, ev.summarise(clean["methods"])) == "≥ 42.0: not met"
