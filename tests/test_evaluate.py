@@ -289,4 +289,4 @@ def test_light_degradations_are_scored_against_their_input(setting, base):
     r = _result(setting, {base: [40.0, 42.0], "ours": [40.2, 42.2]})
     assert "not met (+0.20)" in ev._target(r, ev.summarise(r["methods"]))
     clean = _result(ev.Setting("Kodak24", ev.CLEAN), {"ours": [41.0, 42.0]})
-    assert ev._target(clean, ev.summarise(clean["methods"])) == "≥ 42.0: not met"
+    assert ev._target(clean, ev.summarise(clean["methods"])) == "≥ 42: not met"

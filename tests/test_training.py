@@ -125,6 +125,11 @@ def test_shipped_recipes_describe_the_shipped_weights():
         assert recipe.name == name and recipe.steps > 0
         assert (recipe.task, recipe.channels, recipe.scale or 1) == (info.task, info.channels, info.scale)
         assert recipe.arch.model_dump() == {k: getattr(info.arch, k) for k in recipe.arch.model_dump()}, name
+        assert info.recipe.get("ranges") in (recipe.ranges, None if recipe.ranges == "degraded-only" else ""), name
+        if recipe.init:  # a fine-tune: its starting weights ship beside the recipe, with the same network
+            path = Path(__file__).parents[1] / recipe.init
+            start = read_info(path if path.is_file() else shipped[recipe.init])
+            assert start.arch == info.arch and start.trained_steps < info.trained_steps, name
     for path in sorted((root / "paper").glob("*.yaml")):  # the paper-size GPU recipes stay valid
         assert load_recipe(path).arch.rir_blocks == 5
     stages = sorted((root / "stages").glob("*.yaml")) + sorted((root / "microscopy").glob("*.yaml"))

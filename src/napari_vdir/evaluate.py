@@ -601,7 +601,7 @@ def _target(result, summary):
     got = summary["ours"].get(metric)
     mark = "met" if got is not None and got >= value else "not met"
     n, total = summary["ours"]["n"], result.get("images_in_set", result["n_images"])
-    return f"{'RGB ' if metric == 'psnr_rgb' else ''}≥ {value:.1f}: {mark}" + (f" (on {n} of {total})" if n < total else "")
+    return f"{'RGB ' if metric == 'psnr_rgb' else ''}≥ {value:g}: {mark}" + (f" (on {n} of {total})" if n < total else "")
 
 
 def _relative_target(result, summary):
