@@ -271,11 +271,16 @@ def realworld_lr(kind: str, hr: np.ndarray, s: int, lr_file: Path | None = None)
     return lr
 
 
+def _luma_u8(rgb: np.ndarray) -> np.ndarray:
+    """LIVE1-Y's reference: the BT.601 luma rounded to 8 bits (what a gray JPEG of it codes)."""
+    return np.round(rgb_to_y(rgb) * 255.0) / 255.0
+
+
 def degrade(setting: Setting, clean: np.ndarray, i: int, lr_file: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(reference, degraded input) of image ``i`` of a set; ``lr_file``: the set's own low-res file (SR)."""
     task, level = setting.task, setting.level
     if setting.clean_in:
-        ref = np.round(rgb_to_y(clean) * 255.0) / 255.0 if setting.dataset == "LIVE1-Y" else clean
+        ref = _luma_u8(clean) if setting.dataset == "LIVE1-Y" else clean
         return ref, ref.copy()
     if task == "awgn":
         noise = np.random.default_rng(AWGN_SEED + i).standard_normal(clean.shape)
@@ -299,7 +304,7 @@ def degrade(setting: Setting, clean: np.ndarray, i: int, lr_file: Path | None = 
         blurred = np.stack([ndimage.correlate(planes[..., c], k, mode="reflect") for c in range(planes.shape[-1])], -1)
         return hr, blurred.reshape(hr.shape)[::s, ::s]
     if task == "jpeg":
-        ref = np.round(rgb_to_y(clean) * 255.0) / 255.0 if setting.dataset == "LIVE1-Y" else clean
+        ref = _luma_u8(clean) if setting.dataset == "LIVE1-Y" else clean
         return ref, deg.jpeg_roundtrip(ref, int(level)).astype(np.float64)
     if task == "real":
         import torch
