@@ -50,9 +50,13 @@ LIGHT_JPEG_MARGIN = 0.1  # dB over the q90 / q95 input
 FLOAT32 = dict(precision="float32", device="cpu")
 
 
+def _luma(img: np.ndarray) -> np.ndarray:
+    return img @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def photo(gray=False) -> np.ndarray:
     img = data.astronaut()[32:160, 160:288].astype(np.float32) / 255.0  # 128 x 128 face and texture
-    return img @ np.array([0.299, 0.587, 0.114], np.float32) if gray else img
+    return _luma(img) if gray else img
 
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -118,7 +122,7 @@ def test_jpeg_models_beat_the_best_blur(name, gray, quality):
 def textured_photo(gray=False) -> np.ndarray:
     """A second clean crop, dense texture (coffee beans, a cup's rim) where a model that "sees" noise smooths."""
     img = data.coffee()[100:228, 200:328].astype(np.float32) / 255.0
-    return img @ np.array([0.299, 0.587, 0.114], np.float32) if gray else img
+    return _luma(img) if gray else img
 
 
 @pytest.mark.parametrize("name,task,gray", [("denoise-rgb", "denoise", False), ("denoise-gray", "denoise", True),

@@ -58,6 +58,7 @@ SET_TASK = {"CBSD68": "awgn", "Set12": "awgn", "Kodak24": "awgn", "BSD68": "awgn
             "Val20": "real"}
 # The input is the clean image itself: "clean in" for the AWGN and JPEG models, and for the camera-noise model.
 CLEAN, CAMERA_CLEAN = "clean", "camera-clean"
+CLEAN_LEVELS = (CLEAN, CAMERA_CLEAN)
 # Levels that make a setting a camera-noise one whatever the set (Kodak24 is an AWGN set otherwise).
 REAL_LEVELS = ("camera", "camera-low", CAMERA_CLEAN)
 # A low-ISO camera: 1/8 of the training pipeline's default noise stds (degradations.SHOT/READ_SIGMA_RANGE).
@@ -104,6 +105,8 @@ METHODS = {"awgn": ("noisy", "bm3d", "ffdnet", "skimage-nlm", "skimage-wavelet",
            "sr": ("bicubic", "bicubic-pil", "lanczos", "ours", "ours-x8", "ours-regrid"),
            "jpeg": ("jpeg", "skimage-tv", "ours", "ours-x8")}
 OURS = {"ours", "ours-x8", "ours-regrid"}  # the methods that run the shipped weights
+# The method that returns the degraded input unchanged (the baseline of INPUT_MARGIN), per task.
+INPUT_METHOD = {"awgn": "noisy", "real": "noisy", "jpeg": "jpeg"}
 # "ours-x8" (the x8 self-ensemble, 8x slower) runs only when asked for: --ensemble or --methods ours-x8.
 ON_REQUEST = {"ours-x8", "ours-regrid"}
 # "ours-regrid" (SR, on request): the input is first resampled from the setting's grid to the grid the model was
@@ -139,7 +142,7 @@ class Setting:
     @property
     def clean_in(self) -> bool:
         """The input is the clean image itself."""
-        return self.level in (CLEAN, CAMERA_CLEAN)
+        return self.level in CLEAN_LEVELS
 
     @property
     def gray(self) -> bool:
@@ -479,7 +482,7 @@ def make_methods(setting: Setting, wanted, models=None, ensemble=False) -> dict:
     names = [m for m in METHODS[task] if (m in wanted if wanted is not None else m not in ON_REQUEST)
              or (m == "ours-x8" and ensemble)]
     if setting.clean_in:  # the input is the reference (infinite PSNR); the non-blind peers need a sigma > 0
-        names = [m for m in names if m not in ("noisy", "jpeg", "bm3d", "ffdnet")]
+        names = [m for m in names if m not in (INPUT_METHOD[task], "bm3d", "ffdnet")]
     if "bm3d" in names:
         try:
             import bm3d
@@ -599,7 +602,7 @@ def _target(result, summary):
         return _relative_target(result, summary)
     if key in INPUT_MARGIN:
         metric, margin = INPUT_MARGIN[key]
-        return _gain_target(result, summary, "noisy" if result["task"] == "real" else "jpeg", margin, metric)
+        return _gain_target(result, summary, INPUT_METHOD[result["task"]], margin, metric)
     if target is None or "ours" not in summary:
         return ""
     metric, value = target
@@ -629,7 +632,7 @@ def _gain_target(result, summary, base, margin, metric="psnr"):
 
 def _level_of(result):
     text = result["setting"]
-    if text in (CLEAN, CAMERA_CLEAN):
+    if text in CLEAN_LEVELS:
         return text
     if result["task"] == "awgn":
         return int(text[5:])
