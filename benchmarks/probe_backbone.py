@@ -1,22 +1,23 @@
-"""Issue 15's equal-CPU-time backbone probe: today's CPU-size trunk against the pixel-unshuffle trunk.
+"""Issue 15's equal-CPU-time backbone probe: today's CPU-size trunk against two pixel-unshuffle trunks.
 
-    python benchmarks/probe_backbone.py --minutes 40            # writes benchmarks/results/backbone_probe.md
-    python benchmarks/probe_backbone.py --minutes 3 --smoke     # end-to-end check, marked as a smoke run
+    python benchmarks/probe_backbone.py --minutes 60 --parallel   # writes benchmarks/results/backbone_probe.md
+    python benchmarks/probe_backbone.py --minutes 3 --smoke       # end-to-end check, marked as a smoke run
 
 Each candidate is one recipe, ``training/stages/probe-<candidate>.yaml``, identical but for ``arch``: blind
 colour AWGN with the clean-inclusive ranges (sigma 0-75, 10 % exactly clean), CBSD432 for training, Val20 for
 validation, bf16 on the CPU, the shipped CPU recipes' objective (restore L1, KL, decoder, EST; critic off). The
-probe runs them one after the other through the training CLI with the same ``--time-budget`` (the learning
-rate is annealed over that much training time) and ``--threads``:
+probe runs them through the training CLI with the same ``--time-budget`` and ``--threads``; the budget counts
+the process's CPU time (``--budget-clock cpu``), so candidates that run side by side (``--parallel``, more jobs
+than cores) or beside other work still get equal compute, and the learning rate is annealed over it:
 
     python -m napari_vdir.training --recipe training/stages/probe-<candidate>.yaml --out runs/probe-<candidate> \\
-        --threads 1 --time-budget MINUTES --val-every N --quiet
+        --threads 1 --time-budget MINUTES --budget-clock cpu --val-every N --quiet
 
 then reads each run's ``log.csv`` (the validation curve), scores its final weights on fixed test settings
 (CBSD68 sigma 30, Kodak24 sigma 50, Kodak24 clean in; the ``napari_vdir.evaluate`` protocol, first images
 only) and times ``napari_vdir.restore`` of a 512² RGB image at one thread on a random-init network of each
-candidate (speed does not depend on the weights). Run it with nothing else on its core (``taskset -c 1``
-on this project's 2-core machine while core 0 trains).
+candidate (speed does not depend on the weights) before any training starts, so the timing has the machine
+to itself.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "backbone_probe.md"
-CANDIDATES = ("full", "unshuffle")
+CANDIDATES = ("full", "unshuffle", "unshuffle-fast")
 SMOKE_BELOW_MINUTES = 20  # shorter runs say nothing about which trunk learns better
 SPEED_SIDE = 512
 # (set, sigma or "clean", images): the issue's throwaway probe used CBSD68's first 12 at sigma 30 and
@@ -53,7 +54,7 @@ def recipe_path(candidate: str) -> Path:
 
 def train_command(candidate: str, out: Path, minutes: float, threads: int, val_every: int) -> list[str]:
     return [sys.executable, "-m", "napari_vdir.training", "--recipe", str(recipe_path(candidate).relative_to(REPO)),
-            "--out", str(out), "--threads", str(threads), "--time-budget", f"{minutes:g}",
+            "--out", str(out), "--threads", str(threads), "--time-budget", f"{minutes:g}", "--budget-clock", "cpu",
             "--val-every", str(val_every), "--quiet"]
 
 
@@ -74,15 +75,27 @@ def check_ranges_in_effect() -> None:
                          "among 400 clean-inclusive draws); the probe would train on the degraded-only ranges")
 
 
-def train(candidate: str, out: Path, minutes: float, threads: int, val_every: int) -> float:
-    """Run one candidate's training from scratch; returns its wall time in seconds."""
-    if out.exists():
-        print(f"removing the previous probe run {out}", flush=True)
-        shutil.rmtree(out)
-    cmd = train_command(candidate, out, minutes, threads, val_every)
-    print("$ " + shlex.join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
+def train_all(candidates, runs: Path, minutes: float, threads: int, val_every: int, parallel: bool) -> dict:
+    """Train each candidate from scratch (all at once with ``parallel``); returns their wall seconds."""
+    started, walls = {}, {}
+    for c in candidates:
+        out = runs / f"probe-{c}"
+        if out.exists():
+            print(f"removing the previous probe run {out}", flush=True)
+            shutil.rmtree(out)
+        cmd = train_command(c, out, minutes, threads, val_every)
+        print("$ " + shlex.join(cmd), flush=True)
+        started[c] = (time.perf_counter(), subprocess.Popen(cmd, cwd=REPO))
+        if not parallel:
+            walls[c] = finish(c, *started.pop(c))
+    for c, (t0, proc) in started.items():
+        walls[c] = finish(c, t0, proc)
+    return walls
+
+
+def finish(candidate: str, t0: float, proc: subprocess.Popen) -> float:
+    if proc.wait() != 0:
+        raise SystemExit(f"training {candidate} failed (exit status {proc.returncode})")
     return time.perf_counter() - t0
 
 
@@ -217,17 +230,19 @@ def fmt_speed(measured: dict, label: str) -> str:
 
 def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores: dict, walls: dict) -> None:
     smoke = args.smoke or args.minutes < SMOKE_BELOW_MINUTES
-    lines = ["# Backbone probe (issue 15): CPU-size full trunk vs pixel-unshuffle trunk", ""]
+    lines = ["# Backbone probe (issue 15): CPU-size full trunk vs pixel-unshuffle trunks", ""]
     if smoke:
         lines += [f"> **SMOKE RUN — NOT A RESULT.** {args.minutes:g} minutes per candidate only proves that the probe "
                   "runs end to end (training CLI, curves, scoring, timing). Nothing below the speed table says which "
-                  f"trunk learns better; run it with `--minutes 40` or more on an idle core.", ""]
+                  f"trunk learns better; run it with `--minutes 60`.", ""]
     if args.note:
         lines += [args.note, ""]
     lines += ["Command (from the repository root):", "",
-              f"    taskset -c 1 python benchmarks/probe_backbone.py --minutes {args.minutes:g} --threads {args.threads}"
-              f" --val-every {args.val_every}" + (" --smoke" if args.smoke else ""), "",
-              "Per candidate (same data, minutes, threads, seed and objective; only `arch` differs):", ""]
+              f"    python benchmarks/probe_backbone.py --minutes {args.minutes:g} --threads {args.threads}"
+              f" --val-every {args.val_every}" + (" --parallel" if args.parallel else "")
+              + (" --smoke" if args.smoke else ""), "",
+              "Per candidate (same data, CPU minutes, threads, seed and objective; only `arch` differs"
+              + ("; all at once, sharing the cores" if args.parallel else "; one after the other") + "):", ""]
     lines += ["    python " + shlex.join(train_command(c, Path("runs") / f"probe-{c}", args.minutes, args.threads,
                                                    args.val_every)[1:]) for c in args.candidates]
     lines += ["", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
@@ -253,7 +268,8 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
                   "with 10 % clean, seeded): one number over mixed noise levels, comparable between the "
                   "candidates, not with the evaluation tables.", ""]
         lines += at_fractions(curves, args.minutes) + [""] + curve_table(curves)
-        lines += ["", "Wall time per candidate (training incl. validation and start-up): "
+        lines += ["", "Training minutes are the process's CPU minutes (`--budget-clock cpu`). "
+                  "Wall time per candidate (training incl. validation and start-up): "
                   + ", ".join(f"{c} {walls[c] / 60:.1f} min" for c in walls if c in curves) + "."]
     if scores:
         keys = list(next(iter(scores.values())))
@@ -273,7 +289,9 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, default=40.0, help="training minutes per candidate (default 40)")
+    p.add_argument("--minutes", type=float, default=60.0, help="training CPU minutes per candidate (default 60)")
+    p.add_argument("--parallel", action="store_true",
+                   help="train the candidates at the same time (their budgets count CPU time, so they may share cores)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training and timing (default 1)")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps (default 500)")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
@@ -299,9 +317,9 @@ def main(argv=None) -> int:
     curves, scores, walls = {}, {}, {}
     if not args.speed_only:
         runs = args.runs if args.runs.is_absolute() else REPO / args.runs
+        walls = train_all(args.candidates, runs, args.minutes, args.threads, args.val_every, args.parallel)
         for c in args.candidates:
             out = runs / f"probe-{c}"
-            walls[c] = train(c, out, args.minutes, args.threads, args.val_every)
             curves[c] = read_curve(out / "log.csv")
             scores[c] = score_weights(out / f"probe-{c}.safetensors", shared)
             print(f"{c}: {scores[c]}", flush=True)

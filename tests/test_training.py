@@ -114,6 +114,26 @@ def test_resume_is_exact(image_folder, tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_cpu_budget_clock_counts_cpu_time_not_wall_time(image_folder, tmp_path, monkeypatch):
+    """``budget_clock: cpu`` stops and anneals on the process's CPU seconds (equal compute for jobs that share
+    cores). A fake CPU clock that advances 10 s per reading makes each step cost 10 CPU seconds while the wall
+    time stays tiny: a 1-minute budget must end after 6 steps, with the cosine at its end, on that clock."""
+    readings = iter(range(0, 10_000, 10))
+    monkeypatch.setattr("time.process_time", lambda: float(next(readings)))
+    recipe = tiny_recipe(image_folder, steps=40, val_every=1, time_budget_minutes=1.0, budget_clock="cpu",
+                         lr=1e-3, lr_min=0.0)
+    trainer = Trainer(recipe, tmp_path, device="cpu", precision="float32")
+    trainer.fit()
+    assert trainer.step == 6
+    with open(tmp_path / "log.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))[1:]
+    assert [float(r["seconds"]) for r in rows] == [10.0 * (i + 1) for i in range(6)]
+    expected = [0.5e-3 * (1 + math.cos(math.pi * 10 * i / 60)) for i in range(6)]  # lr of step i, from its start
+    assert [float(r["lr"]) for r in rows] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="budget_clock"):
+        tiny_recipe(image_folder, budget_clock="gpu")
+
+
 def test_shipped_recipes_describe_the_shipped_weights():
     """One recipe per shipped model, with the architecture, task and channels of the weights it produced."""
     root = Path(__file__).parents[1] / "training"

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"random seed {_default('seed')}")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="anneal the learning rate over this much training time and stop there (default: none)")
+    p.add_argument("--budget-clock", choices=["wall", "cpu"],
+                   help="what --time-budget counts: wall time (default) or this process's CPU time, which gives "
+                        "jobs sharing cores equal compute")
     p.add_argument("--name", help="name of the weights file (default: the task)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
@@ -113,7 +116,7 @@ def recipe_from_args(args):
     overrides = {"task": args.task, "channels": args.channels, "scale": args.scale, "degradation": args.degradation,
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
                  "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,
-                 "time_budget_minutes": args.time_budget, "self_supervised": args.self_supervised,
+                 "time_budget_minutes": args.time_budget, "budget_clock": args.budget_clock, "self_supervised": args.self_supervised,
                  "pairs_from": args.pairs_from}
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)

@@ -94,7 +94,10 @@ class Recipe(Strict):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 disables")
     time_budget_minutes: float | None = Field(
-        None, gt=0, description="anneal the learning rate over wall time instead of steps, stop at the budget")
+        None, gt=0, description="anneal the learning rate over training time instead of steps, stop at the budget")
+    budget_clock: Literal["wall", "cpu"] = Field(
+        "wall", description="what time_budget_minutes counts: wall seconds of the training steps, or the "
+                            "process's CPU seconds (equal compute for jobs that share cores)")
     seed: int = 0
     losses: LossWeights = LossWeights()
     val_every: int = Field(500, ge=1)

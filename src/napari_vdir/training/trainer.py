@@ -424,6 +424,7 @@ class Trainer:
         fields = ["step", "seconds", "lr", "total", "restore", "consistency", "kl", "decoder", "gan", "estimate", "disc",
                   "val_psnr", "val_loss"]
         interrupted = {"flag": False}
+        clock = time.process_time if self.recipe.budget_clock == "cpu" else time.perf_counter
 
         def on_sigint(signum, frame):
             interrupted["flag"] = True
@@ -444,11 +445,11 @@ class Trainer:
                 while not self.finished():
                     if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
                         raise TrainingCancelled(f"cancelled at step {self.step}")
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     row = self.train_step()
                     if self.device.type == "cuda" and self.step % 50 == 0:
                         torch.cuda.synchronize()
-                    self.train_seconds += time.perf_counter() - t0
+                    self.train_seconds += clock() - t0
                     row.update(step=self.step, seconds=round(self.train_seconds, 2))
                     if self.step % self.recipe.val_every == 0 or self.finished():
                         if self.rank == 0:
