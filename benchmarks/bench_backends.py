@@ -29,8 +29,16 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+
+
+def network(model: str) -> str:
+    """The network of a shipped model, from its weights: trunk, width and D x N blocks."""
+    from napari_vdir.weights import read_info, resolve_model
+
+    arch = read_info(resolve_model(model, "denoise", 3)).arch
+    return f"{arch.trunk} trunk, width {arch.width}, {arch.rir_blocks}x{arch.res_blocks} blocks"
 RESULTS = HERE / "results" / "backends.md"
-MODELS = {"denoise-rgb": "CPU-size (width 64, 2x2 blocks)", "real-denoise-rgb": "paper-size (width 64, 5x5 blocks)"}
+MODELS = ("denoise-rgb", "real-denoise-rgb")  # a CPU-size and a paper-size network
 BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32", "torch-compile-fp32", "openvino-fp32")
 DEFAULT_BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32")
 
@@ -222,7 +230,7 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for res in results:
-        label = f"{res['model']} ({MODELS.get(res['model'], '')})"
+        label = f"{res['model']} ({network(res['model'])})"
         if "skipped" in res:
             lines.append(f"| {label} | {res['size']}² | {res['threads']} | all | - | - | - | - | "
                          f"not measured: {res['skipped']} |")

@@ -88,8 +88,10 @@ def train_all(candidates, runs: Path, minutes: float, threads: int, val_every: i
         started[c] = (time.perf_counter(), subprocess.Popen(cmd, cwd=REPO))
         if not parallel:
             walls[c] = finish(c, *started.pop(c))
-    for c, (t0, proc) in started.items():
-        walls[c] = finish(c, t0, proc)
+    while started:  # poll, so each run's wall time ends when it does, not when the one waited for first does
+        for c in [c for c, (_, proc) in started.items() if proc.poll() is not None]:
+            walls[c] = finish(c, *started.pop(c))
+        time.sleep(1)
     return walls
 
 
