@@ -29,6 +29,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "backends.md"
+MODELS = ("denoise-rgb", "real-denoise-rgb")  # a CPU-size and a paper-size network
+BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32", "torch-compile-fp32", "openvino-fp32")
+DEFAULT_BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32")
 
 
 def network(model: str) -> str:
@@ -37,10 +41,6 @@ def network(model: str) -> str:
 
     arch = read_info(resolve_model(model, "denoise", 3)).arch
     return f"{arch.trunk} trunk, width {arch.width}, {arch.rir_blocks}x{arch.res_blocks} blocks"
-RESULTS = HERE / "results" / "backends.md"
-MODELS = ("denoise-rgb", "real-denoise-rgb")  # a CPU-size and a paper-size network
-BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32", "torch-compile-fp32", "openvino-fp32")
-DEFAULT_BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32")
 
 
 def test_image(size: int) -> np.ndarray:

@@ -23,12 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 LEVELS = (15, 30, 50, "clean")
 
 
-def psnr(ref: np.ndarray, out: np.ndarray) -> float:
-    mse = float(np.mean((np.clip(out, 0, 1).astype(np.float64) - ref) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
 def score(weights: Path, images: list[np.ndarray]) -> dict:
+    from skimage.metrics import peak_signal_noise_ratio
+
     from napari_vdir import restore
 
     results = {}
@@ -40,7 +37,8 @@ def score(weights: Path, images: list[np.ndarray]) -> dict:
             else:
                 rng = np.random.default_rng(3000 + i)
                 x = (clean + rng.normal(0, level / 255, clean.shape)).astype(np.float32)
-            values.append(psnr(clean, np.asarray(restore(x, "denoise", model=weights, device="cpu"))))
+            out = np.clip(np.asarray(restore(x, "denoise", model=weights, device="cpu"), np.float64), 0, 1)
+            values.append(float(peak_signal_noise_ratio(clean.astype(np.float64), out, data_range=1)))
         results[level] = statistics.fmean(values)
     return results
 
