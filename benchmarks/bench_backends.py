@@ -8,7 +8,7 @@ float32 (and torch.compile float32) on the two shipped model sizes, at 1 and 2 t
 Each (model, size, threads) runs in a fresh subprocess; inside it every backend gets one warm-up restore
 (ONNX export, session set-up and torch.compile happen there, not in the timing) and then the minimum of
 ``--repeats`` timed restores (one at 2048²). Times go through ``napari_vdir.restore`` — padding, tiling
-(planes above 1024² run as 512² tiles overlapping by the receptive field), and the conversion back — on
+(planes above 1024² run in the fewest tiles of at most 1 MP with their margins, overlapping by the receptive field), and the conversion back — on
 a float32 RGB image in [0, 1], so ``max |diff|`` (vs torch float32, same image) is unrounded.
 A thread count above the CPUs this process may use (``os.sched_getaffinity``) is skipped, not measured
 oversubscribed. The 1-minute load average before and after each run is recorded: on a shared machine
@@ -218,8 +218,9 @@ def markdown(results: list[dict], env: dict, command: str) -> str:
         f"bf16 supported: {env['bf16']}. OpenVINO: {env['openvino']}.",
         "",
         "Float32 RGB input in [0, 1]; one warm-up restore per backend (ONNX export, session set-up, "
-        "torch.compile excluded); min of the timed runs (one at 2048²). 2048² planes run as 512² tiles "
-        "overlapping by the receptive field. `max |diff|`: largest difference to torch float32 on the same "
+        "torch.compile excluded); min of the timed runs (one at 2048²). 2048² planes run in restore()'s automatic "
+        "tiles, overlapping by the receptive field (3 x 3 tiles of 684²; tables made before issue 18's tile-plan "
+        "change used 4 x 4 of 512²). `max |diff|`: largest difference to torch float32 on the same "
         "image, [0, 1] scale. `load`: 1-minute load average before/after the timed runs. On a shared machine the "
         "wall time includes waiting for the CPU; the CPU time of the process (all its threads) does not, so "
         "s/MP is CPU time / threads / megapixels — the wall time an idle machine would give if the threads "

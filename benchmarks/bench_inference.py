@@ -28,7 +28,7 @@ SHARED = Path(os.environ.get("NAPARI_VDIR_SHARED", HERE.parents[1] / "shared"))
 ACCURACY_IMAGES = ("CBSD68/101085.png", "CBSD68/102061.png", "CBSD68/108005.png")
 SIGMA = 25.0
 
-# (size, precision, tile_size) — tile_size None is restore()'s default (one pass up to 1024², else 512² tiles)
+# (size, precision, tile_size) — tile_size None is restore()'s default (one pass up to 1024², else the fewest tiles of at most 1 MP with margins)
 CONFIGS = [
     (512, "auto", None), (512, "float32", None), (512, "auto", 256), (512, "float32", 256),
     (4096, "auto", None), (4096, "float32", None),
@@ -164,7 +164,7 @@ def report(rows: list[dict], acc: list[dict], model: str, header: str) -> str:
         f"- Machine: {header}",
         f"- Model: `{Path(model).name}` ({size}); RGB uint8 input, noisy astronaut tiled to size.",
         "- `auto` = bf16 autocast + channels_last (restore()'s default on this CPU); `float32` = exact path.",
-        f"- `default` tiling = one pass up to 1024², else 512² tiles with a {margin} px margin "
+        f"- `default` tiling = one pass up to 1024², else the fewest balanced tiles of at most 1 MP with a {margin} px margin "
         "(whole images are measured at 512² only).",
         "- Peak RSS is that configuration's own process (fresh subprocess, `VmHWM`), torch import included.",
         "- The CPU is shared with other engineers: the 1-minute load average before/after each run is shown; "
@@ -177,7 +177,7 @@ def report(rows: list[dict], acc: list[dict], model: str, header: str) -> str:
     ]
     for r in rows:
         tiling = f"{r['tile_size']}² tiles" if r["tile_size"] else "default (whole)" if r["tiles"] == 1 else \
-            "default (512² tiles)"
+            "default (tiles)"
         done = f"{r['tiles']}" if r["tiles_done"] == r["tiles"] else f"{r['tiles_done']}/{r['tiles']} *partial*"
         lines.append(f"| {r['size']}² | {r['precision']} | {tiling} | {done} | {r['seconds']:.1f} | "
                      f"{r['mps']:.3f} | {r['rss_mb']:.0f} | {r['load_before']:.1f} → {r['load_after']:.1f} |")

@@ -1,12 +1,15 @@
-"""Validation PSNR of colour denoisers on all of Val20, per noise level: the decision set for issue 15's backbone.
+"""Validation PSNR of denoisers and JPEG restorers on all of Val20, per degradation level: issue 15's decision set.
 
     python benchmarks/val20_levels.py NAME=WEIGHTS [NAME=WEIGHTS ...] --out benchmarks/results/val20_levels.md
+    python benchmarks/val20_levels.py --channels 1 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-denoise-gray.md
+    python benchmarks/val20_levels.py --task jpeg NAME=WEIGHTS ... --out benchmarks/results/val20_levels-jpeg-rgb.md
 
 The trainer's validation number (8 crops of Val20, one draw of the clean-inclusive ranges each) mixes noise levels
 and clean crops, so one clean crop at ~50 dB moves the mean by more than any trunk does. This scores whole Val20
 images at fixed levels instead — AWGN σ 15, 30, 50 (seed 3000 + image index, not clipped, like the evaluation's
-AWGN rows) and clean in — with ``napari_vdir.restore`` (blind, default precision). Val20 is the training recipes'
-validation set: choosing between models on it is allowed, on the test sets it is not.
+AWGN rows) or JPEG quality 10, 30, 90 (Pillow, 4:2:0 for colour, like the evaluation's JPEG rows), and clean in —
+with ``napari_vdir.restore`` (blind, default precision); ``--channels 1`` scores gray models on Val20's luma.
+Val20 is the training recipes' validation set: choosing between models on it is allowed, on the test sets it is not.
 """
 
 from __future__ import annotations
@@ -20,24 +23,34 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LEVELS = (15, 30, 50, "clean")
+LEVELS = {"denoise": (15, 30, 50, "clean"), "jpeg": (10, 30, 90, "clean")}
+LABEL = {"denoise": "σ{}", "jpeg": "q{}"}
 
 
-def score(weights: Path, images: list[np.ndarray]) -> dict:
+def degrade(clean: np.ndarray, task: str, level: int, i: int) -> np.ndarray:
+    """Val20 image ``i`` at one fixed level: AWGN of σ ``level`` / 255 or a JPEG of quality ``level``."""
+    from napari_vdir.degradations import jpeg_roundtrip
+
+    if task == "jpeg":
+        return jpeg_roundtrip(clean[..., 0] if clean.shape[-1] == 1 else clean, level).reshape(clean.shape)
+    rng = np.random.default_rng(3000 + i)
+    return (clean + rng.normal(0, level / 255, clean.shape)).astype(np.float32)
+
+
+def score(weights: Path, images: list[np.ndarray], task: str) -> dict:
     from skimage.metrics import peak_signal_noise_ratio
 
     from napari_vdir import restore
 
     results = {}
-    for level in LEVELS:
+    for level in LEVELS[task]:
         values = []
         for i, clean in enumerate(images):
-            if level == "clean":
-                x = clean
-            else:
-                rng = np.random.default_rng(3000 + i)
-                x = (clean + rng.normal(0, level / 255, clean.shape)).astype(np.float32)
-            out = np.clip(np.asarray(restore(x, "denoise", model=weights, device="cpu"), np.float64), 0, 1)
+            x = clean if level == "clean" else degrade(clean, task, level, i)
+            x = x[..., 0] if x.shape[-1] == 1 else x
+            out = x if weights == "input" else restore(x, task, model=weights, device="cpu")
+            out = np.clip(np.asarray(out, np.float64), 0, 1)
+            out = out.reshape(clean.shape)
             values.append(float(peak_signal_noise_ratio(clean.astype(np.float64), out, data_range=1)))
         results[level] = statistics.fmean(values)
     return results
@@ -45,8 +58,11 @@ def score(weights: Path, images: list[np.ndarray]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", help="NAME=WEIGHTS (a weights file or a shipped model name)")
+    p.add_argument("models", nargs="+", help="NAME=WEIGHTS (a weights file, a shipped model name, or `input`: "
+                   "the degraded image itself, the no-restoration baseline)")
     p.add_argument("--val", type=Path, default=REPO.parent / "shared" / "datasets" / "Val20")
+    p.add_argument("--task", choices=sorted(LEVELS), default="denoise")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: gray models, on Val20's luma")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="markdown report (default: print only)")
     args = p.parse_args(argv)
@@ -55,24 +71,30 @@ def main(argv=None) -> int:
     from napari_vdir.training.data import load_folder
 
     torch.set_num_threads(args.threads)
-    images = [x for _, x in load_folder(args.val, 3)]
+    images = [x for _, x in load_folder(args.val, args.channels)]
+    levels = LEVELS[args.task]
     rows = []
     for spec in args.models:
         name, _, weights = spec.partition("=")
-        result = score(Path(weights) if Path(weights).is_file() else weights, images)
+        result = score(Path(weights) if Path(weights).is_file() else weights, images, args.task)
         rows.append((name, weights, result))
         print(name, {k: round(v, 3) for k, v in result.items()}, flush=True)
-    lines = ["# Val20 PSNR per noise level (`benchmarks/val20_levels.py`)", "",
-             "Command: `python benchmarks/val20_levels.py " + " ".join(args.models)
+    flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("task", "denoise"), ("channels", 3))
+                    if getattr(args, k) != default)
+    what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour"}[args.task]
+    lines = [f"# Val20 PSNR per {args.task} level, {args.channels}-channel models (`benchmarks/val20_levels.py`)", "",
+             "Command: `python benchmarks/val20_levels.py" + flags + " " + " ".join(args.models)
              + (f" --out {args.out}" if args.out else "") + "`", "",
-             f"All {len(images)} Val20 images, whole; AWGN seed 3000 + i, not clipped; `clean` = restore(clean) vs "
+             f"All {len(images)} Val20 images, whole{' (luma)' if args.channels == 1 else ''}; {what}; "
+             "`clean` = restore(clean) vs "
              f"clean; blind `napari_vdir.restore`, default precision; {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
-             "| model | weights | " + " | ".join(f"σ{lv}" if lv != "clean" else "clean in" for lv in LEVELS)
-             + " | mean of σ15–50 |", "|---|---|" + "---|" * (len(LEVELS) + 1)]
+             "| model | weights | " + " | ".join(LABEL[args.task].format(lv) if lv != "clean" else "clean in"
+                                                for lv in levels)
+             + f" | mean of {LABEL[args.task].format(levels[0])}–{levels[-2]} |", "|---|---|" + "---|" * (len(levels) + 1)]
     for name, weights, result in rows:
-        noisy = statistics.fmean(result[lv] for lv in LEVELS if lv != "clean")
-        lines.append(f"| {name} | `{weights}` | " + " | ".join(f"{result[lv]:.2f}" for lv in LEVELS)
-                     + f" | {noisy:.2f} |")
+        degraded = statistics.fmean(result[lv] for lv in levels if lv != "clean")
+        lines.append(f"| {name} | `{weights}` | " + " | ".join(f"{result[lv]:.2f}" for lv in levels)
+                     + f" | {degraded:.2f} |")
     if args.out:
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")

@@ -246,22 +246,39 @@ def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks):
 # ----------------------------------------------------------------------------- tile plan
 
 def test_tile_plan_covers_the_plane_once_on_the_latent_grid():
-    from napari_vdir.inference import DEFAULT_TILE, WHOLE_IMAGE_PIXELS, plan_tiles
+    from napari_vdir.inference import WHOLE_IMAGE_PIXELS, plan_tiles
+
+    def covers_once(h, w, plan):
+        count = np.zeros((h, w), int)
+        for top, left, bottom, right in plan:
+            assert top % LATENT_STRIDE == 0 and left % LATENT_STRIDE == 0
+            count[top:bottom, left:right] += 1
+        return (count == 1).all()
 
     for h, w, tile in ((100, 72, 48), (64, 64, 64), (36, 200, 30), (8, 8, 16)):
-        count = np.zeros((h, w), int)
-        for top, left, bottom, right in plan_tiles(h, w, tile, margin=20):
-            assert top % LATENT_STRIDE == 0 and left % LATENT_STRIDE == 0
-            assert bottom - top <= max(4, tile // 4 * 4) and right - left <= max(4, tile // 4 * 4)
-            count[top:bottom, left:right] += 1
-        assert (count == 1).all(), (h, w, tile)
-    # tile_size=None: one pass up to WHOLE_IMAGE_PIXELS, DEFAULT_TILE tiles beyond
+        plan = plan_tiles(h, w, tile, margin=20)
+        assert all(b - t <= max(4, tile // 4 * 4) and r - l_ <= max(4, tile // 4 * 4) for t, l_, b, r in plan)
+        assert covers_once(h, w, plan), (h, w, tile)
+    # tile_size=None: one pass up to WHOLE_IMAGE_PIXELS; beyond, the fewest balanced tiles that fit with margins
     assert plan_tiles(1024, 1024, None, 84) == [(0, 0, 1024, 1024)]
     assert plan_tiles(4000, 40, None, 84) == [(0, 0, 4000, 40)]
-    side = 1028
-    assert side * side > WHOLE_IMAGE_PIXELS
-    n = -(-side // DEFAULT_TILE)
-    assert len(plan_tiles(side, side, None, 84)) == n * n
+    for h, w, margin in ((1028, 1028, 84), (2048, 2048, 88), (4000, 400, 88), (3000, 1200, 40), (2000, 2000, 600)):
+        plan = plan_tiles(h, w, None, margin)
+        assert covers_once(h, w, plan)
+        cores_h = sorted({b - t for t, _, b, _ in plan})
+        cores_w = sorted({r - l_ for _, l_, _, r in plan})
+        rows, cols = len({p[0] for p in plan}), len({p[1] for p in plan})
+        # balanced: the last core is short by at most the rounding to multiples of 4, not a sliver
+        assert cores_h[-1] - cores_h[0] <= 4 * rows and cores_w[-1] - cores_w[0] <= 4 * cols, (h, w, margin)
+        if 2 * margin < 512:
+            assert all((min(b + margin, h) - max(t - margin, 0)) * (min(r + margin, w) - max(l_ - margin, 0))
+                       <= WHOLE_IMAGE_PIXELS for t, l_, b, r in plan), (h, w, margin)
+            # one tile fewer per axis would not fit: a core of that size plus both margins holds too many pixels
+            for n, size in ((rows, h), (cols, w)):
+                if n > 1:
+                    assert (-(-size // (n - 1)) + 2 * margin) ** 2 > WHOLE_IMAGE_PIXELS
+        assert cores_h[0] >= 4 and cores_w[0] >= 4
+    assert len(plan_tiles(2048, 2048, None, 88)) == 9  # not 16 tiles of 512²
 
 
 def test_dask_spatial_chunks():

@@ -6,6 +6,7 @@ Everything here works on one 2-D plane as a (C, H, W) float32 tensor in [0, 1]-i
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from .devices import autocast_context
 from .nets import LATENT_STRIDE, VDIR
 
-DEFAULT_TILE = 512          # output-core size of a tile, in input pixels (multiple of 4)
-WHOLE_IMAGE_PIXELS = 1024 * 1024  # planes up to this size (padded, with margin) run in one pass
+WHOLE_IMAGE_PIXELS = 1024 * 1024  # the most pixels one pass may hold: a whole plane, or a tile with its margins
+MIN_AUTO_TILE = 128  # smallest tile core the automatic plan uses, whatever the margin
 
 
 class RestorationCancelled(RuntimeError):
@@ -42,14 +43,22 @@ def tile_margin(model: VDIR) -> int:
 def plan_tiles(h: int, w: int, tile: int | None, margin: int) -> list[tuple[int, int, int, int]]:
     """Output cores (top, left, bottom, right) covering an (h, w) plane whose sizes are multiples of 4.
 
-    ``tile=None`` chooses by memory: one pass when the plane is small enough, else DEFAULT_TILE.
-    Tile origins are multiples of 4 so the latent grid of every tile lines up with the whole image's.
+    ``tile=None`` chooses by memory: one pass when the plane holds at most WHOLE_IMAGE_PIXELS, else the fewest
+    tiles whose cores plus margins stay within it, of balanced sizes — every tile recomputes its margins, so
+    fewer, larger tiles waste less (with an 88 px margin, 2048² runs as 3 x 3 tiles of ~684² rather than
+    4 x 4 of 512², 13 % less work). Tile origins are multiples of 4 so the latent grid of every tile lines
+    up with the whole image's.
     """
     if tile is None:
-        tile = max(h, w) if h * w <= WHOLE_IMAGE_PIXELS else DEFAULT_TILE
-    tile = max(4, int(tile) // 4 * 4)
-    return [(t, l_, min(t + tile, h), min(l_ + tile, w))
-            for t in range(0, h, tile) for l_ in range(0, w, tile)]
+        if h * w <= WHOLE_IMAGE_PIXELS:
+            return [(0, 0, h, w)]
+        largest = max(MIN_AUTO_TILE, (math.isqrt(WHOLE_IMAGE_PIXELS) - 2 * margin) // 4 * 4)
+        tile_h = _ceil4(-(-h // -(-h // largest)))
+        tile_w = _ceil4(-(-w // -(-w // largest)))
+    else:
+        tile_h = tile_w = max(4, int(tile) // 4 * 4)
+    return [(t, l_, min(t + tile_h, h), min(l_ + tile_w, w))
+            for t in range(0, h, tile_h) for l_ in range(0, w, tile_w)]
 
 
 @dataclass
