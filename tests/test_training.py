@@ -59,6 +59,26 @@ def test_every_term_finite_and_loss_falls(image_folder, tmp_path, task, scale, d
     assert last < first
 
 
+def test_init_network_starts_another_task_from_a_models_network(image_folder, tmp_path, tiny_weights):
+    """A JPEG restorer started from the denoiser's encoder and restorer; its EST head (a quality, not a sigma)
+    starts fresh. A network of another shape, or both init keys at once, is refused in one line."""
+    source, _ = load_weights(tiny_weights[("denoise", 1, 3)])
+    arch = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
+    recipe = tiny_recipe(image_folder, task="jpeg", degradation="jpeg", arch=arch, seed=5,  # not the source's seed
+                         init_network=str(tiny_weights[("denoise", 1, 3)]))
+    trainer = Trainer(recipe, tmp_path, device="cpu", precision="float32")
+    for part in ("encoder", "restorer"):
+        theirs = getattr(source, part).state_dict()
+        ours = getattr(trainer.model, part).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    assert trainer.model.estimator is not None and trainer.model.cfg.estimate_dims == 1
+    with pytest.raises(ValueError, match="width 8 there, 16 here"):
+        Trainer(tiny_recipe(image_folder, task="jpeg", degradation="jpeg", arch={**arch, "width": 16},
+                            init_network=str(tiny_weights[("denoise", 1, 3)])), tmp_path / "b", device="cpu")
+    with pytest.raises(ValueError, match="give one of them"):
+        tiny_recipe(image_folder, init="denoise-rgb", init_network="denoise-rgb")
+
+
 def test_fine_tune_beats_its_start(image_folder, tmp_path, tiny_weights):
     start = tiny_weights[("denoise", 1, 3)]
     out = tmp_path / "run"

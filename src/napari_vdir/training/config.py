@@ -103,6 +103,9 @@ class Recipe(Strict):
     val_every: int = Field(500, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     init: str | None = Field(None, description="shipped model name or weights file to fine-tune from")
+    init_network: str | None = Field(
+        None, description="shipped model name or weights file of another task (same channels, scale and arch) whose "
+                          "encoder and restorer start this run — e.g. a JPEG restorer from the denoiser; EST starts anew")
     self_supervised: Literal["neighbor2neighbor", "blind-spot", "noise2noise"] | None = Field(
         None, description="train on noisy images alone (`data.train` holds noisy images); see training/selfsupervised.py")
     pairs_from: int | None = Field(
@@ -117,6 +120,9 @@ class Recipe(Strict):
             raise ValueError("arch.trunk 'unshuffle' is for restoration tasks; super-resolution uses 'full'")
         if self.patch % 4:
             raise ValueError("patch must be a multiple of 4 (the latent is at 1/4 resolution)")
+        if self.init and self.init_network:
+            raise ValueError("init fine-tunes a model of this task, init_network starts from another task's "
+                             "network: give one of them")
         if self.degradation is None:
             self.degradation = DEFAULT_DEGRADATION[self.task]
         allowed = {"denoise": {"awgn", "awgn+poisson", "poisson"}, "real-denoise": {"camera"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import math
 import os
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..devices import autocast_context, select_device
 from ..nets import VDIR, ArchConfig, Decoder, Discriminator
-from ..weights import ModelInfo, load_weights, resolve_model, save_weights
+from ..weights import ModelInfo, load_weights, resolve_model, save_weights, shipped_models
 from . import losses, selfsupervised
 from .config import Recipe
 from .data import (
@@ -135,7 +136,22 @@ class Trainer:
             return model.train(), info
         cfg = ArchConfig(channels=r.channels, scale=r.scale or 1, estimate_dims=r.estimate_dims,
                          **r.arch.model_dump())
-        return VDIR(cfg).to(self.device), None
+        model = VDIR(cfg).to(self.device)
+        if not r.init_network:
+            return model, None
+        path = Path(r.init_network)
+        path = path if path.is_file() else shipped_models().get(r.init_network, path)
+        source, info = load_weights(path, self.device)
+        if dataclasses.replace(source.cfg, estimate_dims=cfg.estimate_dims) != cfg:
+            differ = {k: (v, getattr(cfg, k)) for k, v in dataclasses.asdict(source.cfg).items()
+                      if k != "estimate_dims" and v != getattr(cfg, k)}
+            raise ValueError(f"{path}: init_network needs the recipe's network; "
+                             + ", ".join(f"{k} {a} there, {b} here" for k, (a, b) in differ.items()))
+        # the encoder's and restorer's features carry over between restoration tasks; what EST(c) reads off
+        # the latent (a noise level, a JPEG quality) does not, so the estimator keeps its fresh initialisation
+        model.encoder.load_state_dict(source.encoder.state_dict())
+        model.restorer.load_state_dict(source.restorer.state_dict())
+        return model.train(), info
 
     def load_data(self, arrays: ArrayData | None = None):
         """Read the recipe's data; ``arrays`` (in-memory planes, e.g. napari layers) replaces its files."""
