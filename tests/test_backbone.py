@@ -15,6 +15,7 @@ from napari_vdir.nets import ARCH_CHOICES, LATENT_STRIDE, VDIR, ArchConfig, Rest
 from napari_vdir.weights import ModelInfo, WeightsError, load_weights, read_header, read_info, save_weights
 
 SMALL = dict(width=8, rir_blocks=1, res_blocks=2, encoder_width=8)
+UNSHUFFLE_MODELS = {"denoise-rgb", "denoise-gray"}  # the shipped models retrained on the pixel-unshuffle trunk
 
 
 def unshuffle_model(channels=3, seed=0, **kw) -> VDIR:
@@ -105,7 +106,7 @@ def test_weights_round_trip_records_the_trunk(tmp_path):
 
 def test_full_trunk_files_read_as_before(tmp_path, tiny_weights):
     """The default trunk is not written, so a full-trunk file's metadata is what earlier versions wrote and
-    read; files without the key (every shipped model but the pixel-unshuffle denoise-rgb) load as the full trunk."""
+    read; files without the key (every shipped model not in UNSHUFFLE_MODELS) load as the full trunk."""
     torch.manual_seed(0)
     model = VDIR(ArchConfig(**SMALL))
     meta, _ = read_header(save(model, tmp_path / "full.safetensors"))
@@ -117,7 +118,7 @@ def test_full_trunk_files_read_as_before(tmp_path, tiny_weights):
 
     for name, path in shipped_models().items():
         declared = json.loads(read_header(path)[0]["arch"]).get("trunk", "full")
-        assert read_info(path).arch.trunk == declared == ("unshuffle" if name == "denoise-rgb" else "full"), name
+        assert read_info(path).arch.trunk == declared == ("unshuffle" if name in UNSHUFFLE_MODELS else "full"), name
 
 
 def _with_arch(src, dst, arch: dict):
