@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,24 +44,30 @@ def models_dir(tmp_path, monkeypatch):
     return folder
 
 
-def test_a_short_self_supervised_run_beats_the_shipped_model_it_starts_from(models_dir):
+# The full-trunk gray denoiser shipped before issue 15's retrain: on this stack (Poisson-Gaussian noise, which the
+# shipped models are trained for) today's denoise-gray already scores 32.6 dB, above what 60 (or 300)
+# Neighbor2Neighbor steps reach from either start (~32.0-32.4), so the mechanism is tested from the weaker start.
+PREVIOUS_GRAY = Path(__file__).parents[1] / "training" / "stages" / "denoise-gray-full-trunk.safetensors"
+
+
+def test_a_short_self_supervised_run_beats_the_model_it_starts_from(models_dir):
     """60 Neighbor2Neighbor steps on the noisy uint16 stack alone (its clean twin is only for scoring)."""
     noisy, clean = cells_stack(np.random.default_rng(0), planes=4, size=128)
     peak = float(clean.max()) - float(clean.min())
     records = []
-    result = session.finetune(noisy, name="cells", init="denoise-gray", steps=60, patch=48, batch=4,
+    result = session.finetune(noisy, name="cells", init=PREVIOUS_GRAY, steps=60, patch=48, batch=4,
                               callback=records.append, seed=0)
     assert result.path == models_dir / "cells.safetensors" and result.metric == "val_loss"
-    start = napari_vdir.restore(noisy, "denoise", model="denoise-gray", precision="float32")
+    start = napari_vdir.restore(noisy, "denoise", model=PREVIOUS_GRAY, precision="float32")
     tuned = napari_vdir.restore(noisy, "denoise", model="cells", precision="float32")
     before, after = psnr(start, clean, peak), psnr(tuned, clean, peak)
-    print(f"noisy {psnr(noisy, clean, peak):.2f} dB, denoise-gray {before:.2f} dB, fine-tuned {after:.2f} dB")
+    print(f"noisy {psnr(noisy, clean, peak):.2f} dB, start {before:.2f} dB, fine-tuned {after:.2f} dB")
     assert after > before + 0.5, (before, after)
     assert [r.step for r in records] == list(range(61))  # step 0 (the start's validation), then every step
     assert records[0].loss is None and all(r.loss is not None for r in records[1:])
     assert sum(r.val is not None for r in records) == 21  # every third step and step 0
-    assert result.info.trained_steps > 60  # the shipped model's steps plus these
-    assert result.info.recipe["init"].endswith("denoise-gray.safetensors")
+    assert result.info.trained_steps > 60  # the start's steps plus these
+    assert result.info.recipe["init"].endswith("denoise-gray-full-trunk.safetensors")
 
 
 def test_pairs_train_supervised_and_report_validation_psnr(models_dir, tiny_weights):
