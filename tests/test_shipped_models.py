@@ -215,17 +215,17 @@ def test_device_auto_is_what_select_device_picks():
 
 # ----------------------------------------------------------------------------- the paper-size models tile
 
-def test_paper_size_denoiser_dask_matches_whole():
-    """The radius-82 network: four overlapping dask blocks give the one-pass result."""
+def test_large_radius_denoiser_dask_matches_whole():
+    """The pixel-unshuffle network (receptive radius 85 px): four overlapping dask blocks give the one-pass result."""
     da = pytest.importorskip("dask.array")
     from napari_vdir.inference import tile_margin
 
     model, info = load_weights(shipped_models()["real-denoise-rgb"])
-    assert info.arch.rir_blocks == 5 and info.arch.res_blocks == 5 and tile_margin(model) >= 80
+    assert info.arch.trunk == "unshuffle" and tile_margin(model) >= 80
     image = np.random.default_rng(6).random((176, 176, 3), dtype=np.float32)
     whole = restore(image, "real-denoise", model="real-denoise-rgb", **FLOAT32)
     lazy = restore(da.from_array(image, chunks=(88, 88, 3)), "real-denoise", model="real-denoise-rgb", **FLOAT32)
-    assert lazy.numblocks[:2] == (2, 2)  # the margin (84) fits an 88-pixel chunk: four blocks, not one
+    assert lazy.numblocks[:2] == (2, 2)  # the margin (88) fits an 88-pixel chunk: four blocks, not one
     np.testing.assert_allclose(lazy.compute(scheduler="synchronous"), whole, atol=1e-4)
 
 
