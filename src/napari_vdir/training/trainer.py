@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..devices import autocast_context, select_device
 from ..nets import VDIR, ArchConfig, Decoder, Discriminator
-from ..weights import ModelInfo, load_weights, resolve_model, save_weights, shipped_models
+from ..weights import ModelInfo, load_weights, resolve_model, save_weights
 from . import losses, selfsupervised
 from .config import Recipe
 from .data import (
@@ -139,8 +139,7 @@ class Trainer:
         model = VDIR(cfg).to(self.device)
         if not r.init_network:
             return model, None
-        path = Path(r.init_network)
-        path = path if path.is_file() else shipped_models().get(r.init_network, path)
+        path = resolve_model(r.init_network, r.task, r.channels, r.scale or 1)  # any task's name or file
         source, info = load_weights(path, self.device)
         if dataclasses.replace(source.cfg, estimate_dims=cfg.estimate_dims) != cfg:
             differ = {k: (v, getattr(cfg, k)) for k, v in dataclasses.asdict(source.cfg).items()
