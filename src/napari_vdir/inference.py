@@ -53,8 +53,12 @@ def plan_tiles(h: int, w: int, tile: int | None, margin: int) -> list[tuple[int,
         if h * w <= WHOLE_IMAGE_PIXELS:
             return [(0, 0, h, w)]
         largest = max(MIN_AUTO_TILE, (math.isqrt(WHOLE_IMAGE_PIXELS) - 2 * margin) // 4 * 4)
-        tile_h = _ceil4(-(-h // -(-h // largest)))
-        tile_w = _ceil4(-(-w // -(-w // largest)))
+
+        def balanced(size: int) -> int:  # the fewest cores of at most `largest` along one axis, equal but for rounding
+            count = -(-size // largest)
+            return _ceil4(-(-size // count))
+
+        tile_h, tile_w = balanced(h), balanced(w)
     else:
         tile_h = tile_w = max(4, int(tile) // 4 * 4)
     return [(t, l_, min(t + tile_h, h), min(l_ + tile_w, w))
