@@ -229,6 +229,21 @@ def test_jpeg_from_quality_10_to_95_and_uncompressed():
     assert before.max() <= 0.80
 
 
+def test_high_quality_weighted_jpeg_draws_make_near_lossless_twice_as_common():
+    """'clean-inclusive-jpeg-hq' draws half its qualities with 100 - q log-uniform: q >= 85 about twice as
+    often as the uniform draw, heavy compression still present, and every quality inside 10..95."""
+    n = 20000
+    hq = deg.random_quality(n, deg.NOISE_RANGES["clean-inclusive-jpeg-hq"], torch.Generator().manual_seed(0))
+    flat = deg.random_quality(n, CLEAN, torch.Generator().manual_seed(0))
+    assert hq.min() >= 10 and hq.max() == 95 and flat.min() == 10
+    share = {name: ((q >= 85).float().mean().item(), (q <= 20).float().mean().item())
+             for name, q in (("hq", hq), ("flat", flat))}
+    assert share["flat"][0] == pytest.approx(11 / 86, abs=0.01)
+    assert share["hq"][0] == pytest.approx(0.25, abs=0.02) and share["hq"][1] > 0.06
+    _, q = deg.random_jpeg(clean_batch(8, 16), torch.Generator().manual_seed(1), ranges="clean-inclusive-jpeg-hq")
+    assert ((q == 1.0) | ((q >= 0.10) & (q <= 0.95))).all()
+
+
 def test_zero_estimator_targets_stay_finite_through_the_loss():
     """sigma = 0 (and quality 100) are honest targets: the EST head is an L1 on sigma / 255 (no log), and the
     whole objective and its gradients stay finite on a batch of clean images."""

@@ -37,7 +37,9 @@ class NoiseRanges:
     model learns to leave an image with nothing to fix alone, and EST(c) learns its honest estimate
     (noise sigma 0; JPEG quality 100 for an uncompressed image). ``log_uniform`` draws the Poisson read
     noise and the camera's noise stds log-uniformly, so nearly clean settings are as common as heavy ones
-    (uniform draws from 0 almost never give a low-ISO image).
+    (uniform draws from 0 almost never give a low-ISO image). ``jpeg_log_share`` of the JPEG draws take the
+    distortion 100 - q log-uniformly instead of q uniformly: near-lossless qualities (the 85-95 of cameras and
+    the web) become as common as heavy ones, so the model learns how little to change there.
     """
 
     sigma: tuple[float, float] = SIGMA_RANGE
@@ -48,6 +50,7 @@ class NoiseRanges:
     jpeg_quality: tuple[int, int] = JPEG_QUALITY_RANGE
     clean_share: float = 0.0
     log_uniform: bool = False
+    jpeg_log_share: float = 0.0
 
 
 NOISE_RANGES = {
@@ -59,6 +62,12 @@ NOISE_RANGES = {
     "clean-inclusive": NoiseRanges(sigma=(0.0, 75.0), photons=(4.0, 1e5), read_noise=(0.1, 20.0),
                                    shot_sigma=(0.002, 0.16), read_sigma=(0.0005, 0.06), jpeg_quality=(10, 95),
                                    clean_share=0.1, log_uniform=True),
+    # as clean-inclusive, and half the JPEG draws log-uniform in 100 - q: P(q >= 85) 13 % -> 25 %,
+    # P(q <= 20) 13 % -> 8 %
+    "clean-inclusive-jpeg-hq": NoiseRanges(sigma=(0.0, 75.0), photons=(4.0, 1e5), read_noise=(0.1, 20.0),
+                                           shot_sigma=(0.002, 0.16), read_sigma=(0.0005, 0.06),
+                                           jpeg_quality=(10, 95), clean_share=0.1, log_uniform=True,
+                                           jpeg_log_share=0.5),
 }
 DEFAULT_RANGES = "degraded-only"
 
@@ -548,14 +557,25 @@ UNCOMPRESSED_QUALITY = 100
 """What EST(c) learns for an image that was never JPEG-compressed: the top of the quality scale."""
 
 
+def random_quality(n: int, ranges: NoiseRanges, generator=None) -> torch.Tensor:
+    """JPEG qualities (int64) for ``n`` images as :func:`random_jpeg` draws them."""
+    lo, hi = ranges.jpeg_quality
+    q = torch.randint(lo, hi + 1, (n,), generator=generator)
+    if ranges.jpeg_log_share <= 0:   # no extra draws: the other ranges consume the numbers they always did
+        return q
+    distortion = log_uniform(n, 100.0 - hi, 100.0 - lo, generator, "cpu")
+    logged = (100.0 - distortion).round().long().clamp(lo, hi)
+    return torch.where(torch.rand(n, generator=generator) < ranges.jpeg_log_share, logged, q)
+
+
 def random_jpeg(x: torch.Tensor, generator=None, ranges: NoiseRanges | str | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """JPEG at quality ~ U{lo..hi} of the ranges (10..80 by default); returns the decoded batch and
-    quality / 100. The clean share stays uncompressed, with target ``UNCOMPRESSED_QUALITY`` / 100."""
+    """JPEG at quality ~ U{lo..hi} of the ranges (10..80 by default; the ``jpeg_log_share`` with 100 - q
+    log-uniform instead); returns the decoded batch and quality / 100. The clean share stays uncompressed,
+    with target ``UNCOMPRESSED_QUALITY`` / 100."""
     r = noise_ranges(ranges)
-    lo, hi = r.jpeg_quality
     g = _cpu(generator)
-    q = torch.randint(lo, hi + 1, (x.shape[0],), generator=g)
+    q = random_quality(x.shape[0], r, g)
     clean = clean_mask(x.shape[0], r.clean_share, g)
     if not clean.any():
         return jpeg_batch(x, q.tolist()), (q.float() / 100.0).to(x.device)

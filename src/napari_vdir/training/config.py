@@ -80,10 +80,11 @@ class Recipe(Strict):
     channels: Literal[1, 3] = 3
     scale: int | None = None
     degradation: Degradation | None = None
-    ranges: Literal["degraded-only", "clean-inclusive"] = Field(
+    ranges: Literal["degraded-only", "clean-inclusive", "clean-inclusive-jpeg-hq"] = Field(
         DEFAULT_RANGES, description="what the noise, camera and JPEG degradations draw from "
         "(degradations.NOISE_RANGES): 'clean-inclusive' reaches down to nothing to fix (10% exactly clean, "
-        "sigma 0-75, low-ISO camera, JPEG 10-95 and uncompressed)")
+        "sigma 0-75, low-ISO camera, JPEG 10-95 and uncompressed); 'clean-inclusive-jpeg-hq' also draws half "
+        "the JPEG qualities log-uniformly in 100 - q (near-lossless as common as heavy)")
     arch: ArchSpec = ArchSpec()
     data: DataSpec
     steps: int = Field(ge=1)
