@@ -7,7 +7,7 @@
 The trainer's validation number (8 crops of Val20, one draw of the clean-inclusive ranges each) mixes noise levels
 and clean crops, so one clean crop at ~50 dB moves the mean by more than any trunk does. This scores whole Val20
 images at fixed levels instead — AWGN σ 15, 30, 50 (seed 3000 + image index, not clipped, like the evaluation's
-AWGN rows) or JPEG quality 10, 30, 90 (Pillow, 4:2:0 for colour, like the evaluation's JPEG rows), and clean in —
+AWGN rows) or JPEG quality 10, 30, 90, 95 (Pillow, 4:2:0 for colour, like the evaluation's JPEG rows), and clean in —
 with ``napari_vdir.restore`` (blind, default precision); ``--channels 1`` scores gray models on Val20's luma.
 Val20 is the training recipes' validation set: choosing between models on it is allowed, on the test sets it is not.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LEVELS = {"denoise": (15, 30, 50, "clean"), "jpeg": (10, 30, 90, "clean")}
+LEVELS = {"denoise": (15, 30, 50, "clean"), "jpeg": (10, 30, 90, 95, "clean")}
 LABEL = {"denoise": "σ{}", "jpeg": "q{}"}
 
 

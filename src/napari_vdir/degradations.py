@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -53,21 +53,18 @@ class NoiseRanges:
     jpeg_log_share: float = 0.0
 
 
+# from nothing to fix to heavy: 10 % exactly clean; AWGN sigma 0-75; Poisson-Gaussian down to ~0.5 of 255
+# (1e5 photons, read noise 0.1); the camera from low ISO (shot 0.002, read 0.0005 in linear raw units) to heavy;
+# JPEG quality 10-95 (and the clean share uncompressed)
+_CLEAN_INCLUSIVE = NoiseRanges(sigma=(0.0, 75.0), photons=(4.0, 1e5), read_noise=(0.1, 20.0),
+                               shot_sigma=(0.002, 0.16), read_sigma=(0.0005, 0.06), jpeg_quality=(10, 95),
+                               clean_share=0.1, log_uniform=True)
 NOISE_RANGES = {
     # every image visibly degraded: the ranges the models shipped before issue 15 were trained on
     "degraded-only": NoiseRanges(),
-    # from nothing to fix to heavy: 10 % exactly clean; AWGN sigma 0-75; Poisson-Gaussian down to
-    # ~0.5 of 255 (1e5 photons, read noise 0.1); the camera from low ISO (shot 0.002, read 0.0005 in
-    # linear raw units) to heavy; JPEG quality 10-95 (and the clean share uncompressed)
-    "clean-inclusive": NoiseRanges(sigma=(0.0, 75.0), photons=(4.0, 1e5), read_noise=(0.1, 20.0),
-                                   shot_sigma=(0.002, 0.16), read_sigma=(0.0005, 0.06), jpeg_quality=(10, 95),
-                                   clean_share=0.1, log_uniform=True),
-    # as clean-inclusive, and half the JPEG draws log-uniform in 100 - q: P(q >= 85) 13 % -> 25 %,
-    # P(q <= 20) 13 % -> 8 %
-    "clean-inclusive-jpeg-hq": NoiseRanges(sigma=(0.0, 75.0), photons=(4.0, 1e5), read_noise=(0.1, 20.0),
-                                           shot_sigma=(0.002, 0.16), read_sigma=(0.0005, 0.06),
-                                           jpeg_quality=(10, 95), clean_share=0.1, log_uniform=True,
-                                           jpeg_log_share=0.5),
+    "clean-inclusive": _CLEAN_INCLUSIVE,
+    # and half the JPEG draws log-uniform in 100 - q: P(q >= 85) 13 % -> 25 %, P(q <= 20) 13 % -> 8 %
+    "clean-inclusive-jpeg-hq": replace(_CLEAN_INCLUSIVE, jpeg_log_share=0.5),
 }
 DEFAULT_RANGES = "degraded-only"
 
