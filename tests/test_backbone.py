@@ -15,7 +15,7 @@ from napari_vdir.nets import ARCH_CHOICES, LATENT_STRIDE, VDIR, ArchConfig, Rest
 from napari_vdir.weights import ModelInfo, WeightsError, load_weights, read_header, read_info, save_weights
 
 SMALL = dict(width=8, rir_blocks=1, res_blocks=2, encoder_width=8)
-UNSHUFFLE_MODELS = {"denoise-rgb", "denoise-gray", "real-denoise-rgb"}  # the shipped models retrained on the pixel-unshuffle trunk
+UNSHUFFLE_MODELS = {"denoise-rgb", "denoise-gray", "real-denoise-rgb", "jpeg-rgb", "jpeg-gray"}  # the shipped models retrained on the pixel-unshuffle trunk
 
 
 def unshuffle_model(channels=3, seed=0, **kw) -> VDIR:
