@@ -159,11 +159,11 @@ def test_uncertainty_in_data_units_for_uint16(tiny_weights, rng):
 # ----------------------------------------------------------------------------- strength
 
 @pytest.mark.parametrize("task,model,gray,min_effect", [("denoise", "denoise-rgb", False, 0.5),
-                                                       ("jpeg", "jpeg-rgb", False, 1.5), ("jpeg", "jpeg-gray", True, 1.5)])
+                                                       ("jpeg", "jpeg-rgb", False, 1.5), ("jpeg", "jpeg-gray", True, 0.8)])
 def test_strength_is_monotone_in_the_removed_residual(task, model, gray, min_effect):
     """|restore(x, strength=s) - x| grows with s (shipped models on a degraded photo; the JPEG models steer with
     a quality-10 copy, the denoisers with a noisier one). Measured growth from s=0 to 3, in 1/255:
-    denoise-rgb 1.25, jpeg-rgb 2.9, jpeg-gray 2.8."""
+    denoise-rgb 1.25, jpeg-rgb 2.6, jpeg-gray 1.26 (the unshuffle JPEG models; rounding alone moves ~0.01)."""
     from skimage import data
 
     from napari_vdir import degradations as deg
