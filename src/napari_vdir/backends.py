@@ -124,6 +124,9 @@ class OrtVDIR:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
+        # Each session has its own thread pool; spinning threads of the one that just ran would take the
+        # cores from the other (encoder and restorer alternate, tile by tile).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         providers = ["CPUExecutionProvider"]
         self._ort = ort
