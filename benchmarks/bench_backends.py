@@ -35,21 +35,29 @@ BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32", "torch-compile-fp32", "op
 DEFAULT_BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32")
 
 
+def model_info(model: str):
+    """The weights' metadata of a shipped model (task, scale, channels, architecture)."""
+    from napari_vdir.weights import read_info, shipped_models
+
+    return read_info(shipped_models()[model])
+
+
 def network(model: str) -> str:
     """The network of a shipped model, from its weights: trunk, width and D x N blocks."""
-    from napari_vdir.weights import read_info, resolve_model
-
-    arch = read_info(resolve_model(model, "denoise", 3)).arch
+    arch = model_info(model).arch
     return f"{arch.trunk} trunk, width {arch.width}, {arch.rir_blocks}x{arch.res_blocks} blocks"
 
 
-def test_image(size: int) -> np.ndarray:
-    """A noisy float32 RGB image in [0, 1], ``size`` x ``size`` (astronaut, tiled), the same on every run."""
+def test_image(size: int, channels: int = 3) -> np.ndarray:
+    """A noisy float32 image in [0, 1], ``size`` x ``size`` (astronaut, tiled; its luma when ``channels`` is 1),
+    the same on every run. For an SR model it is the low-resolution input: s/MP counts input pixels."""
     from skimage import data
 
     clean = data.astronaut().astype(np.float32) / 255
+    if channels == 1:
+        clean = clean @ np.array([0.299, 0.587, 0.114], np.float32)
     reps = -(-size // clean.shape[0])
-    tiled = np.tile(clean, (reps, reps, 1))[:size, :size]
+    tiled = np.tile(clean, (reps, reps) + (1,) * (clean.ndim - 2))[:size, :size]
     noise = np.random.default_rng(0).normal(0, 25 / 255, tiled.shape).astype(np.float32)
     return np.clip(tiled + noise, 0, 1)
 
@@ -59,14 +67,15 @@ def run_backend(name: str, image: np.ndarray, model: str, backend: str) -> np.nd
 
     from napari_vdir import restore
 
+    info = model_info(model)
     if backend == "torch-fp32":
-        return restore(image, "denoise" if name == "denoise-rgb" else "real-denoise", model=model,
+        return restore(image, info.task, scale=info.scale, model=model,
                        backend="torch", precision="float32", device="cpu")
     if backend == "torch-bf16-cl":  # restore()'s torch path is channels_last on the CPU
-        return restore(image, "denoise" if name == "denoise-rgb" else "real-denoise", model=model,
+        return restore(image, info.task, scale=info.scale, model=model,
                        backend="torch", precision="bfloat16", device="cpu")
     if backend == "ort-fp32":
-        return restore(image, "denoise" if name == "denoise-rgb" else "real-denoise", model=model,
+        return restore(image, info.task, scale=info.scale, model=model,
                        backend="onnxruntime", precision="float32", device="cpu")
     if backend == "torch-compile-fp32":
         from napari_vdir.inference import PlaneRestorer, cached_model
@@ -134,8 +143,8 @@ def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    image = test_image(args.size)
-    warm = test_image(min(args.size, 256))
+    channels = model_info(args.model).arch.channels
+    image, warm = test_image(args.size, channels), test_image(min(args.size, 256), channels)
     rows, reference = [], None
     for backend in args.backends:
         try:
