@@ -3,12 +3,16 @@
     python benchmarks/val20_levels.py NAME=WEIGHTS [NAME=WEIGHTS ...] --out benchmarks/results/val20_levels.md
     python benchmarks/val20_levels.py --channels 1 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-denoise-gray.md
     python benchmarks/val20_levels.py --task jpeg NAME=WEIGHTS ... --out benchmarks/results/val20_levels-jpeg-rgb.md
+    python benchmarks/val20_levels.py --task sr --scale 2 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-sr-x2.md
 
 The trainer's validation number (8 crops of Val20, one draw of the clean-inclusive ranges each) mixes noise levels
 and clean crops, so one clean crop at ~50 dB moves the mean by more than any trunk does. This scores whole Val20
 images at fixed levels instead — AWGN σ 15, 30, 50 (seed 3000 + image index, not clipped, like the evaluation's
 AWGN rows) or JPEG quality 10, 30, 90, 95 (Pillow, 4:2:0 for colour, like the evaluation's JPEG rows), and clean in —
 with ``napari_vdir.restore`` (blind, default precision); ``--channels 1`` scores gray models on Val20's luma.
+``--task sr`` scores SR models (issue 14) on the evaluation's real-world low-res settings (MATLAB bicubic, area,
+Pillow bicubic) and the pixel-centred Gaussian one, made from Val20 as ``napari_vdir.evaluate`` makes them from the
+test sets, Y-PSNR with ``scale`` pixels shaved; ``input`` is then the bicubic upscale.
 Val20 is the training recipes' validation set: choosing between models on it is allowed, on the test sets it is not.
 """
 
@@ -23,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-LEVELS = {"denoise": (15, 30, 50, "clean"), "jpeg": (10, 30, 90, 95, "clean")}
-LABEL = {"denoise": "σ{}", "jpeg": "q{}"}
+LEVELS = {"denoise": (15, 30, 50, "clean"), "jpeg": (10, 30, 90, 95, "clean"),
+          "sr": ("matlab", "area", "pillow", "g2.0-centred")}
+LABEL = {"denoise": "σ{}", "jpeg": "q{}", "sr": "{}"}
 
 
 def degrade(clean: np.ndarray, task: str, level: int, i: int) -> np.ndarray:
@@ -37,11 +42,28 @@ def degrade(clean: np.ndarray, task: str, level: int, i: int) -> np.ndarray:
     return (clean + rng.normal(0, level / 255, clean.shape)).astype(np.float32)
 
 
-def score(weights: Path, images: list[np.ndarray], task: str) -> dict:
+def sr_psnr(weights, images: list[np.ndarray], scale: int, level: str) -> float:
+    """Mean Y-PSNR of an SR model (``input``: the bicubic upscale) on Val20 at one evaluation setting."""
+    from napari_vdir import evaluate
+
+    setting = evaluate.Setting("Val20", f"x{scale}_{level}")
+    method = "bicubic" if weights == "input" else "ours"
+    upscale = evaluate.make_methods(setting, [method], {("sr", scale, 3): weights})[method]
+    values = []
+    for i, clean in enumerate(images):
+        ref, lr = evaluate.degrade(setting, clean.astype(np.float64), i)
+        out = np.clip(np.asarray(upscale(lr, ref.shape), np.float64), 0, 1)
+        values.append(evaluate.score(setting, ref, out)["psnr"])
+    return statistics.fmean(values)
+
+
+def score(weights: Path, images: list[np.ndarray], task: str, scale: int = 2) -> dict:
     from skimage.metrics import peak_signal_noise_ratio
 
     from napari_vdir import restore
 
+    if task == "sr":
+        return {level: sr_psnr(weights, images, scale, level) for level in LEVELS["sr"]}
     results = {}
     for level in LEVELS[task]:
         values = []
@@ -63,6 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--val", type=Path, default=REPO.parent / "shared" / "datasets" / "Val20")
     p.add_argument("--task", choices=sorted(LEVELS), default="denoise")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: gray models, on Val20's luma")
+    p.add_argument("--scale", type=int, choices=(2, 4), default=2, help="SR scale (--task sr)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="markdown report (default: print only)")
     args = p.parse_args(argv)
@@ -76,23 +99,27 @@ def main(argv=None) -> int:
     rows = []
     for spec in args.models:
         name, _, weights = spec.partition("=")
-        result = score(Path(weights) if Path(weights).is_file() else weights, images, args.task)
+        result = score(Path(weights) if Path(weights).is_file() else weights, images, args.task, args.scale)
         rows.append((name, weights, result))
         print(name, {k: round(v, 3) for k, v in result.items()}, flush=True)
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("task", "denoise"), ("channels", 3))
-                    if getattr(args, k) != default)
-    what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour"}[args.task]
+                    if getattr(args, k) != default) + (f" --scale {args.scale}" if args.task == "sr" else "")
+    what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour",
+            "sr": f"x{args.scale} low-res made as napari_vdir.evaluate makes it, Y-PSNR, {args.scale} px shaved, "
+                  "`input` = bicubic upscale"}[args.task]
+    degraded_levels = [lv for lv in levels if lv != "clean"]
     lines = [f"# Val20 PSNR per {args.task} level, {args.channels}-channel models (`benchmarks/val20_levels.py`)", "",
              "Command: `python benchmarks/val20_levels.py" + flags + " " + " ".join(args.models)
              + (f" --out {args.out}" if args.out else "") + "`", "",
              f"All {len(images)} Val20 images, whole{' (luma)' if args.channels == 1 else ''}; {what}; "
-             "`clean` = restore(clean) vs "
-             f"clean; blind `napari_vdir.restore`, default precision; {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
+             + ("`clean` = restore(clean) vs clean; " if "clean" in levels else "")
+             + f"blind `napari_vdir.restore`, default precision; {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
              "| model | weights | " + " | ".join(LABEL[args.task].format(lv) if lv != "clean" else "clean in"
                                                 for lv in levels)
-             + f" | mean of {LABEL[args.task].format(levels[0])}–{levels[-2]} |", "|---|---|" + "---|" * (len(levels) + 1)]
+             + f" | mean of {LABEL[args.task].format(degraded_levels[0])}–{degraded_levels[-1]} |",
+             "|---|---|" + "---|" * (len(levels) + 1)]
     for name, weights, result in rows:
-        degraded = statistics.fmean(result[lv] for lv in levels if lv != "clean")
+        degraded = statistics.fmean(result[lv] for lv in degraded_levels)
         lines.append(f"| {name} | `{weights}` | " + " | ".join(f"{result[lv]:.2f}" for lv in levels)
                      + f" | {degraded:.2f} |")
     if args.out:

@@ -168,6 +168,16 @@ def test_realworld_lr_images_are_made_as_the_libraries_make_them():
             assert np.allclose(ev.realworld_lr(kind, np.full((24, 36, 3), 100 / 255), s), 100 / 255)
 
 
+def test_an_sr_level_makes_the_validation_set_an_sr_setting():
+    """SR models are chosen on Val20 (benchmarks/val20_levels.py --task sr): its images take the SR levels."""
+    hr = np.round(np.random.default_rng(1).random((24, 36, 3)) * 255) / 255
+    setting = ev.Setting("Val20", "x4_area")
+    assert (setting.task, setting.scale, setting.realworld) == ("sr", 4, True)
+    ref, lr = ev.degrade(setting, hr, 0)
+    np.testing.assert_array_equal(lr, ev.realworld_lr("area", hr, 4))
+    assert ev.Setting("Val20", "camera").task == "real" and ev.Setting("Set12", 30).task == "awgn"
+
+
 def test_centred_paper_blur_is_the_paper_blur_half_a_pixel_on():
     ramp = np.broadcast_to(np.arange(64.0)[None, :, None], (64, 64, 3)) / 64
     _, corner = ev.degrade(ev.Setting("Set5", "x2_g2.0"), ramp, 0)

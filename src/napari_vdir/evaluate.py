@@ -66,6 +66,7 @@ CAMERA_LOW = deg.NoiseRanges(shot_sigma=(0.0, 0.02), read_sigma=(0.0, 0.0075))
 DEFAULT_SETS = ("CBSD68", "Set12", "Set5", "Set14", "BSD100", "LIVE1-Y", "Classic5", "LIVE1", "Val20")
 # Low-res images as they are really made (pixel-centred, 8-bit); see the module docstring.
 REALWORLD = ("matlab", "area", "pillow")
+SR_LEVEL = re.compile(r"x[24]_[a-z0-9.-]+")
 REALWORLD_LEVELS = tuple(f"x{s}_{kind}" for kind in REALWORLD for s in (2, 4))
 LEVELS = {"CBSD68": (30, 50), "Set12": (30, CLEAN), "Kodak24": (30, 50, CLEAN, CAMERA_CLEAN), "BSD68": (30,),
           "Set5": ("x2_g2.0", "x4_g2.0", "x2_aniso", *REALWORLD_LEVELS), "Set14": REALWORLD_LEVELS,
@@ -137,7 +138,10 @@ class Setting:
 
     @property
     def task(self) -> str:
-        return "real" if self.level in REAL_LEVELS else SET_TASK[self.dataset]
+        if self.level in REAL_LEVELS:
+            return "real"
+        # an SR level ("x2_area") makes any set an SR one: Val20 is scored this way to choose SR models
+        return "sr" if SR_LEVEL.fullmatch(str(self.level)) else SET_TASK[self.dataset]
 
     @property
     def clean_in(self) -> bool:
