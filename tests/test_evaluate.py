@@ -174,6 +174,7 @@ def test_an_sr_level_makes_the_validation_set_an_sr_setting():
     setting = ev.Setting("Val20", "x4_area")
     assert (setting.task, setting.scale, setting.realworld) == ("sr", 4, True)
     ref, lr = ev.degrade(setting, hr, 0)
+    np.testing.assert_array_equal(ref, hr)
     np.testing.assert_array_equal(lr, ev.realworld_lr("area", hr, 4))
     assert ev.Setting("Val20", "camera").task == "real" and ev.Setting("Set12", 30).task == "awgn"
 
