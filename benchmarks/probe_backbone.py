@@ -1,9 +1,13 @@
-"""Issue 15's equal-CPU-time backbone probe: today's CPU-size trunk against two pixel-unshuffle trunks.
+"""Equal-CPU-time backbone probes: which trunk learns most per CPU-second.
 
     python benchmarks/probe_backbone.py --minutes 60 --parallel   # writes benchmarks/results/backbone_probe.md
     python benchmarks/probe_backbone.py --minutes 3 --smoke       # end-to-end check, marked as a smoke run
+    python benchmarks/probe_backbone.py --probe sr-x2 --minutes 40   # benchmarks/results/sr_backbone_probe.md
 
-Each candidate is one recipe, ``training/stages/probe-<candidate>.yaml``, identical but for ``arch``: blind
+``--probe denoise`` (issue 15, the default) compares today's CPU-size trunk with two pixel-unshuffle trunks;
+``--probe sr-x2`` (issue 14) the shipped SR models' paper-size trunk with a lighter one, on the blind x2 SR mix.
+
+Denoise: each candidate is one recipe, ``training/stages/probe-<candidate>.yaml``, identical but for ``arch``: blind
 colour AWGN with the clean-inclusive ranges (sigma 0-75, 10 % exactly clean), CBSD432 for training, Val20 for
 validation, bf16 on the CPU, the shipped CPU recipes' objective (restore L1, KL, decoder, EST; critic off). The
 probe runs them through the training CLI with the same ``--time-budget`` and ``--threads``; the budget counts
@@ -18,6 +22,11 @@ then reads each run's ``log.csv`` (the validation curve), scores its final weigh
 only) and times ``napari_vdir.restore`` of a 512² RGB image at one thread on a random-init network of each
 candidate (speed does not depend on the weights) before any training starts, so the timing has the machine
 to itself.
+
+SR x2: the recipes ``training/stages/probe-sr-x2-<candidate>.yaml`` train from scratch on the real-world low-res
+mix (``sr-mix``), and the final weights are scored on all of Val20 at the real-world settings of
+``benchmarks/val20_levels.py --task sr`` (the validation set: an SR architecture is not chosen on test sets);
+speed is s/MP of the low-res input.
 """
 
 from __future__ import annotations
@@ -33,19 +42,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-RESULTS = HERE / "results" / "backbone_probe.md"
-CANDIDATES = ("full", "unshuffle", "unshuffle-fast")
 SMOKE_BELOW_MINUTES = 20  # shorter runs say nothing about which trunk learns better
 SPEED_SIDE = 512
 # (set, sigma or "clean", images): the issue's throwaway probe used CBSD68's first 12 at sigma 30 and
 # Kodak24's first 6 at sigma 50; "clean" is PSNR of restore(clean) against clean (nothing to fix)
 TEST_SETTINGS = (("CBSD68", 30, 12), ("Kodak24", 50, 6), ("Kodak24", "clean", 6))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One comparison: its candidates (recipes ``training/stages/probe-<candidate>.yaml``), task and report."""
+
+    title: str
+    task: str
+    scale: int
+    candidates: tuple[str, ...]
+    report: Path
+    validation: str  # what the trainer's validation number is
+
+
+PROBES = {
+    "denoise": Probe(
+        "Backbone probe (issue 15): CPU-size full trunk vs pixel-unshuffle trunks", "denoise", 1,
+        ("full", "unshuffle", "unshuffle-fast"), HERE / "results" / "backbone_probe.md",
+        "Val20 PSNR: the first 8 Val20 images, 256² centre crops, the recipe's degradation (sigma 0-75 with 10 % "
+        "clean, seeded): one number over mixed noise levels, comparable between the candidates, not with the "
+        "evaluation tables."),
+    "sr-x2": Probe(
+        "SR backbone probe (issue 14): the paper-size trunk vs a lighter one, blind x2 on the real-world mix", "sr",
+        2, ("sr-x2-paper", "sr-x2-light"), HERE / "results" / "sr_backbone_probe.md",
+        "Val20 PSNR (RGB): the first 8 Val20 images, 256² centre crops, one seeded draw of the recipe's "
+        "degradation (the sr-mix) each: comparable between the candidates, not with the evaluation tables."),
+}
 
 
 def recipe_path(candidate: str) -> Path:
@@ -58,7 +93,7 @@ def train_command(candidate: str, out: Path, minutes: float, threads: int, val_e
             "--val-every", str(val_every), "--quiet"]
 
 
-def check_ranges_in_effect() -> None:
+def check_ranges_in_effect(candidate: str) -> None:
     """The recipes ask for ``ranges: clean-inclusive``; refuse to probe if training would not apply it
     (``training.data.degrade`` must pass ``recipe.ranges`` to the samplers): the runs would silently train
     on other ranges than the report states."""
@@ -67,7 +102,7 @@ def check_ranges_in_effect() -> None:
     from napari_vdir.training.config import load_recipe
     from napari_vdir.training.data import degrade
 
-    recipe = load_recipe(recipe_path(CANDIDATES[0]))
+    recipe = load_recipe(recipe_path(candidate))
     g = torch.Generator().manual_seed(0)
     batch = degrade(torch.full((400, 3, 8, 8), 0.5), recipe, g, g)
     if not (batch.estimate_target == 0).any():
@@ -122,11 +157,11 @@ def arch_of(candidate: str):
     from napari_vdir.training.config import load_recipe
 
     r = load_recipe(recipe_path(candidate))
-    return ArchConfig(channels=r.channels, estimate_dims=r.estimate_dims, **r.arch.model_dump())
+    return ArchConfig(channels=r.channels, scale=r.scale, estimate_dims=r.estimate_dims, **r.arch.model_dump())
 
 
 def describe(candidate: str) -> dict:
-    """Parameters, multiply-adds per pixel (inference: encoder + restorer + EST) and receptive radius."""
+    """Parameters, multiply-adds per (input) pixel (inference: encoder + restorer + EST) and receptive radius."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -142,8 +177,8 @@ def describe(candidate: str) -> dict:
             "macs_per_pixel": counter.get_total_flops() / 2 / (128 * 128), "radius": cfg.receptive_radius}
 
 
-def time_restore(candidate: str, repeats: int = 5) -> dict:
-    """Median seconds per megapixel of ``napari_vdir.restore`` on a 512² RGB image (one warm-up first):
+def time_restore(candidate: str, probe: Probe, repeats: int = 5) -> dict:
+    """Median seconds per megapixel (of input) of ``napari_vdir.restore`` on a 512² RGB image (one warm-up first):
     the fast path (precision "auto": bf16 on CPUs with it) and exact float32 (ONNX Runtime when installed).
 
     Wall seconds and the process's CPU seconds: on a core shared with other jobs the wall time also counts
@@ -161,17 +196,18 @@ def time_restore(candidate: str, repeats: int = 5) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = save_weights(Path(tmp) / f"{candidate}.safetensors", VDIR(cfg),
-                            ModelInfo(name=f"probe-{candidate}", task="denoise", arch=cfg))
+                            ModelInfo(name=f"probe-{candidate}", task=probe.task, arch=cfg))
+        task = {"task": probe.task, "scale": probe.scale} if probe.task == "sr" else {"task": probe.task}
         for label, options in (("fast", {"precision": "auto"}), ("float32", {"precision": "float32"})):
             try:
-                restore(image, "denoise", model=path, device="cpu", **options)  # warm-up (and ORT export)
+                restore(image, model=path, device="cpu", **task, **options)  # warm-up (and ORT export)
             except (ImportError, ValueError) as err:
                 out[label] = f"n/a ({err})"
                 continue
             wall, cpu = [], []
             for _ in range(repeats):
                 t0, c0 = time.perf_counter(), time.process_time()
-                restore(image, "denoise", model=path, device="cpu", **options)
+                restore(image, model=path, device="cpu", **task, **options)
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
             out[label] = statistics.median(wall) / megapixels
@@ -179,8 +215,11 @@ def time_restore(candidate: str, repeats: int = 5) -> dict:
     return out
 
 
-def score_weights(weights: Path, shared: Path) -> dict:
-    """Mean PSNR of restore() on the fixed test settings (napari_vdir.evaluate's images and noise)."""
+def score_weights(weights: Path, shared: Path, probe: Probe) -> dict:
+    """Mean PSNR of restore() on the fixed test settings (napari_vdir.evaluate's images and noise); for SR,
+    Y-PSNR on all of Val20 at ``val20_levels``' real-world settings."""
+    if probe.task == "sr":
+        return score_sr(weights, shared, probe.scale)
     from napari_vdir import restore
     from napari_vdir.evaluate import Setting, degrade, load_images, score
 
@@ -194,6 +233,17 @@ def score_weights(weights: Path, shared: Path) -> dict:
             values.append(score(setting, ref, out)["psnr"])
         results[(dataset, level, count)] = statistics.fmean(values)
     return results
+
+
+def score_sr(weights: Path, shared: Path, scale: int) -> dict:
+    sys.path.insert(0, str(HERE))
+    import val20_levels
+
+    from napari_vdir.training.data import load_folder
+
+    images = [x for _, x in load_folder(shared / "datasets" / "Val20", 3)]
+    return {("Val20", f"x{scale}_{level}", len(images)): val20_levels.sr_psnr(weights, images, scale, level)
+            for level in val20_levels.LEVELS["sr"]}
 
 
 def curve_table(curves: dict[str, list[dict]]) -> list[str]:
@@ -232,7 +282,8 @@ def fmt_speed(measured: dict, label: str) -> str:
 
 def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores: dict, walls: dict) -> None:
     smoke = args.smoke or args.minutes < SMOKE_BELOW_MINUTES
-    lines = ["# Backbone probe (issue 15): CPU-size full trunk vs pixel-unshuffle trunks", ""]
+    probe = PROBES[args.probe]
+    lines = [f"# {probe.title}", ""]
     if smoke:
         lines += [f"> **SMOKE RUN — NOT A RESULT.** {args.minutes:g} minutes per candidate only proves that the probe "
                   "runs end to end (training CLI, curves, scoring, timing). Nothing below the speed table says which "
@@ -240,7 +291,8 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
     if args.note:
         lines += [args.note, ""]
     lines += ["Command (from the repository root):", "",
-              f"    python benchmarks/probe_backbone.py --minutes {args.minutes:g} --threads {args.threads}"
+              "    python benchmarks/probe_backbone.py" + (f" --probe {args.probe}" if args.probe != "denoise" else "")
+              + f" --minutes {args.minutes:g} --threads {args.threads}"
               f" --val-every {args.val_every}" + (" --parallel" if args.parallel else "")
               + (" --smoke" if args.smoke else ""), "",
               "Per candidate (same data, CPU minutes, threads, seed and objective; only `arch` differs"
@@ -252,11 +304,13 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
               f"{speed.get('load', '?')} while timing.", "",
               "## Candidates and inference speed", "",
               f"`napari_vdir.restore` of a {SPEED_SIDE}² RGB image, {args.threads} thread(s), random-init weights, "
+              + ("s/MP of the low-res input, " if probe.task == "sr" else "") +
               "median of 5 after a warm-up; `fast` = precision auto (bf16 autocast + channels_last on this CPU), "
               "`float32` = exact (ONNX Runtime when installed). CPU seconds of the process per megapixel, wall "
               "seconds in brackets (they also count the time slices other jobs on the same core took). "
               "These timings are real measurements, also in a smoke run.", "",
-              "| candidate | arch | parameters (restorer) | multiply-adds / pixel | receptive radius (px) "
+              "| candidate | arch | parameters (restorer) | multiply-adds / " + ("input " if probe.task == "sr" else "")
+              + "pixel | receptive radius (px) "
               "| s/MP fast | s/MP float32 |", "|---|---|---|---|---|---|---|"]
     for c in args.candidates:
         d, a = info[c], info[c]["arch"]
@@ -265,15 +319,24 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
                      f"{d['macs_per_pixel'] / 1e3:.0f} k | {d['radius']} | {fmt_speed(speed[c], 'fast')} | "
                      f"{fmt_speed(speed[c], 'float32')} |")
     if curves:
-        lines += ["", "## Validation curves" + (" (smoke run)" if smoke else ""), "",
-                  "Val20 PSNR: the first 8 Val20 images, 256² centre crops, the recipe's degradation (sigma 0-75 "
-                  "with 10 % clean, seeded): one number over mixed noise levels, comparable between the "
-                  "candidates, not with the evaluation tables.", ""]
+        lines += ["", "## Validation curves" + (" (smoke run)" if smoke else ""), "", probe.validation, ""]
         lines += at_fractions(curves, args.minutes) + [""] + curve_table(curves)
         lines += ["", "Training minutes are the process's CPU minutes (`--budget-clock cpu`). "
                   "Wall time per candidate (training incl. validation and start-up): "
                   + ", ".join(f"{c} {walls[c] / 60:.1f} min" for c in walls if c in curves) + "."]
-    if scores:
+    if scores and probe.task == "sr":
+        keys = list(next(iter(scores.values())))
+        lines += ["", "## Final weights on all of Val20" + (" (smoke run)" if smoke else ""), "",
+                  "`napari_vdir.restore` (blind, precision auto) of the run's last weights on all of Val20 at the "
+                  "evaluation's real-world low-res settings, made as `napari_vdir.evaluate` makes them "
+                  "(`benchmarks/val20_levels.py --task sr`): Y-PSNR, scale pixels shaved. The validation set, "
+                  "not a test set: this is where an architecture may be chosen.", "",
+                  "| candidate | " + " | ".join(lv for _, lv, _ in keys) + " | mean |",
+                  "|---|" + "---|" * (len(keys) + 1)]
+        for c, s in scores.items():
+            lines.append(f"| {c} | " + " | ".join(f"{s[k]:.2f}" for k in keys)
+                         + f" | {statistics.fmean(s.values()):.2f} |")
+    elif scores:
         keys = list(next(iter(scores.values())))
         lines += ["", "## Final weights on fixed test settings" + (" (smoke run)" if smoke else ""), "",
                   "`napari_vdir.restore` (blind, precision auto) of the run's last weights; the "
@@ -296,24 +359,34 @@ def main(argv=None) -> int:
                    help="train the candidates at the same time (their budgets count CPU time, so they may share cores)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training and timing (default 1)")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps (default 500)")
-    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
+    p.add_argument("--probe", choices=sorted(PROBES), default="denoise",
+                   help="which comparison: denoise (issue 15, default) or sr-x2 (issue 14)")
+    p.add_argument("--candidates", nargs="+", help="a subset of the probe's candidates (default: all)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where the runs go (runs/probe-<candidate>)")
-    p.add_argument("--out", type=Path, default=RESULTS, help=f"report (default {RESULTS.relative_to(REPO)})")
+    p.add_argument("--out", type=Path, help="report (default: the probe's, in benchmarks/results)")
     p.add_argument("--speed-only", action="store_true", help="only describe and time the candidates")
     p.add_argument("--smoke", action="store_true",
                    help=f"mark the report as a smoke run (always so below {SMOKE_BELOW_MINUTES} minutes)")
     p.add_argument("--note", help="a paragraph to put at the top of the report (how this run was made)")
     args = p.parse_args(argv)
+    probe = PROBES[args.probe]
+    unknown = set(args.candidates or ()) - set(probe.candidates)
+    if unknown:
+        p.error(f"--probe {args.probe} has the candidates {', '.join(probe.candidates)}, "
+                f"not {', '.join(sorted(unknown))}")
+    args.candidates = args.candidates or list(probe.candidates)
+    args.out = args.out or probe.report
     import torch
 
     torch.set_num_threads(args.threads)
     shared = Path(os.environ.get("NAPARI_VDIR_SHARED", REPO.parent / "shared"))
     if not args.speed_only:
-        check_ranges_in_effect()
+        if probe.task == "denoise":
+            check_ranges_in_effect(args.candidates[0])
     info = {c: describe(c) for c in args.candidates}
     speed = {"load": f"{os.getloadavg()[0]:.2f}"}
     for c in args.candidates:
-        speed[c] = time_restore(c)
+        speed[c] = time_restore(c, probe)
         print(f"{c}: {speed[c]} s/MP", flush=True)
     speed["load"] += f" -> {os.getloadavg()[0]:.2f}"
     curves, scores, walls = {}, {}, {}
@@ -323,7 +396,7 @@ def main(argv=None) -> int:
         for c in args.candidates:
             out = runs / f"probe-{c}"
             curves[c] = read_curve(out / "log.csv")
-            scores[c] = score_weights(out / f"probe-{c}.safetensors", shared)
+            scores[c] = score_weights(out / f"probe-{c}.safetensors", shared, probe)
             print(f"{c}: {scores[c]}", flush=True)
     write_report(args.out, args, info, speed, curves, scores, walls)
     return 0
