@@ -4,6 +4,7 @@
     python benchmarks/val20_levels.py --channels 1 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-denoise-gray.md
     python benchmarks/val20_levels.py --task jpeg NAME=WEIGHTS ... --out benchmarks/results/val20_levels-jpeg-rgb.md
     python benchmarks/val20_levels.py --task sr --scale 2 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-sr-x2.md
+    python benchmarks/val20_levels.py --task sr --scale 2 --levels g2.0 NAME=WEIGHTS ...   # the paper's protocol
 
 The trainer's validation number (8 crops of Val20, one draw of the clean-inclusive ranges each) mixes noise levels
 and clean crops, so one clean crop at ~50 dB moves the mean by more than any trunk does. This scores whole Val20
@@ -12,7 +13,9 @@ AWGN rows) or JPEG quality 10, 30, 90, 95 (Pillow, 4:2:0 for colour, like the ev
 with ``napari_vdir.restore`` (blind, default precision); ``--channels 1`` scores gray models on Val20's luma.
 ``--task sr`` scores SR models (issue 14) on the evaluation's real-world low-res settings (MATLAB bicubic, area,
 Pillow bicubic) and the pixel-centred Gaussian one, made from Val20 as ``napari_vdir.evaluate`` makes them from the
-test sets, Y-PSNR with ``scale`` pixels shaved; ``input`` is then the bicubic upscale.
+test sets, Y-PSNR with ``scale`` pixels shaved; ``input`` is then the bicubic upscale. ``--levels`` scores other
+levels instead (for SR any of the evaluation's settings, e.g. ``g2.0``: the paper's protocol, for the ``-paper``
+models).
 Val20 is the training recipes' validation set: choosing between models on it is allowed, on the test sets it is not.
 """
 
@@ -57,15 +60,16 @@ def sr_psnr(weights, images: list[np.ndarray], scale: int, level: str) -> float:
     return statistics.fmean(values)
 
 
-def score(weights: Path, images: list[np.ndarray], task: str, scale: int = 2) -> dict:
+def score(weights: Path, images: list[np.ndarray], task: str, scale: int = 2, levels=None) -> dict:
     from skimage.metrics import peak_signal_noise_ratio
 
     from napari_vdir import restore
 
+    levels = levels or LEVELS[task]
     if task == "sr":
-        return {level: sr_psnr(weights, images, scale, level) for level in LEVELS["sr"]}
+        return {level: sr_psnr(weights, images, scale, level) for level in levels}
     results = {}
-    for level in LEVELS[task]:
+    for level in levels:
         values = []
         for i, clean in enumerate(images):
             x = clean if level == "clean" else degrade(clean, task, level, i)
@@ -86,24 +90,32 @@ def main(argv=None) -> int:
     p.add_argument("--task", choices=sorted(LEVELS), default="denoise")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: gray models, on Val20's luma")
     p.add_argument("--scale", type=int, choices=(2, 4), default=2, help="SR scale (--task sr)")
+    p.add_argument("--levels", nargs="+", help="score these levels instead of the task's: AWGN σ or JPEG quality "
+                   "numbers or `clean`; for --task sr evaluation settings without the scale, e.g. g2.0")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="markdown report (default: print only)")
     args = p.parse_args(argv)
+    levels = LEVELS[args.task]
+    if args.levels:
+        try:
+            levels = tuple(lv if args.task == "sr" or lv == "clean" else int(lv) for lv in args.levels)
+        except ValueError:
+            p.error(f"--levels of --task {args.task} are whole numbers or `clean`, got {' '.join(args.levels)}")
     import torch
 
     from napari_vdir.training.data import load_folder
 
     torch.set_num_threads(args.threads)
     images = [x for _, x in load_folder(args.val, args.channels)]
-    levels = LEVELS[args.task]
     rows = []
     for spec in args.models:
         name, _, weights = spec.partition("=")
-        result = score(Path(weights) if Path(weights).is_file() else weights, images, args.task, args.scale)
+        result = score(Path(weights) if Path(weights).is_file() else weights, images, args.task, args.scale, levels)
         rows.append((name, weights, result))
         print(name, {k: round(v, 3) for k, v in result.items()}, flush=True)
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("task", "denoise"), ("channels", 3))
                     if getattr(args, k) != default) + (f" --scale {args.scale}" if args.task == "sr" else "")
+    flags += " --levels " + " ".join(map(str, levels)) if args.levels else ""
     what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour",
             "sr": f"x{args.scale} low-res made as napari_vdir.evaluate makes it, Y-PSNR, {args.scale} px shaved, "
                   "`input` = bicubic upscale"}[args.task]
