@@ -176,6 +176,26 @@ def test_shipped_recipes_describe_the_shipped_weights():
     assert stages and all(load_recipe(path).steps > 0 for path in stages)  # unshipped stages stay valid too
 
 
+def test_the_training_curve_report_follows_every_cpu_trained_model(tmp_path):
+    """benchmarks/training_curves.py names each CPU-trained shipped model's stage logs, the last one the shipped
+    recipe's run; a stage's gain is the mean of its last validations minus its step-0 one (the starting weights)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "training_curves.py"
+    spec = importlib.util.spec_from_file_location("training_curves", path)
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    assert set(curves.CHAINS) == {name for name in shipped_models() if not name.endswith("-paper")}
+    for model, logs in curves.CHAINS.items():
+        recipe = load_recipe(Path(__file__).parents[1] / "training" / f"{model}.yaml")
+        assert curves.stage_summary(curves.LOGS / f"{logs[-1]}.csv")["steps"] == recipe.steps, model
+    log = tmp_path / "log.csv"
+    log.write_text("step,seconds,val_psnr\n0,0,20\n10,60,19\n20,120,21\n30,180,22\n40,240,23\n")
+    summary = curves.stage_summary(log)
+    assert summary["start"] == 20 and summary["end"] == pytest.approx(22) and summary["gain"] == pytest.approx(2)
+    assert summary["steps"] == 40 and summary["minutes"] == 4 and summary["late"] == pytest.approx(23 - 22)
+
+
 def test_bad_recipes_are_rejected(tmp_path, image_folder):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: x\ntask: denoise\nsteps: 5\ndata: {{train: [{image_folder}]}}\nlearning_rate: 1\n")
