@@ -4,7 +4,7 @@
     python benchmarks/val20_levels.py --channels 1 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-denoise-gray.md
     python benchmarks/val20_levels.py --task jpeg NAME=WEIGHTS ... --out benchmarks/results/val20_levels-jpeg-rgb.md
     python benchmarks/val20_levels.py --task sr --scale 2 NAME=WEIGHTS ... --out benchmarks/results/val20_levels-sr-x2.md
-    python benchmarks/val20_levels.py --task sr --scale 2 --levels g2.0 NAME=WEIGHTS ...   # the paper's protocol
+    python benchmarks/val20_levels.py --task sr --scale 2 --levels g2.0 NAME=WEIGHTS ...     # the paper's protocol
 
 The trainer's validation number (8 crops of Val20, one draw of the clean-inclusive ranges each) mixes noise levels
 and clean crops, so one clean crop at ~50 dB moves the mean by more than any trunk does. This scores whole Val20
@@ -90,17 +90,17 @@ def main(argv=None) -> int:
     p.add_argument("--task", choices=sorted(LEVELS), default="denoise")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: gray models, on Val20's luma")
     p.add_argument("--scale", type=int, choices=(2, 4), default=2, help="SR scale (--task sr)")
-    p.add_argument("--levels", nargs="+", help="score these levels instead of the task's: AWGN σ or JPEG quality "
-                   "numbers or `clean`; for --task sr evaluation settings without the scale, e.g. g2.0")
+    p.add_argument("--levels", help="comma-separated levels to score instead of the task's: AWGN σ or JPEG quality "
+                   "numbers or `clean`; for --task sr evaluation settings without the scale, e.g. g2.0,g2.0-centred")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="markdown report (default: print only)")
     args = p.parse_args(argv)
     levels = LEVELS[args.task]
     if args.levels:
         try:
-            levels = tuple(lv if args.task == "sr" or lv == "clean" else int(lv) for lv in args.levels)
+            levels = tuple(lv if args.task == "sr" or lv == "clean" else int(lv) for lv in args.levels.split(","))
         except ValueError:
-            p.error(f"--levels of --task {args.task} are whole numbers or `clean`, got {' '.join(args.levels)}")
+            p.error(f"--levels of --task {args.task} are whole numbers or `clean`, got {args.levels}")
     import torch
 
     from napari_vdir.training.data import load_folder
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         print(name, {k: round(v, 3) for k, v in result.items()}, flush=True)
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("task", "denoise"), ("channels", 3))
                     if getattr(args, k) != default) + (f" --scale {args.scale}" if args.task == "sr" else "")
-    flags += " --levels " + " ".join(map(str, levels)) if args.levels else ""
+    flags += f" --levels {args.levels}" if args.levels else ""
     what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour",
             "sr": f"x{args.scale} low-res made as napari_vdir.evaluate makes it, Y-PSNR, {args.scale} px shaved, "
                   "`input` = bicubic upscale"}[args.task]
