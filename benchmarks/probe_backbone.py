@@ -157,7 +157,7 @@ def arch_of(candidate: str):
     from napari_vdir.training.config import load_recipe
 
     r = load_recipe(recipe_path(candidate))
-    return ArchConfig(channels=r.channels, scale=r.scale, estimate_dims=r.estimate_dims, **r.arch.model_dump())
+    return ArchConfig(channels=r.channels, scale=r.scale or 1, estimate_dims=r.estimate_dims, **r.arch.model_dump())
 
 
 def describe(candidate: str) -> dict:
@@ -197,17 +197,17 @@ def time_restore(candidate: str, probe: Probe, repeats: int = 5) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = save_weights(Path(tmp) / f"{candidate}.safetensors", VDIR(cfg),
                             ModelInfo(name=f"probe-{candidate}", task=probe.task, arch=cfg))
-        task = {"task": probe.task, "scale": probe.scale} if probe.task == "sr" else {"task": probe.task}
+        scale = probe.scale if probe.task == "sr" else None
         for label, options in (("fast", {"precision": "auto"}), ("float32", {"precision": "float32"})):
             try:
-                restore(image, model=path, device="cpu", **task, **options)  # warm-up (and ORT export)
+                restore(image, probe.task, scale=scale, model=path, device="cpu", **options)  # warm-up, ORT export
             except (ImportError, ValueError) as err:
                 out[label] = f"n/a ({err})"
                 continue
             wall, cpu = [], []
             for _ in range(repeats):
                 t0, c0 = time.perf_counter(), time.process_time()
-                restore(image, model=path, device="cpu", **task, **options)
+                restore(image, probe.task, scale=scale, model=path, device="cpu", **options)
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
             out[label] = statistics.median(wall) / megapixels
