@@ -14,11 +14,13 @@ more compute would still pay. Numbers are not comparable between models or with 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_backbone import read_curve  # noqa: E402  (the trainer's log.csv, read once for both reports)
 
 REPO = Path(__file__).resolve().parents[1]
 LOGS = REPO / "training" / "logs"
@@ -37,23 +39,16 @@ CHAINS = {
 TAIL = 3  # validations averaged for a stage's end
 
 
-def read_validations(log: Path) -> list[tuple[int, float, float]]:
-    """(step, training seconds, validation PSNR) of every validation row of a trainer's log.csv."""
-    with open(log, newline="") as fh:
-        return [(int(r["step"]), float(r["seconds"] or 0), float(r["val_psnr"]))
-                for r in csv.DictReader(fh) if r.get("val_psnr")]
-
-
 def stage_summary(log: Path) -> dict:
-    rows = read_validations(log)
-    if len(rows) < TAIL + 1 or rows[0][0] != 0:
+    rows = read_curve(log)
+    if len(rows) < TAIL + 1 or rows[0]["step"] != 0:
         raise SystemExit(f"{log}: needs the step-0 validation and at least {TAIL} more")
-    start, end = rows[0][2], statistics.fmean(v for _, _, v in rows[-TAIL:])
+    psnr = [r["val_psnr"] for r in rows]
     third = max(1, (len(rows) - 1) // 3)
-    middle = statistics.fmean(v for _, _, v in rows[1:][-2 * third:-third])
-    last = statistics.fmean(v for _, _, v in rows[1:][-third:])
-    return {"steps": rows[-1][0], "minutes": rows[-1][1] / 60, "start": start, "end": end, "gain": end - start,
-            "late": last - middle}
+    middle, last = statistics.fmean(psnr[1:][-2 * third:-third]), statistics.fmean(psnr[1:][-third:])
+    start, end = psnr[0], statistics.fmean(psnr[-TAIL:])
+    return {"steps": rows[-1]["step"], "minutes": rows[-1]["seconds"] / 60, "start": start, "end": end,
+            "gain": end - start, "late": last - middle}
 
 
 def main(argv=None) -> int:

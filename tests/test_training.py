@@ -190,7 +190,8 @@ def test_the_training_curve_report_follows_every_cpu_trained_model(tmp_path):
         recipe = load_recipe(Path(__file__).parents[1] / "training" / f"{model}.yaml")
         assert curves.stage_summary(curves.LOGS / f"{logs[-1]}.csv")["steps"] == recipe.steps, model
     log = tmp_path / "log.csv"
-    log.write_text("step,seconds,val_psnr\n0,0,20\n10,60,19\n20,120,21\n30,180,22\n40,240,23\n")
+    log.write_text("step,seconds,lr,restore,val_psnr\n0,0,,,20\n10,60,1e-4,0.03,19\n20,120,1e-4,0.03,21\n"
+                   "30,180,1e-4,0.03,22\n40,240,1e-4,0.03,23\n")  # a trainer's columns
     summary = curves.stage_summary(log)
     assert summary["start"] == 20 and summary["end"] == pytest.approx(22) and summary["gain"] == pytest.approx(2)
     assert summary["steps"] == 40 and summary["minutes"] == 4 and summary["late"] == pytest.approx(23 - 22)
