@@ -16,6 +16,7 @@ from torch import nn
 
 LATENT_CHANNELS = 4
 LATENT_STRIDE = 4
+UNET_STRIDE = 8  # the "unet" trunk's deepest level runs at 1/8 of the input grid
 
 # Inclusive bounds of every architecture size. They are far above anything trained here (the
 # paper's network is width 64, 5 x 5 blocks) and keep a forged weights file from asking for a
@@ -31,7 +32,7 @@ ARCH_LIMITS: dict[str, tuple[int, int]] = {
 }
 # The architecture fields that take one of a few names (bounded like ARCH_LIMITS, checked before anything is built).
 ARCH_CHOICES: dict[str, tuple[str, ...]] = {
-    "trunk": ("full", "unshuffle"),
+    "trunk": ("full", "unshuffle", "unet"),
 }
 
 
@@ -44,7 +45,10 @@ class ArchConfig:
     (0 for real noise, where none is known).
     ``trunk="unshuffle"`` runs the restorer's residual-in-residual body at half resolution on the 2 x 2
     cells of [y, up(c)] (FFDNet-style): a quarter of the cost per block, twice the receptive field per
-    block (:class:`UnshuffleRestorer`, restoration only). ``"full"`` is the paper's restorer.
+    block (:class:`UnshuffleRestorer`, restoration only). ``"unet"`` is a three-level encoder-decoder on
+    those cells (:class:`UNetRestorer`, restoration only): ``width`` is its first level's width,
+    ``res_blocks`` the residual blocks of each encoder and decoder level, ``rir_blocks`` those of the deepest
+    level. ``"full"`` is the paper's restorer.
     """
 
     channels: int = 3
@@ -60,8 +64,8 @@ class ArchConfig:
         for name, choices in ARCH_CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.trunk == "unshuffle" and self.scale != 1:
-            raise ValueError("trunk 'unshuffle' is for restoration (scale 1); super-resolution uses the full trunk")
+        if self.trunk != "full" and self.scale != 1:
+            raise ValueError(f"trunk {self.trunk!r} is for restoration (scale 1); super-resolution uses the full trunk")
         for name in ARCH_LIMITS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -92,16 +96,27 @@ class ArchConfig:
         return cls(**values)
 
     @property
+    def size_multiple(self) -> int:
+        """Whole planes and tile origins must be multiples of this (the deepest downsampling of the network):
+        then every tile's grids line up with the whole plane's and tiled == whole."""
+        return UNET_STRIDE if self.trunk == "unet" else LATENT_STRIDE
+
+    @property
     def receptive_radius(self) -> int:
-        """Pixels (input grid) on each side that one output pixel depends on."""
+        """Pixels (input grid) on each side that one output pixel depends on (an upper bound)."""
+        # encoder: conv(1) + pool(1) + 2 convs at 1/2 (4) + pool(2) + 3 convs at 1/4 (12)
+        # + bilinear upsampling of c (4)
+        encoder = 1 + 1 + 4 + 2 + 12 + 4
+        if self.trunk == "unet":
+            # per 3x3 conv: 2 px at 1/2, 4 at 1/4, 8 at 1/8; each down/up step adds the coarser cell;
+            # the unshuffle's own cell adds 1; head and tail convs at 1/2
+            level_blocks = 2 * 2 * self.res_blocks * (2 + 4)  # encoder and decoder, two convs a block
+            return 1 + 2 + level_blocks + 2 * self.rir_blocks * 8 + 2 * (2 + 4) + 2 + 8 + encoder
         trunk = 1 + self.rir_blocks * (2 * self.res_blocks + 1) + 2  # head, blocks, fuse and tail convs
         if self.trunk == "unshuffle":
             # each conv at half resolution reaches one 2 x 2 cell (2 pixels) further; an output pixel's own
             # cell adds its neighbour pixel on one side
             trunk = 2 * trunk + 1
-        # encoder: conv(1) + pool(1) + 2 convs at 1/2 (4) + pool(2) + 3 convs at 1/4 (12)
-        # + bilinear upsampling of c (4)
-        encoder = 1 + 1 + 4 + 2 + 12 + 4
         return trunk + encoder
 
 
@@ -215,6 +230,70 @@ class UnshuffleRestorer(nn.Module):
         return y + r[..., :h, :w]
 
 
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom/right to multiples of ``multiple`` by reflection (replicate when too small)."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if h > pad_h and w > pad_w else "replicate")
+
+
+class UNetRestorer(nn.Module):
+    """x = y + shuffle(U(unshuffle([y, up(c)]))): a three-level encoder-decoder on the 2 x 2 cells.
+
+    The levels run at 1/2, 1/4 and 1/8 of the input grid with widths w, 2w and 4w, so a 3 x 3 conv costs the
+    same per input pixel at every level while its reach doubles from one level to the next: the receptive
+    field grows geometrically at a flat cost (DRUNet's and NAFNet's shape, with plain residual blocks).
+    Encoder levels hold ``res_blocks`` residual blocks, the deepest ``rir_blocks``, decoder levels
+    ``res_blocks`` again after adding the encoder's features of their level (skip). Down: a 2 x 2 conv of
+    stride 2; up: a 1 x 1 conv and pixel-shuffle. The latent c lives on the 1/4 grid: besides entering
+    with y, it is added to the 1/4 level's features through a 1 x 1 conv, so the degradation steers the
+    coarse levels directly. Planes are reflect-padded to multiples of 8 and cropped back.
+    """
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        w, n = cfg.width, cfg.res_blocks
+        self.head = conv3x3(4 * (cfg.channels + LATENT_CHANNELS), w)
+        self.encoder1 = nn.Sequential(*[ResBlock(w) for _ in range(n)])
+        self.down1 = nn.Conv2d(w, 2 * w, 2, stride=2)
+        self.latent_in = nn.Conv2d(LATENT_CHANNELS, 2 * w, 1)
+        self.encoder2 = nn.Sequential(*[ResBlock(2 * w) for _ in range(n)])
+        self.down2 = nn.Conv2d(2 * w, 4 * w, 2, stride=2)
+        self.middle = nn.Sequential(*[ResBlock(4 * w) for _ in range(cfg.rir_blocks)])
+        self.up2 = nn.Sequential(nn.Conv2d(4 * w, 8 * w, 1), nn.PixelShuffle(2))
+        self.decoder2 = nn.Sequential(*[ResBlock(2 * w) for _ in range(n)])
+        self.up1 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 1), nn.PixelShuffle(2))
+        self.decoder1 = nn.Sequential(*[ResBlock(w) for _ in range(n)])
+        self.tail = conv3x3(w, 4 * cfg.channels)
+
+    @staticmethod
+    def _blocks(blocks: nn.Sequential, h: torch.Tensor, between_blocks) -> torch.Tensor:
+        for block in blocks:
+            h = block(h)
+            if between_blocks is not None:
+                between_blocks()
+        return h
+
+    def forward(self, y, c, between_blocks=None):
+        h, w = y.shape[-2:]
+        x = _pad_to_multiple(torch.cat([y, upsample_latent(c, (h, w))], dim=1), UNET_STRIDE)
+        # c on the padded 1/4 grid: its last row/column repeated where the plane was padded
+        c = F.pad(c, (0, x.shape[-1] // LATENT_STRIDE - c.shape[-1], 0, x.shape[-2] // LATENT_STRIDE - c.shape[-2]),
+                  mode="replicate")
+        skip1 = self._blocks(self.encoder1, self.head(F.pixel_unshuffle(x, 2)), between_blocks)
+        skip2 = self._blocks(self.encoder2, self.down1(skip1) + self.latent_in(c), between_blocks)
+        deep = self._blocks(self.middle, self.down2(skip2), between_blocks)
+        h2 = self._blocks(self.decoder2, self.up2(deep) + skip2, between_blocks)
+        h1 = self._blocks(self.decoder1, self.up1(h2) + skip1, between_blocks)
+        r = F.pixel_shuffle(self.tail(h1), 2)
+        return y + r[..., :h, :w]
+
+
+RESTORERS = {"full": Restorer, "unshuffle": UnshuffleRestorer, "unet": UNetRestorer}
+
+
 class SuperResolver(nn.Module):
     """Same trunk on the low-resolution y, sub-pixel (PixelShuffle x2 stages) upsampler,
     global residual from the bicubic-upsampled y."""
@@ -317,7 +396,7 @@ class VDIR(nn.Module):
         if cfg.scale > 1:
             self.restorer = SuperResolver(cfg)
         else:
-            self.restorer = UnshuffleRestorer(cfg) if cfg.trunk == "unshuffle" else Restorer(cfg)
+            self.restorer = RESTORERS[cfg.trunk](cfg)
         self.estimator = Estimator(cfg.estimate_dims) if cfg.estimate_dims else None
 
     def encode(self, y):

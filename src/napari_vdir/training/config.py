@@ -34,9 +34,10 @@ class ArchSpec(Strict):
     rir_blocks: int = Field(_PAPER.rir_blocks, ge=1, le=ARCH_LIMITS["rir_blocks"][1])
     res_blocks: int = Field(_PAPER.res_blocks, ge=1, le=ARCH_LIMITS["res_blocks"][1])
     encoder_width: int = Field(_PAPER.encoder_width, ge=4, le=ARCH_LIMITS["encoder_width"][1])
-    trunk: Literal["full", "unshuffle"] = Field(
+    trunk: Literal["full", "unshuffle", "unet"] = Field(
         _PAPER.trunk, description="'unshuffle': the restorer's body runs at half resolution on 2x2 cells "
-        "(nets.UnshuffleRestorer; restoration tasks only)")
+        "(nets.UnshuffleRestorer); 'unet': a three-level encoder-decoder on those cells (nets.UNetRestorer). Both for "
+        "restoration tasks only")
 
     @model_serializer(mode="wrap")
     def _default_trunk_unwritten(self, handler):
@@ -117,8 +118,8 @@ class Recipe(Strict):
         check_task(self.task, self.scale)
         if self.ranges != DEFAULT_RANGES and self.task == "sr":
             raise ValueError(f"ranges {self.ranges!r} are for the noise and JPEG degradations, not sr")
-        if self.arch.trunk == "unshuffle" and self.task == "sr":
-            raise ValueError("arch.trunk 'unshuffle' is for restoration tasks; super-resolution uses 'full'")
+        if self.arch.trunk != "full" and self.task == "sr":
+            raise ValueError(f"arch.trunk {self.arch.trunk!r} is for restoration tasks; super-resolution uses 'full'")
         if self.patch % 4:
             raise ValueError("patch must be a multiple of 4 (the latent is at 1/4 resolution)")
         if self.init and self.init_network:
