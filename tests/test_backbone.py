@@ -35,8 +35,8 @@ def test_the_trunk_is_chosen_by_the_config_and_bounded():
     assert isinstance(model.restorer, UnshuffleRestorer)
     # the body runs on the 2x2 cells of [y, up(c)]: 4 x (3 + 4) channels in, 4 x 3 out
     assert model.restorer.trunk.head.weight.shape[1] == 28 and model.restorer.tail.weight.shape[0] == 12
-    assert ARCH_CHOICES["trunk"] == ("full", "unshuffle")
-    with pytest.raises(ValueError, match="trunk must be one of full, unshuffle"):
+    assert ARCH_CHOICES["trunk"] == ("full", "unshuffle", "unet")
+    with pytest.raises(ValueError, match="trunk must be one of full, unshuffle, unet"):
         ArchConfig(trunk="half")
     with pytest.raises(ValueError, match="trunk must be one of"):
         ArchConfig(trunk=["unshuffle"])

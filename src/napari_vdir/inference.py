@@ -35,32 +35,34 @@ def is_cancelled(cancel) -> bool:
 
 
 def tile_margin(model: VDIR) -> int:
-    """Overlap on each side of a tile: the receptive radius, rounded up to a multiple of 4."""
-    r = model.cfg.receptive_radius
-    return (r + 3) // 4 * 4
+    """Overlap on each side of a tile: the receptive radius, rounded up to a multiple of the network's
+    ``size_multiple`` (4, or 8 for the multi-scale trunk), so that tile windows start on its grid too."""
+    return _ceil_to(model.cfg.receptive_radius, model.cfg.size_multiple)
 
 
-def plan_tiles(h: int, w: int, tile: int | None, margin: int) -> list[tuple[int, int, int, int]]:
+def plan_tiles(h: int, w: int, tile: int | None, margin: int, multiple: int = LATENT_STRIDE
+               ) -> list[tuple[int, int, int, int]]:
     """Output cores (top, left, bottom, right) covering an (h, w) plane whose sizes are multiples of 4.
 
     ``tile=None`` chooses by memory: one pass when the plane holds at most WHOLE_IMAGE_PIXELS, else the fewest
     tiles whose cores plus margins stay within it, of balanced sizes — every tile recomputes its margins, so
     fewer, larger tiles waste less (with an 88 px margin, 2048² runs as 3 x 3 tiles of ~684² rather than
-    4 x 4 of 512², 13 % less work). Tile origins are multiples of 4 so the latent grid of every tile lines
-    up with the whole image's.
+    4 x 4 of 512², 13 % less work). Tile origins are multiples of ``multiple`` (the network's
+    ``size_multiple``: 4 for the latent grid, 8 for the multi-scale trunk's deepest level), so every grid of
+    every tile lines up with the whole image's and tiled == whole.
     """
     if tile is None:
         if h * w <= WHOLE_IMAGE_PIXELS:
             return [(0, 0, h, w)]
-        largest = max(MIN_AUTO_TILE, (math.isqrt(WHOLE_IMAGE_PIXELS) - 2 * margin) // 4 * 4)
+        largest = max(MIN_AUTO_TILE, (math.isqrt(WHOLE_IMAGE_PIXELS) - 2 * margin) // multiple * multiple)
 
         def balanced(size: int) -> int:  # the fewest cores of at most `largest` along one axis, equal but for rounding
             count = -(-size // largest)
-            return _ceil4(-(-size // count))
+            return _ceil_to(-(-size // count), multiple)
 
         tile_h, tile_w = balanced(h), balanced(w)
     else:
-        tile_h = tile_w = max(4, int(tile) // 4 * 4)
+        tile_h = tile_w = max(multiple, int(tile) // multiple * multiple)
     return [(t, l_, min(t + tile_h, h), min(l_ + tile_w, w))
             for t in range(0, h, tile_h) for l_ in range(0, w, tile_w)]
 
@@ -116,8 +118,9 @@ class PlaneRestorer:
 
     def count_steps(self, h: int, w: int) -> int:
         """Progress ticks one plane costs (tiles x transforms x samples)."""
-        hp, wp = _ceil4(h), _ceil4(w)
-        tiles = len(plan_tiles(hp, wp, self.tile_size, self.margin))
+        multiple = self.model.cfg.size_multiple
+        hp, wp = _ceil_to(h, multiple), _ceil_to(w, multiple)
+        tiles = len(plan_tiles(hp, wp, self.tile_size, self.margin, self.model.cfg.size_multiple))
         transforms = 8 if self.ensemble else 1
         return tiles * transforms * self.samples
 
@@ -125,10 +128,13 @@ class PlaneRestorer:
         """``plane``: (C, H, W) float32. ``degrade_more``: callable giving a more degraded copy
         (used only when strength != 1)."""
         c, h, w = plane.shape
-        x = _pad4(plane)
+        # padded to the network's grid here, once, so that every pass (whole, tile, ONNX graph) gets sizes it
+        # takes as they are
+        multiple = self.model.cfg.size_multiple
+        x = _pad_to(plane, multiple)
         steer = None
         if self.strength != 1.0 and degrade_more is not None:
-            steer = _pad4(degrade_more(plane))
+            steer = _pad_to(degrade_more(plane), multiple)
         # running sums, not lists of full-size copies: a 4096^2 plane must stay within ~2 GB. At scale 1 they
         # sum the change each draw makes to the input, which keeps float32 sums exact where nothing changes
         # (an untouched pixel comes back bit for bit, with zero uncertainty) and the variance well-conditioned.
@@ -156,6 +162,7 @@ class PlaneRestorer:
             variance = (squares.div_(draws) - mean * mean).clamp_(min=0) * (draws / (draws - 1))
             uncertainty = variance.sqrt_()[crop]
         image = (mean if reference is None else mean.add_(reference))[crop]
+        latent = latent[:, :_ceil4(h) // LATENT_STRIDE, :_ceil4(w) // LATENT_STRIDE]
         if estimate is not None:
             estimate = estimate[:, :h, :w].mean(dim=(1, 2))
         return PlaneResult(image, latent, estimate, uncertainty)
@@ -167,7 +174,7 @@ class PlaneRestorer:
         out = torch.empty(c, h * s, w * s)
         latent = torch.empty(4, h // LATENT_STRIDE, w // LATENT_STRIDE)
         est = None
-        for top, left, bottom, right in plan_tiles(h, w, self.tile_size, m):
+        for top, left, bottom, right in plan_tiles(h, w, self.tile_size, m, self.model.cfg.size_multiple):
             self._check_cancel()
             t0, l0 = max(0, top - m), max(0, left - m)
             b0, r0 = min(h, bottom + m), min(w, right + m)
@@ -203,14 +210,18 @@ class PlaneRestorer:
         return out, latent, est
 
 
+def _ceil_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _ceil4(n: int) -> int:
-    return (n + 3) // 4 * 4
+    return _ceil_to(n, 4)
 
 
-def _pad4(x: torch.Tensor) -> torch.Tensor:
-    """Pad (C, H, W) at the bottom/right to multiples of 4 by reflection (replicate for tiny planes)."""
+def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (C, H, W) at the bottom/right to multiples of ``multiple`` by reflection (replicate for tiny planes)."""
     h, w = x.shape[-2:]
-    ph, pw = _ceil4(h) - h, _ceil4(w) - w
+    ph, pw = _ceil_to(h, multiple) - h, _ceil_to(w, multiple) - w
     if not (ph or pw):
         return x
     mode = "reflect" if h > ph and w > pw else "replicate"

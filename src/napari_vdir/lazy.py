@@ -53,7 +53,7 @@ def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None,
     chunks = list(x.chunks)
     chunks[-1] = (x.shape[-1],)
     for axis in (h_axis, w_axis):
-        chunks[axis] = spatial_chunks(x.shape[axis], x.chunks[axis][0], margin)
+        chunks[axis] = spatial_chunks(x.shape[axis], x.chunks[axis][0], margin, net.cfg.size_multiple)
     x = x.rechunk(tuple(chunks))
 
     depth = {axis: margin if len(x.chunks[axis]) > 1 else 0 for axis in (h_axis, w_axis)}
@@ -78,10 +78,11 @@ def global_intensity_range(array, channel_axis=None, alpha=None, intensity_range
     return resolve_range(array, intensity_range, layout)
 
 
-def spatial_chunks(size: int, chunk: int, margin: int) -> tuple[int, ...]:
-    """Chunk sizes for one spatial axis: multiples of 4 (so every block origin is one), at least
-    ``margin`` (so overlapping never rechunks), a short last chunk merged into the one before."""
-    chunk = max(margin, LATENT_STRIDE, round(chunk / LATENT_STRIDE) * LATENT_STRIDE)
+def spatial_chunks(size: int, chunk: int, margin: int, multiple: int = LATENT_STRIDE) -> tuple[int, ...]:
+    """Chunk sizes for one spatial axis: multiples of ``multiple`` (the network's ``size_multiple``, so every
+    block origin is one), at least ``margin`` (so overlapping never rechunks), a short last chunk merged into
+    the one before."""
+    chunk = max(margin, multiple, round(chunk / multiple) * multiple)
     if chunk >= size:
         return (size,)
     sizes = [chunk] * (size // chunk)

@@ -108,10 +108,11 @@ class ArchConfig:
         # + bilinear upsampling of c (4)
         encoder = 1 + 1 + 4 + 2 + 12 + 4
         if self.trunk == "unet":
-            # per 3x3 conv: 2 px at 1/2, 4 at 1/4, 8 at 1/8; each down/up step adds the coarser cell;
-            # the unshuffle's own cell adds 1; head and tail convs at 1/2
-            level_blocks = 2 * 2 * self.res_blocks * (2 + 4)  # encoder and decoder, two convs a block
-            return 1 + 2 + level_blocks + 2 * self.rir_blocks * 8 + 2 * (2 + 4) + 2 + 8 + encoder
+            # a 3x3 conv reaches 2 px at 1/2, 4 at 1/4, 8 at 1/8 (two convs a residual block); a 2x2 down
+            # step and an up step each reach one cell of the finer level (2 px from 1/2, 4 px from 1/4);
+            # the pixel's own 2x2 cell adds 1, the head and tail convs at 1/2 two each
+            levels = 2 * self.res_blocks * (2 + 4) * 2 + 2 * self.rir_blocks * 8  # encoder + decoder, deepest
+            return 1 + 2 + levels + 2 * (2 + 4) + 2 + encoder
         trunk = 1 + self.rir_blocks * (2 * self.res_blocks + 1) + 2  # head, blocks, fuse and tail convs
         if self.trunk == "unshuffle":
             # each conv at half resolution reaches one 2 x 2 cell (2 pixels) further; an output pixel's own
