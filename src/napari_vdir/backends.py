@@ -8,8 +8,21 @@ the encoder ``y -> (mu, logvar)`` and the restorer ``(y, c) -> (image, EST(c))``
 the strength shift are computed between them exactly as ``VDIR.forward`` computes them.
 
 The graphs are exported once per weights file (keyed by the file's SHA-256) into the user cache folder,
-``$XDG_CACHE_HOME/napari-vdir`` or ``~/.cache/napari-vdir`` (``%LOCALAPPDATA%\\napari-vdir\\Cache`` on
-Windows, ``~/Library/Caches/napari-vdir`` on macOS), never next to the package.
+``$XDG_CACHE_HOME/napari-vdir`` when that is set, else platformdirs' user cache folder (``~/.cache/napari-vdir``,
+``%LOCALAPPDATA%\\napari-vdir\\Cache`` on Windows, ``~/Library/Caches/napari-vdir`` on macOS), never next to
+the package. The cache is never trusted blindly:
+
+- Each entry holds ``manifest.json`` with the SHA-256 of the weights it was built from and of each graph;
+  a graph is used only when both match (read once, checked, and handed to ONNX Runtime as bytes). A
+  foreign, truncated, empty or altered graph, or one ONNX Runtime cannot load, is rebuilt.
+- Graphs are built one at a time in a process (``torch.onnx.export`` is not thread-safe), in a private
+  folder ``onnx/.napari-vdir-build-<host>-<pid>-<random>`` and then renamed into place, manifest last.
+  Build folders and ``.partial-<pid>`` files left by killed runs are removed on a later run once their
+  process is gone (same host) or after ``STALE_AGE_S``.
+- A cache that cannot be written (read-only ``XDG_CACHE_HOME``, a file in its place, a full disk) costs
+  nothing but the build time: the graphs are built in a temporary folder, loaded, and the folder removed.
+- Graphs that cannot be built at all make ``backend="auto"`` run torch float32 (with a ``RuntimeWarning``);
+  an explicit ``backend="onnxruntime"`` raises :class:`GraphError` with a one-line reason.
 
 Backend and precision (``restore(backend=, precision=)``):
 
@@ -29,9 +42,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import re
+import shutil
+import socket
 import sys
+import tempfile
 import threading
+import time
+import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +64,20 @@ from .nets import VDIR, ArchConfig, Forward, draw_latent
 BACKENDS = ("auto", "torch", "onnxruntime")
 GRAPH_VERSION = 1   # bump when the exported graphs change: old cache entries are then ignored
 CANCEL_POLL_S = 0.02
+GRAPHS = ("encoder", "restorer")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+STALE_AGE_S = 3600.0   # a build folder or partial file this old is a leftover whatever its pid says
+BUILD_PREFIX = ".napari-vdir-build-"
+_BUILD_LOCK = threading.Lock()   # one graph build at a time in this process
+_STALE_BUILD = re.compile(r"^\.napari-vdir-build-(?P<host>[^-]*)-(?P<pid>\d+)-[^-]+$")
+_STALE_PARTIAL = re.compile(r"^\..+\.partial-(?P<pid>\d+)$")   # write-then-rename leftovers (older versions)
+_ENTRY = re.compile(r"^[0-9a-f]{32}-g\d+-opset\d+$")   # a cache entry folder (the only ones swept inside)
+_swept: set[str] = set()
+
+
+class GraphError(ValueError):
+    """The ONNX Runtime graphs of a weights file cannot be built (one-line message)."""
 
 
 def onnxruntime_available() -> bool:
@@ -75,13 +110,12 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto")
 
 def cache_dir() -> Path:
     """The user cache folder for napari-vdir (created on first use, not here)."""
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "napari-vdir"
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "napari-vdir" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "napari-vdir"
-    return Path.home() / ".cache" / "napari-vdir"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if xdg:  # honoured on every platform (platformdirs honours it on Linux, on macOS only in recent versions)
+        return Path(xdg) / "napari-vdir"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-vdir", appauthor=False))
 
 
 @lru_cache(maxsize=32)
@@ -99,18 +133,171 @@ def weights_digest(path: str | Path) -> str:
     return _digest(str(path), st.st_mtime, st.st_size)
 
 
-def onnx_graphs(path: str | Path, net: VDIR) -> tuple[Path, Path]:
-    """(encoder, restorer) ONNX files for the weights file ``path`` (whose network is ``net``), exported
-    into the cache folder the first time and reused after."""
-    from .export import ONNX_OPSET, write_onnx
+@dataclass(frozen=True)
+class Graphs:
+    """The ONNX graphs of one weights file, checked: ``folder`` is the cache entry holding them, or None
+    where they were built in a temporary folder because the cache cannot be written (``note`` says why)."""
 
-    folder = cache_dir() / "onnx" / f"{weights_digest(path)[:32]}-g{GRAPH_VERSION}-opset{ONNX_OPSET}"
-    encoder, restorer = folder / "encoder.onnx", folder / "restorer.onnx"
-    if not (encoder.is_file() and restorer.is_file()):
-        folder.mkdir(parents=True, exist_ok=True)
-        write_onnx(net, encoder, "encoder")   # each written beside its name, then renamed
-        write_onnx(net, restorer, "restorer")
-    return encoder, restorer
+    encoder: bytes
+    restorer: bytes
+    folder: Path | None
+    built: bool
+    note: str = ""
+
+
+def graphs(path: str | Path, net: VDIR, rebuild: bool = False) -> Graphs:
+    """The verified (encoder, restorer) graphs of the weights file ``path`` (whose network is ``net``): read
+    from the cache when its manifest matches the weights and the graphs, else built (``rebuild=True``:
+    built whatever the cache holds) and stored in the cache where it can be written."""
+    from .export import ONNX_OPSET
+
+    weights = weights_digest(path)
+    folder = cache_dir() / "onnx" / f"{weights[:32]}-g{GRAPH_VERSION}-opset{ONNX_OPSET}"
+    found = None if rebuild else _read_entry(folder, weights)
+    if found and str(folder.parent) in _swept:
+        return Graphs(*found, folder, built=False)
+    with _BUILD_LOCK:
+        if str(folder.parent) not in _swept:  # once per process: leftovers of killed runs
+            _swept.add(str(folder.parent))
+            _sweep(folder.parent)
+        if not (found or rebuild):
+            found = _read_entry(folder, weights)  # another thread may have built it meanwhile
+        if found:
+            return Graphs(*found, folder, built=False)
+        return _build(net, folder, weights)
+
+
+def onnx_graphs(path: str | Path, net: VDIR) -> tuple[Path, Path]:
+    """(encoder, restorer) ONNX files in the cache for the weights file ``path`` (whose network is ``net``),
+    exported the first time and reused after; OSError where the cache folder cannot be written."""
+    found = graphs(path, net)
+    if found.folder is None:
+        raise OSError(f"cannot write the ONNX graph cache in {cache_dir()}: {found.note}")
+    return found.folder / "encoder.onnx", found.folder / "restorer.onnx"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_entry(folder: Path, weights: str) -> tuple[bytes, bytes] | None:
+    """The graphs of a cache entry if its manifest names these weights and each graph's digest matches."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if manifest["format"] != MANIFEST_FORMAT or manifest["weights_sha256"] != weights:
+            return None
+        blobs = tuple((folder / f"{name}.onnx").read_bytes() for name in GRAPHS)
+        if any(manifest["graphs"][name] != _sha256(blob) for name, blob in zip(GRAPHS, blobs)):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or malformed: not an entry
+        return None
+    return blobs
+
+
+def _build(net: VDIR, folder: Path, weights: str) -> Graphs:
+    """Export the graphs into a private folder, store them in ``folder`` (manifest last) where the cache
+    can be written, and return them; the private folder is always removed. Call with ``_BUILD_LOCK`` held."""
+    from . import export
+
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=_build_prefix(), dir=folder.parent))
+        note = ""
+    except OSError as err:  # read-only cache, a file in its way: build in the temporary folder instead
+        note = _one_line(err)
+        _sweep(Path(tempfile.gettempdir()), entries=False)
+        work = Path(tempfile.mkdtemp(prefix=_build_prefix()))
+    try:
+        for name in GRAPHS:
+            export.write_onnx(net, work / f"{name}.onnx", name)
+        blobs = tuple((work / f"{name}.onnx").read_bytes() for name in GRAPHS)
+        stored = None
+        if not note:
+            manifest = {"format": MANIFEST_FORMAT, "weights_sha256": weights, "graph_version": GRAPH_VERSION,
+                        "opset": export.ONNX_OPSET, "torch": torch.__version__,
+                        "graphs": {name: _sha256(blob) for name, blob in zip(GRAPHS, blobs)}}
+            try:
+                _store(work, folder, manifest)
+                stored = folder
+            except OSError as err:
+                note = _one_line(err)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Graphs(*blobs, stored, built=True, note=note)
+
+
+def _store(work: Path, folder: Path, manifest: dict) -> None:
+    """Move the graphs built in ``work`` into the cache entry ``folder``: the old manifest goes first and
+    the new one comes last, so a reader never takes a half-replaced entry for a whole one."""
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    folder.mkdir(exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for name in GRAPHS:
+        os.replace(work / f"{name}.onnx", folder / f"{name}.onnx")
+    os.replace(work / MANIFEST, folder / MANIFEST)
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _build_prefix() -> str:
+    """Build folders are named by host and pid (for the stale sweep), then made unique by mkdtemp."""
+    return f"{BUILD_PREFIX}{_host_tag()}-{os.getpid()}-"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _sweep(root: Path, entries: bool = True) -> None:
+    """Remove build folders left by killed runs in ``root`` (and partial files in its cache entry folders
+    where ``entries``; not in the system's temporary folder, whose subfolders are not ours): those
+    whose process is gone (same host), this process's own (all its builds run under ``_BUILD_LOCK``, which
+    the caller holds, so none is under way; a pid reused in a container looks alive), or older than
+    ``STALE_AGE_S``. Files that are not this tool's leftovers are never touched."""
+    now, host, me = time.time(), _host_tag(), os.getpid()
+    try:
+        top = list(root.iterdir())
+    except OSError:
+        return
+    candidates = [(p, _STALE_BUILD.match(p.name)) for p in top if p.name.startswith(BUILD_PREFIX)]
+    for entry in top if entries else ():
+        if _ENTRY.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            try:
+                candidates += [(p, _STALE_PARTIAL.match(p.name)) for p in entry.iterdir()]
+            except OSError:
+                continue
+    for p, m in candidates:
+        if m is None:
+            continue
+        pid, same_host = int(m["pid"]), m.groupdict().get("host", host) == host
+        try:
+            old = now - p.lstat().st_mtime > STALE_AGE_S
+        except OSError:
+            continue
+        if old or (same_host and (pid == me or not _alive(pid))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (True where that cannot be told)."""
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
 
 
 class OrtVDIR:
@@ -118,7 +305,8 @@ class OrtVDIR:
 
     backend = "onnxruntime"
 
-    def __init__(self, encoder: str | Path, restorer: str | Path, cfg: ArchConfig, threads: int | None = None):
+    def __init__(self, encoder: str | Path | bytes, restorer: str | Path | bytes, cfg: ArchConfig,
+                 threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -131,9 +319,13 @@ class OrtVDIR:
         providers = ["CPUExecutionProvider"]
         self._ort = ort
         self.cfg = cfg
-        self.encoder = ort.InferenceSession(str(encoder), options, providers=providers)
-        self.restorer = ort.InferenceSession(str(restorer), options, providers=providers)
+        self.encoder, self.restorer = (ort.InferenceSession(g if isinstance(g, bytes) else str(g), options,
+                                                            providers=providers) for g in (encoder, restorer))
         self.has_estimate = len(self.restorer.get_outputs()) > 1
+        for session in (self.encoder, self.restorer):
+            if session.get_inputs()[0].shape[1] != cfg.channels:
+                raise ValueError(f"the graph takes {session.get_inputs()[0].shape[1]} channels, the model "
+                                 f"{cfg.channels}")
 
     def encode(self, y: torch.Tensor, between_blocks=None) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self._run(self.encoder, {"input": _array(y)}, between_blocks)
@@ -188,19 +380,37 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _ort_model(path: str, mtime: float, threads: int) -> OrtVDIR:
+def _ort_model(path: str, mtime: float, threads: int) -> OrtVDIR | GraphError:
+    """The OrtVDIR of a weights file, or the GraphError saying why there is none (kept, so that an "auto"
+    run does not try to build the graphs again on every call)."""
     from .weights import load_weights
 
     net, _ = load_weights(path, "cpu")
-    encoder, restorer = onnx_graphs(path, net)
-    return OrtVDIR(encoder, restorer, net.cfg, threads)
+    found = None
+    try:
+        found = graphs(path, net)
+        return OrtVDIR(found.encoder, found.restorer, net.cfg, threads)
+    except Exception as first:  # noqa: BLE001 — a cached graph ONNX Runtime cannot load is rebuilt once
+        reason = first
+        if found is not None and not found.built:
+            try:
+                found = graphs(path, net, rebuild=True)
+                return OrtVDIR(found.encoder, found.restorer, net.cfg, threads)
+            except Exception as second:  # noqa: BLE001
+                reason = second
+    return GraphError(f"cannot build the ONNX Runtime graphs of {Path(path).name} ({_one_line(reason)})")
 
 
 def ort_model(path: str | Path, threads: int | None = None) -> OrtVDIR:
     """The cached :class:`OrtVDIR` of a weights file (sessions with ``threads`` intra-op threads,
-    default ``torch.get_num_threads()``)."""
+    default ``torch.get_num_threads()``); :class:`GraphError` where its graphs cannot be built."""
     path = Path(path)
-    return _ort_model(str(path), path.stat().st_mtime, int(threads or torch.get_num_threads()))
+    model = _ort_model(str(path), path.stat().st_mtime, int(threads or torch.get_num_threads()))
+    if isinstance(model, GraphError):
+        err = GraphError(f"{model}; use backend='torch'")
+        err.reason = str(model)
+        raise err
+    return model
 
 
 def observed(net: torch.nn.Module) -> bool:
@@ -219,4 +429,11 @@ def select(net: VDIR, path: str | Path, device: torch.device, backend: str = "au
         used = "torch"  # hooks on the torch module must see the pass
     if used == "torch":
         return net, used, precision
-    return ort_model(path), used, "float32"
+    try:
+        return ort_model(path), used, "float32"
+    except GraphError as err:
+        if backend != "auto":
+            raise
+        warnings.warn(f"{getattr(err, 'reason', err)}; running torch float32 instead", RuntimeWarning,
+                      stacklevel=3)
+        return net, "torch", precision
