@@ -157,3 +157,69 @@ def test_layers_are_prepared_as_the_restore_dock_prepares_them(dock):
     noisy, clean = prepared["noisy"][0], prepared["clean"][0]
     assert noisy[0, 0, 0] < 15_000 and clean[0, 0, 0] == noisy[0, 0, 0]  # clipped, by the same range
     assert np.array_equal(noisy[1:], hot[1:])  # nothing else changed
+
+
+def test_the_start_model_follows_the_chosen_layers(make_napari_viewer, models_dir, qtbot, rng):
+    """Issue 31 (friction): on an RGB layer the dock started from denoise-gray and Run failed ("denoise-gray is a
+    gray model"). RGB layers now start from denoise-rgb, gray and multichannel ones from denoise-gray; and a
+    run on the RGB layer with what the dock chose trains and saves."""
+    from napari_vdir._finetune_widget import FineTuneDock
+
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy_stack(rng, planes=2), name="gray")
+    viewer.add_image(np.moveaxis(noisy_stack(rng, planes=2), 0, -1), name="two channels")
+    viewer.add_image((rng.random((32, 32, 3)) * 255).astype(np.uint8), name="photo", rgb=True)
+    dock = FineTuneDock(viewer)
+    assert [layer.name for layer in dock.noisy.value] == ["photo"]  # the top layer
+    assert dock.model.value == "denoise-rgb"
+    dock.noisy.value = [viewer.layers["gray"]]
+    assert dock.model.value == "denoise-gray"
+    dock.noisy.value = [viewer.layers["photo"]]
+    assert dock.model.value == "denoise-rgb"
+    dock.noisy.value = [viewer.layers["two channels"]]
+    assert dock.model.value == "denoise-gray"
+    dock.model.value = "tiny-start"  # a gray model the user chose for gray data is kept
+    dock.noisy.value = [viewer.layers["gray"]]
+    assert dock.model.value == "tiny-start"
+
+    dock.noisy.value = [viewer.layers["photo"]]
+    assert dock.model.value == "denoise-rgb"
+    dock.steps.value = 10
+    dock.batch.value = 1
+    dock.name.value = "photo-tuned"
+    worker = dock.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    assert (models_dir / "photo-tuned.safetensors").is_file(), dock.status.value
+    assert load_weights(models_dir / "photo-tuned.safetensors")[1].channels == 3
+
+
+def test_a_two_channel_layer_trains_on_its_channels(dock, models_dir):
+    """Issue 31 item 11: a (H, W, 2) layer is two channels, as the Restore dock reads it (not 64 planes)."""
+    from napari_vdir._finetune_widget import training_inputs
+
+    layer = dock._viewer.add_image(np.moveaxis(noisy_stack(np.random.default_rng(1), planes=2), 0, -1),
+                                   name="two channels")
+    dock.noisy.value = [layer]
+    settings = dock.settings()
+    inputs = training_inputs(settings.pop("noisy_snaps"), settings.pop("clean_snap"))
+    assert inputs["channel_axis"] == [2] and np.asarray(inputs["intensity_range"][0]).shape == (2, 2)
+    from napari_vdir.training import session
+
+    result = session.finetune(**settings, **inputs, notify=False)
+    assert result.info.recipe["patch"] == 48  # planes of 48 x 48, not 48 x 2
+
+
+def test_a_models_folder_that_cannot_take_the_result_is_refused_before_training(dock, qtbot, monkeypatch, tmp_path):
+    """Issue 31 item 4: the dock trained every step, then failed to save. Now Run is refused up front."""
+    from napari_vdir import _finetune_widget
+
+    messages = []
+    monkeypatch.setattr(_finetune_widget, "show_error", messages.append)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv(user_models.ENV_VAR, str(blocker))
+    dock.name.value = "anything"
+    assert dock.run() is None and not dock.running
+    assert "is a file, not a folder" in messages[-1] and str(blocker) in messages[-1]

@@ -144,3 +144,136 @@ def test_several_arrays_of_different_sizes_and_dtypes_train_together(models_dir,
 def test_colour_images_need_a_colour_model(models_dir):
     with pytest.raises(ValueError, match="gray model"):
         session.finetune(np.zeros((32, 32, 3), np.uint8), name="x", init="denoise-gray", steps=1)
+
+
+# ----------------------------------------------------------------------------- issue 31: destination and inputs
+
+def _steps_seen():
+    seen = []
+    return seen, (lambda record: seen.append(record.step))
+
+
+def _read_only(folder: Path, monkeypatch) -> None:
+    """``folder`` cannot be written: its permission bits say so, and where they do not bind (root) the
+    writes into it fail as they would on a read-only mount."""
+    import errno
+    import os
+    import tempfile
+
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's name
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+@pytest.mark.parametrize("problem, message", [("a file", "is a file, not a folder"),
+                                              ("under a file", "which is a file"),
+                                              ("read-only", "cannot be written")])
+def test_the_destination_is_checked_before_training(tmp_path, monkeypatch, tiny_weights, problem, message):
+    """Issue 31 item 4: with the models folder a file (or read-only) every step trained, then saving failed
+    with OSError and the model was gone. Now nothing trains."""
+    start = tiny_weights[("denoise", 1, 1)]
+    folder = tmp_path / "models"
+    if problem == "a file":
+        folder.write_text("not a folder")
+    elif problem == "under a file":
+        (tmp_path / "home").write_text("a file")
+        folder = tmp_path / "home" / "models"
+    else:
+        folder.mkdir()
+        _read_only(folder, monkeypatch)
+    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    seen, record = _steps_seen()
+    noisy, _ = cells_stack(np.random.default_rng(5), planes=2, size=32)
+    try:
+        with pytest.raises(OSError, match=message) as err:
+            session.finetune(noisy, name="mine", init=start, steps=3, batch=2, callback=record)
+    finally:
+        if folder.is_dir():
+            folder.chmod(0o755)
+    assert seen == [] and "\n" not in str(err.value) and str(folder) in str(err.value)
+
+
+def test_a_model_that_cannot_be_saved_at_the_end_is_kept_where_the_message_says(models_dir, tiny_weights):
+    """Issue 31 item 4: another process saved a model of the same name while this one trained: the run ended
+    in FileExistsError and its model was discarded. Now the model is kept, and the message names where."""
+    theirs = models_dir / "mine.safetensors"
+
+    def meanwhile(record):
+        if record.step == 2:
+            shutil.copy(tiny_weights[("denoise", 1, 3)], theirs)  # someone else's model takes the name
+    noisy, _ = cells_stack(np.random.default_rng(6), planes=2, size=32)
+    with pytest.raises(session.ModelNotSaved) as err:
+        session.finetune(noisy, name="mine", init=tiny_weights[("denoise", 1, 1)], steps=4, batch=2,
+                         callback=meanwhile)
+    kept = err.value.path
+    assert str(kept) in str(err.value) and "\n" not in str(err.value) and "exists" in str(err.value)
+    model, info = napari_vdir.weights.load_weights(kept)
+    assert info.name == "mine" and info.recipe["steps_done"] == 4 and info.channels == 1
+    assert theirs.read_bytes() == tiny_weights[("denoise", 1, 3)].read_bytes()  # theirs untouched
+    restored = napari_vdir.restore(noisy, "denoise", model=kept, precision="float32")
+    assert restored.shape == noisy.shape
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["log.csv", "mine.safetensors"]
+    shutil.rmtree(kept.parent)
+
+
+def test_a_models_folder_that_turns_read_only_keeps_the_model(models_dir, tiny_weights, monkeypatch):
+    import errno
+
+    def read_only(name, *args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(models_dir / f"{name}.safetensors"))
+    monkeypatch.setattr(user_models, "save_user_model", read_only)
+    noisy, _ = cells_stack(np.random.default_rng(7), planes=2, size=32)
+    with pytest.raises(session.ModelNotSaved, match="Read-only file system") as err:
+        session.finetune(noisy, name="ro", init=tiny_weights[("denoise", 1, 1)], steps=2, batch=2)
+    assert napari_vdir.weights.read_info(err.value.path).name == "ro"
+    shutil.rmtree(err.value.path.parent)
+
+
+@pytest.mark.parametrize("kind, error, message", [
+    ("nan", ValueError, "NaN or inf"),
+    ("bool", TypeError, "unsupported dtype bool"),
+    ("int16 negative", ValueError, "negative values"),
+    ("float 0-1e6", ValueError, "floats are taken as [0, 1] intensity"),
+])
+def test_arrays_are_checked_before_training_as_restore_checks_them(models_dir, tiny_weights, kind, error, message):
+    """Issue 31 item 11: finetune accepted NaN, bool, int16 with negatives and floats on a 0-1e6 scale (then
+    FloatingPointError after training had started). Each is now refused in one line before any step."""
+    rng = np.random.default_rng(8)
+    image = {"nan": np.where(rng.random((32, 32)) < 0.01, np.nan, rng.random((32, 32))).astype(np.float32),
+             "bool": rng.random((32, 32)) > 0.5,
+             "int16 negative": rng.integers(-50, 1000, (32, 32)).astype(np.int16),
+             "float 0-1e6": (rng.random((32, 32)) * 1e6).astype(np.float32)}[kind]
+    seen, record = _steps_seen()
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        session.finetune(image, name="x", init=tiny_weights[("denoise", 1, 1)], steps=2, batch=2, callback=record)
+    assert seen == [] and "\n" not in str(err.value)
+    if kind == "float 0-1e6":  # with an intensity range, as restore takes it, the same floats train
+        session.finetune(image, name="scaled", init=tiny_weights[("denoise", 1, 1)], steps=2, batch=2,
+                         intensity_range=(0.0, 1e6), callback=record)
+        assert seen[-1] == 2 and (models_dir / "scaled.safetensors").is_file()
+
+
+def test_a_two_channel_array_is_two_planes_as_restore_reads_it(models_dir, tiny_weights):
+    """Issue 31 item 11: an (H, W, 2) array was read as 64 planes of 64x2 ("images of 2 px are too small").
+    restore() reads a last axis of 2 as two channels, each normalised by its own range; so does finetune."""
+    from napari_vdir.intensity import robust_range
+
+    rng = np.random.default_rng(9)
+    two = np.stack([rng.integers(100, 300, (64, 64)), rng.integers(1000, 30000, (64, 64))], -1).astype(np.uint16)
+    planes = array_planes(two, 1)
+    assert [p.shape for p in planes] == [(64, 64, 1), (64, 64, 1)]
+    for k, plane in enumerate(planes):
+        low, high = robust_range(two[..., k])
+        np.testing.assert_allclose(plane[..., 0], (two[..., k] - low) / (high - low), rtol=1e-5, atol=1e-6)
+    (ranges,) = session._ranges_for([two], None, None)
+    assert np.asarray(ranges).shape == (2, 2)  # one range per channel, for the clean twin too
+    result = session.finetune(two, name="two", init=tiny_weights[("denoise", 1, 1)], steps=2, batch=2)
+    assert result.info.recipe["patch"] == 64
+    assert len(array_planes(two, 1, rgb=False, channel_axis=False)) == 64  # explicitly no channels: 64 planes

@@ -444,3 +444,134 @@ def test_recipe_architecture_is_bounded_like_a_weights_file(tmp_path):
     assert Recipe.model_validate({**base, "arch": {"rir_blocks": limit}}).arch.rir_blocks == limit
     with pytest.raises(ValueError, match="rir_blocks"):
         Recipe.model_validate({**base, "arch": {"rir_blocks": limit + 1}})
+
+
+# ----------------------------------------------------------------------------- issue 31: outputs and inputs
+
+def one_step(folder, out, *extra) -> list[str]:
+    return ["--task", "denoise", "--data", str(folder), "--steps", "1", "--patch", "32", "--batch", "2",
+            "--out", str(out), "--quiet", "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_a_folder_that_holds_a_run_is_refused_unless_resumed_or_overwritten(image_folder, tmp_path, capsys):
+    """Issue 31 item 3: a second run into OUT replaced the weights and checkpoint and appended a second run to
+    log.csv. Now it is refused in one line and OUT is left as it was; --overwrite replaces the run whole."""
+    out = tmp_path / "o"
+    assert training_main(one_step(image_folder, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"checkpoint.pt", "log.csv", "denoise.safetensors"}
+    capsys.readouterr()
+    assert training_main(one_step(image_folder, out)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    assert training_main(one_step(image_folder, out, "--name", "other")) == 2  # another name: same log, checkpoint
+    assert "checkpoint.pt, log.csv" in one_error_line(capsys.readouterr().err)
+    assert training_main(one_step(image_folder, out, "--resume", "--overwrite")) == 2
+    assert "give one of them" in one_error_line(capsys.readouterr().err)
+
+    assert training_main(one_step(image_folder, out, "--overwrite", "--seed", "7")) == 0
+    assert log_steps(out / "log.csv") == [0, 1]  # one run's log, not two
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["recipe"]["seed"] == 7
+    assert read_info(out / "denoise.safetensors").recipe["seed"] == 7
+    assert training_main(one_step(image_folder, out, "--steps", "2", "--resume")) == 0  # --resume continues it
+    assert log_steps(out / "log.csv") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_out_naming_a_file_is_one_line(image_folder, tmp_path, capsys, where):
+    """Issue 31 item 3: FileExistsError / NotADirectoryError tracebacks before."""
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("mine")
+    out = thesis if where == "a file" else thesis / "run"
+    assert training_main(one_step(image_folder, out)) == 2
+    assert "is a file" in one_error_line(capsys.readouterr().err)
+    assert thesis.read_text() == "mine"
+
+
+def test_training_data_is_checked_up_front_as_restore_checks_it(image_folder, tmp_path, capsys):
+    """Issue 31 item 11: NaN in a file was accepted (the run died at the first NaN patch, advising a checkpoint
+    that did not exist); floats far off [0, 1] trained on the wrong scale. One line each, before training."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    for kind, message in (("nan", "NaN or inf"), ("huge", "float image spans [0, 1e+06]"),
+                          ("negative", "negative values")):
+        folder = tmp_path / kind
+        folder.mkdir()
+        image = rng.random((64, 64)).astype(np.float32)
+        if kind == "nan":
+            image[5, 5] = np.nan
+        elif kind == "huge":
+            image = image * 1e6
+            image[0, 0] = 0
+        else:
+            image = (image * 1000 - 10).astype(np.int16)
+        tifffile.imwrite(folder / "a.tif", image)
+        out = tmp_path / f"out-{kind}"
+        assert training_main(one_step(folder, out, "--channels", "1")) == 2, kind
+        line = one_error_line(capsys.readouterr().err)
+        assert message in line and "a.tif" in line, line
+        assert not out.exists()  # refused before anything was written
+
+
+def test_a_diverged_run_names_a_checkpoint_only_when_there_is_one(image_folder, tmp_path, capsys, monkeypatch):
+    def diverge(self):
+        raise FloatingPointError(f"loss is not finite at step {self.step + 1}: {{'total': nan}}")
+    monkeypatch.setattr(Trainer, "train_step", diverge)
+    assert training_main(one_step(image_folder, tmp_path / "o")) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "no checkpoint was written" in line and "holds the last good state" not in line
+
+
+def test_pairs_from_a_negative_axis_is_one_line(tmp_path, capsys):
+    """Issue 31 item 11: --pairs-from -1 gave numpy's reshape error."""
+    import tifffile
+
+    from napari_vdir.training.data import load_frame_groups
+
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s.tif", np.random.default_rng(0).integers(0, 1000, (4, 64, 64), dtype=np.uint16),
+                     photometric="minisblack")
+    assert training_main(["--task", "denoise", "--data", str(folder), "--pairs-from", "-1", "--steps", "1",
+                          "--patch", "32", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"]) == 2
+    assert "--pairs-from -1" in one_error_line(capsys.readouterr().err)
+    with pytest.raises(ValueError, match="no frame axis -1 before its image axes"):  # the API: also one line
+        load_frame_groups(str(folder), 1, -1)
+    assert len(load_frame_groups(str(folder), 1, -3)) == 1  # a leading axis counted from the end is one
+
+
+@pytest.mark.parametrize("name", ["stack.tif", "weights.safetensors", "notes.txt"])
+def test_resume_from_a_file_that_is_no_checkpoint_never_advises_deleting_it(image_folder, tmp_path, capsys, name):
+    """Issue 31 item 11: `--resume stack.tif` advised to "delete it" — the user's own image."""
+    import tifffile
+
+    path = tmp_path / name
+    if name.endswith(".tif"):
+        tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint16))
+    else:
+        path.write_bytes(os.urandom(2000))
+    assert training_main(one_step(image_folder, tmp_path / "o", "--resume", str(path))) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "delete" not in line and "checkpoint.pt that a run writes" in line, line
+    assert path.exists()
+
+
+def test_a_two_channel_file_is_two_planes_as_restore_reads_it(tmp_path):
+    """Issue 31 item 11: an (H, W, 2) image was read as H planes of W x 2 pixels. restore() reads it as two
+    channels, each mapped by its own robust range; training reads it the same way."""
+    import tifffile
+
+    from napari_vdir.intensity import robust_range
+    from napari_vdir.training.data import load_folder, planes_of
+
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.integers(100, 300, (64, 48)), rng.integers(1000, 30000, (64, 48))], -1).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "two.tif", image)
+    planes = planes_of(tmp_path / "two.tif")
+    assert [p.shape for p in planes] == [(64, 48, 1), (64, 48, 1)]
+    for k, plane in enumerate(planes):
+        low, high = robust_range(image[..., k])
+        np.testing.assert_allclose(plane[..., 0], (image[..., k] - low) / (high - low), rtol=1e-5, atol=1e-6)
+    assert len(load_folder(str(tmp_path), 1, min_size=32)) == 2

@@ -55,16 +55,18 @@ def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
     dock prepares a layer (``layers.restore_layer``): the layer's range (contrast limits narrowed to the robust
     range) padded by ``layers.RANGE_HEADROOM``, and far outliers (hot pixels) clipped. A clean layer gets its
     noisy twin's range. No napari or Qt object: this runs in the worker."""
-    from .layers import layer_intensity_range, prepare_for_model
+    from .layers import guess_channel_axis, layer_intensity_range, prepare_for_model
 
-    layer_ranges = [layer_intensity_range(snap, None) for snap in noisy_snaps]
-    prepared = [prepare_for_model(snap.data, rng, snap.rgb, None, snap.lazy)
-                for snap, rng in zip(noisy_snaps, layer_ranges, strict=True)]
+    axes = [guess_channel_axis(snap) for snap in noisy_snaps]  # as the Restore dock finds a layer's channels
+    layer_ranges = [layer_intensity_range(snap, axis) for snap, axis in zip(noisy_snaps, axes, strict=True)]
+    prepared = [prepare_for_model(snap.data, rng, snap.rgb, axis, snap.lazy)
+                for snap, rng, axis in zip(noisy_snaps, layer_ranges, axes, strict=True)]
     noisy, ranges = [data for data, _ in prepared], [rng for _, rng in prepared]
     clean = None
     if clean_snap is not None:  # mapped by its noisy twin's range
-        clean = [prepare_for_model(clean_snap.data, layer_ranges[0], clean_snap.rgb, None, clean_snap.lazy)[0]]
-    return dict(noisy=noisy, clean=clean, intensity_range=ranges)
+        clean = [prepare_for_model(clean_snap.data, layer_ranges[0], clean_snap.rgb, axes[0], clean_snap.lazy)[0]]
+    channel_axis = [False if axis is None else axis for axis in axes]  # False: no channels (never guessed again)
+    return dict(noisy=noisy, clean=clean, intensity_range=ranges, channel_axis=channel_axis)
 
 
 def fine_tune_vdir(settings: dict, cancel: threading.Event):
@@ -232,6 +234,7 @@ class FineTuneDock(Container):
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.noisy.changed.connect(self._suggest_model)  # before the name: it names the model too
         self.noisy.changed.connect(self._suggest_name)
         self.model.changed.connect(self._suggest_name)
         self.clean.changed.connect(self._on_clean)
@@ -282,8 +285,38 @@ class FineTuneDock(Container):
         self.model.reset_choices()
         if current in self.model.choices:
             self.model.value = current
-        elif "denoise-gray" in self.model.choices:
-            self.model.value = "denoise-gray"
+        self._suggest_model()
+
+    def _layers_rgb(self) -> bool | None:
+        """Whether the chosen noisy layers are RGB (None: none chosen)."""
+        layers = list(self.noisy.value) if getattr(self, "noisy", None) is not None else []
+        return any(bool(layer.rgb) for layer in layers) if layers else None
+
+    @staticmethod
+    def _model_channels(name) -> int | None:
+        from .weights import WeightsError, available_models, read_info
+
+        path = available_models().get(name)
+        try:
+            return read_info(path).channels if path is not None else None
+        except (WeightsError, OSError):
+            return None
+
+    def _suggest_model(self, *_):
+        """The start model follows the chosen layers: RGB layers start from an RGB model (``denoise-rgb``), gray
+        and multichannel layers from a gray one (``denoise-gray``; their channels are trained one by one). A chosen
+        model that fits the layers is kept."""
+        rgb = self._layers_rgb()
+        choices = list(self.model.choices)
+        if rgb is None or not choices:
+            return
+        wanted = 3 if rgb else 1
+        if self._model_channels(self.model.value) == wanted:
+            return
+        default = "denoise-rgb" if rgb else "denoise-gray"
+        fitting = [default] if default in choices else [n for n in choices if self._model_channels(n) == wanted]
+        if fitting:
+            self.model.value = fitting[0]
 
     @ensure_main_thread
     def _on_user_models_changed(self):
@@ -314,8 +347,7 @@ class FineTuneDock(Container):
         """What the worker needs, read from the layers here on the main thread: layer snapshots (plain data,
         no napari object) and ``session.finetune``'s other arguments. Raises with a user-facing message."""
         from .layers import snapshot
-        from .user_models import check_model_name, user_models_dir
-        from .weights import WEIGHTS_SUFFIX, shipped_models
+        from .training.session import check_destination
 
         noisy_layers = list(self.noisy.value)
         if not noisy_layers:
@@ -334,11 +366,13 @@ class FineTuneDock(Container):
             if clean_layer in noisy_layers:
                 raise ValueError("the clean layer is also chosen as noisy; choose its noisy twin")
             clean_snap = snapshot(clean_layer)
-        name = check_model_name(self.name.value)
-        if name in shipped_models():
-            raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
-        if (user_models_dir() / f"{name}{WEIGHTS_SUFFIX}").exists():
-            raise ValueError(f"a model named {name!r} exists in your models folder; choose another name")
+        if rgb == {True} and self._model_channels(self.model.value) == 1:
+            raise ValueError(f"{self.model.value} is a gray model; choose an RGB model (e.g. denoise-rgb) for RGB layers")
+        try:  # the name, and a models folder that can take the result: before training, not after it
+            name = check_destination(self.name.value).stem
+        except FileExistsError:
+            raise ValueError(f"a model named {self.name.value.strip()!r} exists in your models folder; choose another "
+                             "name") from None
         return dict(noisy_snaps=snaps, clean_snap=clean_snap, name=name, init=self.model.value,
                     steps=int(self.steps.value), method=METHOD_LABELS[self.method.value],
                     batch=int(self.batch.value), lr=float(self.lr.value), rgb=rgb.pop(),
@@ -404,7 +438,12 @@ class FineTuneDock(Container):
             self.status.value = "cancelled; nothing saved"
             return
         if outcome.error is not None:
-            self.status.value = "failed"
+            from .training.session import ModelNotSaved
+
+            if isinstance(outcome.error, ModelNotSaved):  # trained, but kept outside the models folder
+                self.status.value = f"not saved; kept at {outcome.error.path}"
+            else:
+                self.status.value = "failed"
             show_error(f"{TITLE}: {' '.join(str(outcome.error).split())}")
             return
         from .user_models import notify_user_models_changed

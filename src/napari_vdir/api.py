@@ -138,6 +138,19 @@ def check_image(image: np.ndarray) -> None:
                          "rescale the data or convert it to float64 first")
 
 
+FLOAT_SCALE = (-3.0, 4.0)  # floats taken as [0, 1] intensity: beyond this, far more than noise around [0, 1]
+
+
+def float_span_off_scale(image) -> tuple[float, float] | None:
+    """``(min, max)`` of a float image when it lies far outside the [0, 1] intensity that floats are taken
+    as (:data:`FLOAT_SCALE`), else None (also for integer data). ``restore`` warns about such an image when
+    no ``intensity_range`` is given; training refuses it (it would learn the wrong scale, or diverge)."""
+    if not np.issubdtype(np.dtype(image.dtype), np.floating):
+        return None
+    lo, hi = float(np.min(image)), float(np.max(image))
+    return (lo, hi) if lo < FLOAT_SCALE[0] or hi > FLOAT_SCALE[1] else None
+
+
 INTENSITY_MODES = ("auto", "minmax")
 
 
@@ -383,11 +396,9 @@ def restore(image, task: str, *, scale: int | None = None, model: str | Path | N
     planes, lead = layout.to_planes(image)
     p, h, w, c_all = planes.shape
     c = c_all - layout.alpha  # colour channels; alpha (the last one) is carried over
-    if np.issubdtype(image.dtype, np.floating) and intensity.identity:
-        lo, hi = float(np.min(image)), float(np.max(image))
-        if lo < -3.0 or hi > 4.0:  # far beyond what noise around [0, 1] explains
-            warnings.warn(f"float image spans [{lo:.3g}, {hi:.3g}]; floats are taken as [0, 1] intensity — "
-                          "rescale the data to [0, 1] or pass intensity_range='auto'", stacklevel=2)
+    if intensity.identity and (span := float_span_off_scale(image)) is not None:
+        warnings.warn(f"float image spans [{span[0]:.3g}, {span[1]:.3g}]; floats are taken as [0, 1] intensity — "
+                      "rescale the data to [0, 1] or pass intensity_range='auto'", stacklevel=2)
 
     channels = 3 if c == 3 else 1
     path = resolve_model(model, task, channels, model_scale)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ examples:
   # reproduce a shipped model from its recipe
   python -m napari_vdir.training --recipe training/denoise-rgb.yaml --out runs/denoise-rgb
 
-  # resume an interrupted run (Ctrl-C saves OUT/checkpoint.pt)
+  # resume an interrupted run (Ctrl-C saves OUT/checkpoint.pt); --overwrite instead starts it again
   python -m napari_vdir.training --recipe training/denoise-rgb.yaml --out runs/denoise-rgb --resume
 
 The result, OUT/<name>.safetensors, loads with napari_vdir.restore(..., model=PATH) and in the plugin's
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
                    help="resume from a checkpoint (default: OUT/checkpoint.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run OUT holds (its checkpoint.pt, log.csv and weights); without it (or "
+                        "--resume) an OUT that holds a run is refused")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16/AMP where the device supports it")
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def recipe_from_args(args):
     from ..io import read_image
     from .config import Recipe, load_recipe
-    from .data import image_paths
+    from .data import array_layout, image_paths
 
     overrides = {"task": args.task, "channels": args.channels, "scale": args.scale, "degradation": args.degradation,
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
@@ -136,7 +140,7 @@ def recipe_from_args(args):
         if not first:
             raise ValueError(f"{args.data[0]} holds no PNG/JPEG/TIFF images")
         img = read_image(first[0])
-        values["channels"] = 3 if img.ndim >= 3 and img.shape[-1] == 3 else 1
+        values["channels"] = 3 if array_layout(img.shape)[1] else 1  # RGB (or RGBA) as restore reads it
     if not args.init:
         values["arch"] = SMALL_ARCH
     values.setdefault("val_every", max(1, min(500, values["steps"] // 5)))
@@ -164,15 +168,49 @@ def _fail(err: Exception) -> int:
     return 2
 
 
+RUN_FILES = ("checkpoint.pt", "log.csv")  # with OUT/<name>.safetensors: what a run writes into OUT
+
+
+def check_out_folder(out: Path) -> None:
+    """``--out`` must be (or become) a folder we can write: not a file, not under a file."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run's weights, log and checkpoint")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, so no folder can be made under it; give another --out")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {existing} is not writable; give a folder you can write to")
+
+
+def run_files(out: Path, name: str) -> list[Path]:
+    """The files of an earlier run in OUT (its checkpoint, log and weights of this name)."""
+    return [p for p in (*(out / f for f in RUN_FILES), out / f"{name}.safetensors") if p.exists()]
+
+
+def check_earlier_run(out: Path, name: str, resume: str | None, overwrite: bool) -> None:
+    """An OUT that holds a run is continued (``--resume``) or replaced (``--overwrite``), never silently both."""
+    if resume is not None and overwrite:
+        raise ValueError("--resume continues the run in OUT and --overwrite replaces it; give one of them")
+    found = run_files(out, name)
+    if found and resume is None and not overwrite:
+        raise ValueError(f"{out} already holds a run ({', '.join(p.name for p in found)}); add --resume to continue "
+                         "it, --overwrite to replace it, or give another --out")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
     try:
+        if args.pairs_from is not None and args.pairs_from < 0:
+            raise ValueError(f"--pairs-from {args.pairs_from}: give the frame axis counted from the front (0 for a "
+                             "(T, Y, X) stack); the last axes of a stack are its image")
+        check_out_folder(out)
         recipe = recipe_from_args(args)
+        check_earlier_run(out, recipe.name, args.resume, args.overwrite)
     except (ValueError, FileNotFoundError) as err:
         return _fail(err)
     from .trainer import Trainer
 
-    out = Path(args.out)
     try:
         trainer = Trainer(recipe, out, device=args.device, precision=args.precision, threads=args.threads)
         trainer.load_data()
@@ -180,6 +218,9 @@ def main(argv=None) -> int:
             ckpt = Path(args.resume) if args.resume else out / "checkpoint.pt"
             trainer.resume(ckpt)
             print(f"resumed from {ckpt} at step {trainer.step}")
+        elif args.overwrite and trainer.rank == 0:  # the data loaded: now the earlier run is replaced
+            for path in run_files(out, recipe.name):
+                path.unlink()
     except (ValueError, FileNotFoundError) as err:
         return _fail(err)
     bar = None
@@ -202,8 +243,10 @@ def main(argv=None) -> int:
         print(f"\n{err}", file=sys.stderr)
         return 130
     except FloatingPointError as err:  # a diverged run: say so in one line, the last checkpoint stays
-        print(f"\nerror: {err}; lower --lr or try --precision float32 (OUT/checkpoint.pt holds the last good "
-              "state)", file=sys.stderr)
+        ckpt = out / "checkpoint.pt"
+        kept = (f"{ckpt} holds the last good state: --resume from it" if ckpt.is_file()
+                else "no checkpoint was written before it")
+        print(f"\nerror: {err}; lower --lr or try --precision float32 ({kept})", file=sys.stderr)
         return 1
     finally:
         if bar is not None:

@@ -29,6 +29,20 @@ def to_unit(image: np.ndarray, intensity_range=None) -> np.ndarray:
     return Intensity.of(image, intensity_range).forward(image)
 
 
+def check_training_image(image, intensity_range=None) -> None:
+    """Refuse what ``restore`` refuses (:func:`napari_vdir.api.check_image`: NaN/inf, bool, negative signed
+    integers, ...), and floats far outside the [0, 1] intensity they are taken as when no ``intensity_range``
+    maps them (``restore`` warns about those; a model trained on them learns the wrong scale or diverges).
+    One-line ``TypeError``/``ValueError``, before any training."""
+    from ..api import check_image, float_span_off_scale
+
+    check_image(image)
+    span = float_span_off_scale(image) if intensity_range is None else None
+    if span is not None:
+        raise ValueError(f"float image spans [{span[0]:.3g}, {span[1]:.3g}]; floats are taken as [0, 1] "
+                         "intensity (as restore takes them): rescale the data to [0, 1] or give an intensity range")
+
+
 def as_channels(x: np.ndarray, channels: int) -> np.ndarray:
     """A float32 plane (H, W) or (H, W, C) -> (H, W, channels); colour to gray by BT.601 luma."""
     if x.ndim == 2:
@@ -41,27 +55,114 @@ def as_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def planes_of(path: Path) -> list[np.ndarray]:
-    """A file's 2-D planes (gray or RGB) in model intensity; multi-page stacks give one entry per page."""
-    image = to_unit(read_image(path))
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3):
-        return [image]
-    return [p for p in image.reshape(-1, *image.shape[-2:])]
+    """A file's 2-D planes in model intensity, (H, W, 1) gray or (H, W, 3) RGB, read as ``restore`` reads the
+    file's array (:func:`array_planes`: multi-page stacks give one entry per page, a ``(H, W, 2)`` file two gray
+    planes, RGBA its colour). A file ``restore`` would refuse (NaN, ...) is a one-line ``ValueError``."""
+    image = read_image(path)
+    try:
+        check_training_image(image)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    return array_planes(image, None)
 
 
-def array_planes(image, channels: int, *, rgb: bool | None = None, intensity_range=None) -> list[np.ndarray]:
-    """An in-memory image (a napari layer's data: 2-D, a stack, RGB/RGBA) -> its 2-D planes as float32
-    (H, W, channels) in model intensity, by :func:`to_unit` as for files. ``rgb``: whether the last axis is
-    colour (None: a last axis of 3 or 4 with 3+ dimensions, as napari guesses); alpha is dropped."""
-    image = np.asarray(image)
-    if rgb is None:
-        rgb = image.ndim >= 3 and image.shape[-1] in (3, 4)
+def array_layout(shape: tuple[int, ...], rgb: bool | None = None, channel_axis=None) -> tuple[int | None, bool]:
+    """``(channel axis or None, whether it is RGB colour)`` of an image, by ``restore``'s rule (:class:`api.Layout`).
+
+    ``rgb`` None: ``restore``'s default rule (with 3+ dimensions a last axis of 3 is RGB, of 4 RGBA, of 2 two
+    channels), or ``channel_axis`` as ``restore`` takes it. ``rgb`` True: the last axis is colour (3, or 4 with
+    alpha). ``rgb`` False (napari's ``layer.rgb``): no colour; ``channel_axis`` None takes a last axis of 2 or 4
+    as channels, as the Restore dock reads such a layer. Channels that are not colour are planes of their own.
+    """
+    from ..api import Layout
+
+    ndim = len(shape)
     if rgb:
-        image = image[..., :3]
-    if image.ndim < (3 if rgb else 2):
+        if ndim < 3 or shape[-1] not in (3, 4):
+            raise ValueError(f"an RGB image needs a last axis of 3 (or 4 with alpha), got shape {tuple(shape)}")
+        return ndim - 1, True
+    if rgb is None:
+        layout = Layout.of(shape, channel_axis)
+        if layout.channel_axis is None:
+            return None, False
+        return layout.channel_axis, layout.colour_channels(shape) == 3
+    if channel_axis is None:
+        channel_axis = ndim - 1 if ndim >= 3 and shape[-1] in (2, 4) else False
+    return Layout.of(shape, channel_axis, alpha=False).channel_axis, False
+
+
+def _arranged(image, rgb, channel_axis):
+    """(data with its channel axis last and alpha dropped, has a channel axis, is colour)."""
+    axis, colour = array_layout(image.shape, rgb, channel_axis)
+    if axis is None:
+        return image, False, False
+    data = np.moveaxis(image, axis, -1)
+    return (data[..., :3] if colour else data), True, colour
+
+
+def _channel_range(intensity_range, k: int, count: int):
+    """Channel ``k``'s part of ``intensity_range``: a per-channel ``(C, 2)`` range gives its row ``k``."""
+    if intensity_range is None or isinstance(intensity_range, str):
+        return intensity_range
+    rng = np.asarray(intensity_range, dtype=np.float64)
+    if rng.ndim == 2:
+        if rng.shape[0] != count:
+            raise ValueError(f"{rng.shape[0]} intensity ranges for an image of {count} channels")
+        return float(rng[k, 0]), float(rng[k, 1])
+    return intensity_range
+
+
+def array_range(image, *, rgb: bool | None = None, channel_axis=None, intensity_range=None):
+    """The explicit intensity range ``restore`` maps ``image`` by: None (floats as they are), ``(low, high)``, or
+    a ``(C, 2)`` array with one row per channel for channels that are not colour (each its own range, as restore
+    normalises channels one by one). Passed back as ``intensity_range``, it maps another array (a clean twin) the
+    same way."""
+    from ..api import Intensity, Layout
+
+    image = np.asarray(image)
+    data, has_axis, colour = _arranged(image, rgb, channel_axis)
+    if has_axis and not colour:
+        count = data.shape[-1]
+        maps = [Intensity.of(data[..., k], _channel_range(intensity_range, k, count)) for k in range(count)]
+        if all(m.identity for m in maps):
+            return None
+        return np.array([[float(m.low), float(m.high)] for m in maps])
+    layout = Layout(data.ndim - 1, data.ndim) if colour else None
+    m = Intensity.of(data, intensity_range, layout)
+    if m.identity:
+        return None
+    if np.ndim(m.low):
+        return np.stack([m.low, m.high], axis=-1)
+    return float(m.low), float(m.high)
+
+
+def array_planes(image, channels: int | None, *, rgb: bool | None = None, channel_axis=None,
+                 intensity_range=None) -> list[np.ndarray]:
+    """An in-memory image (a napari layer's data: 2-D, a stack, RGB/RGBA, channels) -> its 2-D planes as float32
+    (H, W, channels) in model intensity, by ``restore``'s mapping (:func:`array_range`). Channels are found as
+    :func:`array_layout` finds them: RGB planes stay colour (alpha dropped); every other channel is a gray plane
+    of its own, so an ``(H, W, 2)`` image gives two planes. ``channels`` None keeps 1 (gray) or 3 (RGB)."""
+    from ..api import Intensity, Layout
+
+    image = np.asarray(image)
+    if image.ndim < 2:
         raise ValueError(f"an image of shape {image.shape} has no 2-D planes")
-    unit = to_unit(image, intensity_range)
-    planes = unit.reshape(-1, *unit.shape[-3:]) if rgb else unit.reshape(-1, *unit.shape[-2:])
-    return [as_channels(p, channels) for p in planes]
+    data, has_axis, colour = _arranged(image, rgb, channel_axis)
+    if colour:
+        unit = Intensity.of(data, intensity_range, Layout(data.ndim - 1, data.ndim)).forward(data)
+        planes = unit.reshape(-1, *unit.shape[-3:])
+    elif has_axis:
+        count = data.shape[-1]
+        if data.ndim < 3:
+            raise ValueError(f"an image of shape {image.shape} has no 2-D planes")
+        per_channel = [Intensity.of(data[..., k], _channel_range(intensity_range, k, count)).forward(data[..., k])
+                       for k in range(count)]
+        unit = np.stack(per_channel, axis=-3)  # (..., C, H, W): each plane's channels one after another
+        planes = unit.reshape(-1, *unit.shape[-2:])[..., None]
+    else:
+        unit = Intensity.of(data, intensity_range).forward(data)
+        planes = unit.reshape(-1, *unit.shape[-2:])[..., None]
+    return [p if channels is None else as_channels(p, channels) for p in planes]
 
 
 @dataclass
@@ -153,12 +254,21 @@ def load_frame_groups(source, channels: int, axis: int, exclude=(), min_size: in
     """
     groups = []
     for path in image_paths(source, exclude):
-        image = to_unit(read_image(path))
+        image = read_image(path)
+        try:
+            check_training_image(image)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from None
+        image = to_unit(image)
         rgb = channels == 3 and image.ndim >= 4 and image.shape[-1] == 3
         spatial = 3 if rgb else 2
-        if not -image.ndim <= axis < image.ndim - spatial:
-            raise ValueError(f"{path.name}: shape {image.shape} has no frame axis {axis} before its image axes")
-        frames = np.moveaxis(image, axis, 0)
+        frames_at = axis + image.ndim if axis < 0 else axis  # -1 names an image axis, never a frame axis
+        leading = image.ndim - spatial
+        if not 0 <= frames_at < leading:
+            where = f"0 to {leading - 1}" if leading else "none: it is a single image, not a stack"
+            raise ValueError(f"{path.name}: shape {image.shape} has no frame axis {axis} before its image axes "
+                             f"(the frame axis is one of the leading axes: {where})")
+        frames = np.moveaxis(image, frames_at, 0)
         if frames.shape[0] < 2:
             raise ValueError(f"{path.name}: axis {axis} holds {frames.shape[0]} frame; Noise2Noise needs two or more")
         frames = frames.reshape(frames.shape[0], -1, *image.shape[image.ndim - spatial:])

@@ -16,6 +16,7 @@ so the model is trained on the scale it will see when it restores the same data.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .trainer import TrainingCancelled
+from .. import user_models
+from .trainer import Trainer, TrainingCancelled
 
-__all__ = ["finetune", "StepRecord", "FineTuneResult", "TrainingCancelled", "METHODS", "DEFAULT_STEPS"]
+__all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
+           "METHODS", "DEFAULT_STEPS"]
 
 METHODS = ("neighbor2neighbor", "blind-spot")
 DEFAULT_STEPS = 300
@@ -61,17 +64,57 @@ def metric_of(clean) -> str:
     return "val_psnr" if clean is not None else "val_loss"
 
 
+class ModelNotSaved(OSError):
+    """Training finished but the model could not be saved in the user models folder; it was kept at ``path``."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
+
+
+def check_destination(name: str, overwrite: bool = False) -> Path:
+    """Where :func:`finetune` will save the model ``name``, checked before any training: a valid name that no
+    shipped model has, free in the user models folder (unless ``overwrite``), and a folder that is a folder
+    and can be written (it is created if missing). One-line ``ValueError``/``FileExistsError``/``OSError``."""
+    import os
+
+    from ..weights import WEIGHTS_SUFFIX, shipped_models
+
+    name = user_models.check_model_name(name)
+    if name in shipped_models():
+        raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
+    folder = user_models.user_models_dir()
+    fix = f"move it away or set {user_models.ENV_VAR} to a folder you can write to"
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == folder else f"is under {existing}, which is a file"
+        raise NotADirectoryError(f"your models folder {folder} {where}, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")  # hidden: never listed as a model
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(f"your models folder {folder} cannot be written ({err.strerror or err}); "
+                              f"{fix}") from None
+    target = folder / f"{name}{WEIGHTS_SUFFIX}"
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"a user model named {name!r} exists; choose another name")
+    return target
+
+
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", steps: int = DEFAULT_STEPS,
              method: str = "neighbor2neighbor", patch: int | None = None, batch: int = DEFAULT_BATCH,
-             lr: float = DEFAULT_LR, rgb: bool | None = None, intensity_range=None, callback=None, cancel=None,
-             device: str = "auto", precision: str = "auto", seed: int = 0, labels: list[str] | None = None,
-             overwrite: bool = False, notify: bool = True) -> FineTuneResult:
+             lr: float = DEFAULT_LR, rgb: bool | None = None, channel_axis=None, intensity_range=None,
+             callback=None, cancel=None, device: str = "auto", precision: str = "auto", seed: int = 0,
+             labels: list[str] | None = None, overwrite: bool = False, notify: bool = True) -> FineTuneResult:
     """Fine-tune ``init`` on arrays and save it as the user model ``name``.
 
     Parameters
     ----------
     noisy : array or list of arrays
-        Images to train on (2-D, stacks with leading Z/T axes, RGB): every 2-D plane is a training image.
+        Images to train on (2-D, stacks with leading Z/T axes, RGB, channels): every 2-D plane is a training
+        image, and so is every channel that is not RGB colour (an ``(H, W, 2)`` array gives two planes).
     clean : array or list of arrays, optional
         Clean twins of ``noisy`` (same shapes, ``scale`` times larger for super-resolution): supervised
         pairs. Without them the run is self-supervised (denoising only).
@@ -80,29 +123,30 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     steps, patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
         (less for smaller images); ``lr`` is the peak of the cosine schedule (:data:`DEFAULT_LR`).
     method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
-    rgb : whether the last axis is colour (None: a last axis of 3 or 4, as napari guesses).
+    rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
+        RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4
+        holds channels. See :func:`~napari_vdir.training.data.array_layout`.
+    channel_axis : ``restore``'s option of that name (False: none), or a list with one per noisy array.
     intensity_range : ``restore``'s option of that name (e.g. a layer's contrast limits), or a list with one
         per noisy array; None: restore's default mapping (uint8 / 255, other integers by their robust range,
-        floats as they are). Each clean twin is mapped by its noisy array's range, so a pair keeps one scale.
+        per channel for channels, floats as they are). Each clean twin is mapped by its noisy array's range,
+        so a pair keeps one scale. Floats far outside [0, 1] need a range (they are refused without one).
     callback : ``callback(StepRecord)`` after step 0's validation and after every training step.
     cancel : ``threading.Event`` or callable; checked before every step, raises :class:`TrainingCancelled`
         and saves nothing.
     overwrite : replace an existing user model of that name. ``notify``: tell the
         :func:`~napari_vdir.user_models.on_user_models_changed` subscribers once the model is saved.
+
+    Everything that can be checked is checked before training (the data as ``restore`` checks it, the
+    destination by :func:`check_destination`). If saving still fails at the end (the folder turned
+    read-only, another process took the name), :class:`ModelNotSaved` names where the model was kept.
     """
-    from .. import user_models
-    from ..weights import WEIGHTS_SUFFIX, load_weights, read_info, resolve_model, shipped_models
+    from ..weights import load_weights, read_info, resolve_model
     from .__main__ import MINIMAL_DEFAULTS
     from .config import Recipe, one_line
     from .data import ArrayData, array_planes
-    from .trainer import Trainer
 
-    name = user_models.check_model_name(name)
-    if name in shipped_models():
-        raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
-    target = user_models.user_models_dir() / f"{name}{WEIGHTS_SUFFIX}"
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"a user model named {name!r} exists; choose another name")
+    name = check_destination(name, overwrite).stem
     if method not in METHODS:
         raise ValueError(f"method {method!r}: choose {' or '.join(METHODS)}")
     start = read_info(resolve_model(init, "denoise", 1))
@@ -116,14 +160,18 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     if clean_arrays is not None and len(clean_arrays) != len(noisy_arrays):
         raise ValueError(f"{len(noisy_arrays)} noisy images but {len(clean_arrays)} clean ones; give one clean "
                          "image for each noisy one")
-    if start.channels == 1 and any(_is_rgb(a, rgb) for a in noisy_arrays):
+    axes = _per_array(channel_axis, len(noisy_arrays), "channel axes")
+    given = _per_array(intensity_range, len(noisy_arrays), "intensity ranges")
+    _check_arrays(noisy_arrays, clean_arrays, given, labels)
+    if start.channels == 1 and any(_is_rgb(a, rgb, ax) for a, ax in zip(noisy_arrays, axes, strict=True)):
         raise ValueError(f"{start.name} is a gray model; start from an RGB model to train on colour images")
-    ranges = _ranges_for(noisy_arrays, intensity_range, rgb)
+    ranges = _ranges_for(noisy_arrays, given, rgb, axes)
     noisy_planes, clean_planes = [], None if clean_arrays is None else []
     for k, array in enumerate(noisy_arrays):
-        noisy_planes += array_planes(array, start.channels, rgb=rgb, intensity_range=ranges[k])
+        layout = dict(rgb=rgb, channel_axis=axes[k], intensity_range=ranges[k])
+        noisy_planes += array_planes(array, start.channels, **layout)
         if clean_arrays is not None:  # mapped by its noisy twin's range: the pair keeps one intensity scale
-            clean_planes += array_planes(clean_arrays[k], start.channels, rgb=rgb, intensity_range=ranges[k])
+            clean_planes += array_planes(clean_arrays[k], start.channels, **layout)
     smallest = min(min(p.shape[:2]) for p in noisy_planes)
     if patch is None:
         patch = min(DEFAULT_PATCH, smallest // 8 * 8)
@@ -155,44 +203,89 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         if callback is not None:
             callback(history[-1])
 
-    with tempfile.TemporaryDirectory(prefix="napari-vdir-finetune-") as out:
+    out = Path(tempfile.mkdtemp(prefix="napari-vdir-finetune-"))
+    keep = False
+    try:
         trainer = Trainer(recipe, out, device=device, precision=precision, log=lambda *_: None)
         trainer.load_data(ArrayData(noisy_planes, clean_planes))
         exported = trainer.fit(report, cancel=cancel)
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             raise TrainingCancelled(f"cancelled at step {trainer.step}")  # pressed during the last step
         model, info = load_weights(exported)
-    info.description += f"; fine-tuned from {start.name} on {', '.join(recipe.data.train)}"
-    path = user_models.save_user_model(name, model, info, overwrite=overwrite, notify=notify)
+        info.description += f"; fine-tuned from {start.name} on {', '.join(recipe.data.train)}"
+        try:
+            path = user_models.save_user_model(name, model, info, overwrite=overwrite, notify=notify)
+        except OSError as err:  # read-only meanwhile, the name taken meanwhile, a full disk: keep the model
+            keep = True
+            kept = _keep(out, exported, name, model, info)
+            raise ModelNotSaved(f"the model {name!r} could not be saved in your models folder "
+                                f"({' '.join(str(err).split())}); it is kept at {kept}: copy it into "
+                                f"{user_models.user_models_dir()} under a free name, or restore with "
+                                f"model='{kept}'", kept) from err
+    finally:
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     return FineTuneResult(name, path, read_info(path), metric, history)
 
 
-def _ranges_for(arrays: list, intensity_range, rgb: bool | None) -> list:
-    """One explicit ``(low, high)`` (or None: floats as they are) per noisy array: ``intensity_range`` (one
-    for all, or a list with one per array) resolved as ``restore`` resolves it for that array."""
-    from ..api import Intensity
+def _keep(out: Path, exported: Path, name: str, model, info) -> Path:
+    """The trained model, kept in the run's own folder when the models folder would not take it: as the
+    user model would have been written; the training's last export if even that fails (a full disk)."""
+    from dataclasses import replace
 
-    if isinstance(intensity_range, list):
-        if len(intensity_range) != len(arrays):
-            raise ValueError(f"{len(intensity_range)} intensity ranges for {len(arrays)} images")
-        given = intensity_range
-    else:
-        given = [intensity_range] * len(arrays)
-    out = []
-    for array, rng in zip(arrays, given, strict=True):
-        array = np.asarray(array)
-        if _is_rgb(array, rgb):
-            array = array[..., :3]
-        mapping = Intensity.of(array, rng)
-        out.append(None if mapping.identity else (float(mapping.low), float(mapping.high)))
-    return out
+    from ..weights import save_weights
+
+    for leftover in ("checkpoint.pt", "checkpoint.tmp"):  # the optimiser state is not needed to use the model
+        (out / leftover).unlink(missing_ok=True)
+    try:
+        return save_weights(out / f"{name}.safetensors", model, replace(info, name=name))
+    except OSError:
+        return exported
 
 
-def _is_rgb(array, rgb: bool | None) -> bool:
-    """As :func:`~napari_vdir.training.data.array_planes` decides: given, else a last axis of 3 or 4."""
-    if rgb is not None:
-        return bool(rgb)
-    return len(array.shape) >= 3 and array.shape[-1] in (3, 4)
+def _check_arrays(noisy: list, clean: list | None, ranges: list, labels) -> None:
+    """Each array checked as ``restore`` checks it (:func:`~napari_vdir.training.data.check_training_image`);
+    the message names the array when there are several."""
+    from .data import check_training_image
+
+    several = len(noisy) > 1 or clean is not None
+    for kind, arrays in (("noisy", noisy), ("clean", clean or [])):
+        for k, array in enumerate(arrays):
+            try:
+                check_training_image(np.asarray(array), ranges[k])
+            except (TypeError, ValueError) as err:
+                if not several:
+                    raise
+                name = repr(labels[k]) if labels and k < len(labels) else f"image {k + 1}"
+                raise type(err)(f"{kind} {name}: {err}") from None
+
+
+def _per_array(value, count: int, what: str) -> list:
+    """One value per array: a list (checked against ``count``) or one value for all."""
+    if isinstance(value, list):
+        if len(value) != count:
+            raise ValueError(f"{len(value)} {what} for {count} images")
+        return value
+    return [value] * count
+
+
+def _ranges_for(arrays: list, intensity_range, rgb: bool | None, channel_axis=None) -> list:
+    """One explicit range (``(low, high)``, a ``(C, 2)`` array for channels, or None: floats as they are) per
+    noisy array: ``intensity_range`` (one for all, or a list with one per array) resolved as ``restore``
+    resolves it for that array (:func:`~napari_vdir.training.data.array_range`)."""
+    from .data import array_range
+
+    given = _per_array(intensity_range, len(arrays), "intensity ranges")
+    axes = _per_array(channel_axis, len(arrays), "channel axes")
+    return [array_range(np.asarray(array), rgb=rgb, channel_axis=ax, intensity_range=rng)
+            for array, rng, ax in zip(arrays, given, axes, strict=True)]
+
+
+def _is_rgb(array, rgb: bool | None, channel_axis=None) -> bool:
+    """As :func:`~napari_vdir.training.data.array_layout` decides."""
+    from .data import array_layout
+
+    return array_layout(tuple(np.shape(array)), rgb, channel_axis)[1]
 
 
 def _as_list(arrays) -> list:

@@ -371,16 +371,28 @@ class Trainer:
                 self.export()  # the weights of a killed run can be ahead of its checkpoint
 
     def _read_checkpoint(self, path: Path) -> dict:
+        from ..io import IMAGE_SUFFIXES
+        from ..weights import WEIGHTS_SUFFIX
+
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES or suffix == WEIGHTS_SUFFIX:  # never advise deleting the user's own file
+            what = "a weights file" if suffix == WEIGHTS_SUFFIX else "an image"
+            hint = f"; to start from its weights use --init {path}" if suffix == WEIGHTS_SUFFIX else ""
+            raise ValueError(f"{path} is {what}, not a training checkpoint: --resume takes the checkpoint.pt that a "
+                             f"run writes into its --out folder{hint}")
+        ours = path.name == "checkpoint.pt"  # what this tool writes: a damaged one may be replaced
+        afresh = ("; to start the run afresh, use --overwrite instead of --resume" if ours else
+                  "; --resume takes the checkpoint.pt that a run writes into its --out folder")
         if path.stat().st_size == 0:
-            raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint; delete it to start afresh")
+            raise ValueError(f"{path}: empty file (0 bytes), not a checkpoint{afresh}")
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:  # zip, pickle and torch errors of all kinds for a damaged file
             first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
             raise ValueError(f"{path}: not a readable training checkpoint ({first[:160]}); it may be truncated "
-                             "or another kind of file; delete it to start afresh") from None
+                             f"or another kind of file{afresh}") from None
         missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
         if missing:
             raise ValueError(f"{path}: not a napari-vdir training checkpoint (no {', '.join(missing[:3])}"
