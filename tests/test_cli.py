@@ -387,3 +387,38 @@ def test_readme_apt_command_works_on_a_fresh_machine():
     assert commands and all("apt-get update && apt-get install" in c for c in commands), commands
     ci = (root / ".ci" / "run").read_text()
     assert ci.index("apt-get update") < ci.index("apt-get install")
+
+
+def test_a_model_name_is_never_hidden_by_a_file_or_folder_here(capsys, files, tmp_path, monkeypatch, tiny_weights):
+    """Issue 31 item 9: after `export denoise-rgb ... -o denoise-rgb`, `restore p.png --model denoise-rgb` said
+    "weights file not found: denoise-rgb". A name means the model; text is a path only when it looks like one."""
+    import napari_vdir
+    from napari_vdir import user_models
+
+    monkeypatch.setenv(user_models.ENV_VAR, str(tmp_path / "user models"))
+    tiny = tiny_weights[("denoise", 1, 3)]
+    mine = user_models.save_user_model("mine", *weights.load_weights(tiny))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    (work / "denoise-rgb").mkdir()  # what `export denoise-rgb --format bioimageio -o denoise-rgb` leaves
+    (work / "mine").write_bytes(b"a file of the user's")
+    shutil.copy(tiny, work / "tiny")  # a weights file without the suffix
+    image = np.asarray(Image.open(files / "photo.png"))
+    for model, path, outdir in (("denoise-rgb", weights.shipped_models()["denoise-rgb"], "out-shipped"),
+                                ("mine", mine, "out-user"), ("./tiny", work / "tiny", "out-file")):
+        code, out, err = run(capsys, "restore", files / "photo.png", "--task", "denoise", "-o", outdir,
+                             "--model", model, "--backend", "torch")
+        assert code == 0, err
+        got = np.asarray(Image.open(work / outdir / "photo_denoise.png"))
+        assert np.array_equal(got, napari_vdir.restore(image, "denoise", model=path, backend="torch")), model
+    assert weights.resolve_model("denoise-rgb", "denoise", 3) == weights.shipped_models()["denoise-rgb"]
+    assert weights.resolve_model("mine", "denoise", 3) == mine
+    for model, message in (("tiny", "for the file or folder 'tiny' here, write ./tiny"),
+                           ("./denoise-rgb", "weights file not found: denoise-rgb"),
+                           ("denoise-rgb.safetensors", "for the model 'denoise-rgb', give its name without")):
+        code, _, err = run(capsys, "restore", files / "photo.png", "--task", "denoise", "-o", "never",
+                           "--model", model)
+        assert code == 1 and message in one_line_error(err), model
+    assert sorted(p.name for p in work.iterdir()) == ["denoise-rgb", "mine", "out-file", "out-shipped", "out-user",
+                                                      "tiny"]

@@ -224,3 +224,128 @@ def test_cli_backend_reaches_restore(tiny_weights, tmp_path):
                                                        backend=backend))
     assert main(["restore", str(tmp_path / "in.png"), "--task", "denoise", "--model", str(path), "-o",
                  str(tmp_path / "bad"), "--precision", "bfloat16", "--backend", "onnxruntime"]) == 1
+
+
+# ----------------------------------------------------------------------------- what --overwrite may replace
+
+def _tree(folder: Path) -> dict:
+    """Every path under ``folder`` (hidden ones too) -> its bytes (None for a folder)."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def _one_line_refusal(capsys, argv, message) -> None:
+    from napari_vdir.cli import main
+
+    assert main([str(a) for a in argv]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("napari-vdir: error: ") and captured.err.count("\n") == 1, captured.err
+    assert message in captured.err and "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch):
+    from napari_vdir import user_models
+
+    folder = tmp_path / "user models"
+    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    return folder
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_an_earlier_package(tiny_weights, tmp_path, capsys,
+                                                                         models_dir):
+    """Issue 31 item 1: `export ... -o d --overwrite` deleted d/thesis.txt; -o at the user models folder
+    deleted every user model; `-o . --overwrite` would replace the working folder."""
+    pytest.importorskip("bioimageio.spec")
+    from napari_vdir.user_models import save_user_model
+
+    weights = tiny_weights[("denoise", 1, 3)]
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "thesis.txt").write_text("x")
+    models_dir.mkdir()
+    save_user_model("mine", *load_weights(weights))
+    home = tmp_path / "home"
+    (home / "model").mkdir(parents=True)
+    inside = home / "model" / "w.safetensors"  # a folder holding the model being exported
+    inside.write_bytes(weights.read_bytes())
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "notes.txt").write_text("mine")
+    before = _tree(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        for out, model, message in ((d, weights, "it holds thesis.txt"),
+                                    (models_dir, weights, "the user models folder"),
+                                    (models_dir, "mine", "the model being exported"),
+                                    (home, inside, "holds the model being exported"),
+                                    (".", weights, "is the current folder"),
+                                    ("..", weights, "is the current folder or holds it")):
+            _one_line_refusal(capsys, ["export", model, "--format", "bioimageio", "-o", out, "--overwrite"],
+                              message)
+    assert _tree(tmp_path) == before  # nothing deleted, nothing left behind (no staging, no partial)
+
+    # an earlier package is replaced; once the user has put a file of theirs into it, it no longer is
+    pkg = export_model(weights, "bioimageio", tmp_path / "pkg")
+    assert export.is_earlier_package(pkg) and {p.name for p in pkg.iterdir()} <= export.PACKAGE_FILES
+    assert export_model(weights, "bioimageio", pkg, overwrite=True) == pkg and export.is_earlier_package(pkg)
+    (pkg / "my-results.csv").write_text("1,2")
+    with pytest.raises(ExportError, match="holds my-results.csv"):
+        export_model(weights, "bioimageio", pkg, overwrite=True)
+    assert (pkg / "my-results.csv").read_text() == "1,2"
+    (pkg / "my-results.csv").unlink()
+    (pkg / "rdf.yaml").write_text("name: someone else's model\ntags: [other]\n")  # not our rdf.yaml
+    with pytest.raises(ExportError, match="not one napari-vdir wrote"):
+        export_model(weights, "bioimageio", pkg, overwrite=True)
+
+
+def test_export_never_writes_over_weights(tiny_weights, tmp_path, capsys, models_dir, monkeypatch):
+    """Issue 31 item 2: `export c.safetensors --format onnx -o c.safetensors --overwrite` replaced the weights
+    with ONNX bytes; the same through a link, over a shipped or a user model's file, or any .safetensors."""
+    from napari_vdir import weights as W
+    from napari_vdir.user_models import save_user_model
+
+    c = tmp_path / "c.safetensors"
+    c.write_bytes(tiny_weights[("denoise", 1, 3)].read_bytes())
+    (tmp_path / "shipped").mkdir()
+    shipped = tmp_path / "shipped" / "denoise-rgb.safetensors"
+    shipped.write_bytes(c.read_bytes())
+    monkeypatch.setattr(W, "shipped_models", lambda: {"denoise-rgb": shipped})
+    user = save_user_model("mine", *load_weights(c))
+    (tmp_path / "c-link.onnx").hardlink_to(c)
+    (tmp_path / "c-symlink.onnx").symlink_to(c)
+    (tmp_path / "shipped-link.onnx").hardlink_to(shipped)
+    (tmp_path / "user-link.zip").hardlink_to(user)
+    before = _tree(tmp_path)
+    for model, out, fmt, message in (
+            (c, c, "onnx", "must not be a .safetensors file"),
+            (c, tmp_path / "c-link.onnx", "onnx", "is the model being exported"),
+            (c, tmp_path / "c-symlink.onnx", "onnx", "is the model being exported"),
+            ("denoise-rgb", tmp_path / "shipped-link.onnx", "onnx", "is the model being exported"),
+            (c, tmp_path / "shipped-link.onnx", "onnx", "weights file of a shipped or user model"),
+            (c, tmp_path / "user-link.zip", "bioimageio", "weights file of a shipped or user model"),
+            (c, shipped, "onnx", "must not be a .safetensors file"),
+            (c, user, "onnx", "must not be a .safetensors file"),
+            (c, tmp_path / "new.safetensors", "onnx", "must not be a .safetensors file"),
+            (c, tmp_path / "NEW.SAFETENSORS", "bioimageio", "must not be a .safetensors file")):
+        _one_line_refusal(capsys, ["export", model, "--format", fmt, "-o", out, "--overwrite"], message)
+    assert _tree(tmp_path) == before
+    assert W.read_info(c).task == "denoise" and W.read_info(user).name == "mine"
+
+
+def test_user_models_export_by_name(tiny_weights, tmp_path, capsys, models_dir, monkeypatch):
+    """Issue 31 item 10: `napari-vdir export mine ...` said "no shipped model named 'mine'" though
+    `napari-vdir models` lists it; a folder named like the model in the working folder does not hide it."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from napari_vdir.cli import main
+    from napari_vdir.user_models import save_user_model
+
+    path = save_user_model("mine", *load_weights(tiny_weights[("sr", 2, 1)]))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    assert main(["export", "mine", "--format", "onnx", "-o", "mine.onnx"]) == 0
+    assert "mine -> mine.onnx" in capsys.readouterr().out
+    x = np.random.default_rng(2).random((1, 1, 32, 40), dtype=np.float32)
+    got = ort.InferenceSession("mine.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, _torch_forward(path, x), atol=1e-5, rtol=0)
+    assert export.load_model("mine")[2] == path

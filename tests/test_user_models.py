@@ -145,3 +145,35 @@ def test_subscribers_are_called_and_a_gone_or_failing_one_does_not_break_others(
     finally:
         for u in unsubscribe:
             u()
+
+
+def test_a_deeply_nested_user_file_breaks_no_listing_and_no_lookup(models_dir, tiny_weights, capsys, rng):
+    """Issue 31 item 8: dropped into the user models folder, a file whose recipe is 5,000 nested brackets
+    broke `napari-vdir models` and `restore(model="denoise-gray")` with a RecursionError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_vdir.cli import main
+
+    good = tiny_weights[("denoise", 1, 1)]
+    with safe_open(str(good), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["recipe"] = "[" * 5000 + "]" * 5000
+    models_dir.mkdir()
+    save_file(load_file(str(good)), str(models_dir / "deep.safetensors"), metadata=meta)
+    shutil.copy(good, models_dir / "fine.safetensors")
+
+    assert main(["models"]) == 0
+    out, err = capsys.readouterr()
+    names = [line.split()[0] for line in out.splitlines()[1:]]
+    assert names == [*weights.shipped_models(), "fine"]
+    assert err.count("\n") == 1 and err.startswith("napari-vdir: warning: user model skipped: ")
+    assert "deep.safetensors" in err and "nests 5000 levels deep" in err and "Traceback" not in err
+
+    image = rng.integers(0, 255, (24, 24), dtype="uint8")
+    assert napari_vdir.restore(image, "denoise", model="denoise-gray", backend="torch").shape == image.shape
+    assert napari_vdir.restore(image, "denoise", model="fine", backend="torch").shape == image.shape
+    assert [i.name for i in napari_vdir.list_models()][-1] == "fine"
+    with pytest.raises(weights.WeightsError, match="nests 5000 levels deep") as err:  # asked for by name
+        weights.resolve_model("deep", "denoise", 1)
+    assert "\n" not in str(err.value)

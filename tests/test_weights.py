@@ -241,3 +241,31 @@ def test_arch_limits_bound_the_config():
     with pytest.raises(ValueError, match="rir_blocks must be between 1 and 32"):
         ArchConfig(rir_blocks=33)
     VDIR(ArchConfig(width=4, rir_blocks=1, res_blocks=1, encoder_width=4))  # small is fine
+
+
+@pytest.mark.parametrize("where", ["recipe", "quality", "arch", "header"])
+def test_deeply_nested_metadata_is_one_line_not_a_recursion_error(good, tmp_path, where):
+    """Issue 31 item 8: a recipe of 5,000 nested brackets gave a RecursionError traceback."""
+    deep = "[" * 5000 + "]" * 5000
+    path = tmp_path / "deep.safetensors"
+    if where == "header":  # the safetensors header itself nests (outside any string)
+        body = ('{"__metadata__": {"format": "napari-vdir"}, "x": ' + deep + "}").encode()
+        path.write_bytes(len(body).to_bytes(8, "little") + body)
+    else:
+        rewrite(good, path, meta={where: deep})
+    for reader in (read_info, load_weights):
+        with pytest.raises(WeightsError, match="nests 5001 levels deep" if where == "header" else
+                           f"its {where} nests 5000 levels deep") as err:
+            reader(path)
+        assert_one_line(err)
+    # brackets inside JSON strings are text, not nesting; a shipped-like recipe still reads
+    ok = rewrite(good, tmp_path / "ok.safetensors", meta={"recipe": json.dumps({"note": deep, "a": {"b": [[1]]}})})
+    assert read_info(ok).recipe["note"] == deep
+    assert W.json_depth('{"a": "[[[\\"{{", "b": [{"c": []}]}') == 4
+
+
+def test_oversize_metadata_entry_refused_before_parsing(good, tmp_path):
+    path = rewrite(good, tmp_path / "big.safetensors", meta={"quality": " " * (W.MAX_METADATA_CHARS + 1)})
+    with pytest.raises(WeightsError, match="metadata 'quality' has") as err:
+        read_info(path)
+    assert_one_line(err)

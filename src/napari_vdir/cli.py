@@ -13,6 +13,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -28,6 +29,12 @@ class CliError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line  # restored on exit (catch_warnings saves it)
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return args.command(args)
     except KeyboardInterrupt:
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     p.set_defaults(command=cmd_restore)
 
-    p = commands.add_parser("models", help="list the shipped models")
+    p = commands.add_parser("models", help="list the shipped and user models")
     p.set_defaults(command=cmd_models)
 
     p = commands.add_parser("demo", help="denoise a generated noisy sample and report what it did",
@@ -85,17 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export a model for other tools (bioimage.io package or ONNX file)",
                             description="Write MODEL as a bioimage.io model package (a folder, or a zip when OUT "
                             "ends in .zip) for Fiji/deepImageJ, QuPath, ilastik or bioimageio.core, or as one ONNX file.")
-    p.add_argument("model", metavar="MODEL", help="shipped model name (see `napari-vdir models`) or .safetensors file")
+    p.add_argument("model", metavar="MODEL", help="shipped or user model name (see `napari-vdir models`) or "
+                   ".safetensors file")
     p.add_argument("--format", required=True, choices=("bioimageio", "onnx"), dest="fmt")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="package folder/.zip or .onnx file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT: a file, or a package folder "
+                   "this command wrote earlier (never another folder, a weights file or the model itself)")
     p.set_defaults(command=cmd_export)
     return parser
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="NAME|PATH", help="shipped model name or .safetensors file "
-                   "(default: the task's shipped model; see `napari-vdir models`)")
+    p.add_argument("--model", metavar="NAME|PATH", help="shipped or user model name, or a .safetensors file "
+                   "(default: the task's shipped model; see `napari-vdir models`); a name always means the model, "
+                   "write ./NAME for a file without the .safetensors suffix")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bf16/AMP where the device supports it; float32: exact")
@@ -160,7 +170,9 @@ def check_options(args) -> None:
 def check_model_device(args) -> None:
     if not DEVICE_NAMES.fullmatch(args.device):
         raise CliError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
-    if args.model is not None and Path(args.model).is_file():
+    from .weights import looks_like_path
+
+    if args.model is not None and looks_like_path(args.model) and Path(args.model).is_file():
         check_not_checkpoint(Path(args.model))
 
 
@@ -388,6 +400,11 @@ def cmd_demo(args) -> int:
 def _error(message) -> None:
     text = " ".join(str(message).split()) or type(message).__name__
     print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a skipped user model, a float image out of range) as one line, without source lines."""
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
 
 
 def _note(message: str) -> None:

@@ -23,7 +23,6 @@ import inspect
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from .nets import LATENT_CHANNELS, LATENT_STRIDE, VDIR, ArchConfig
-from .weights import WEIGHTS_SUFFIX, ModelInfo, load_weights, shipped_models
+from .weights import WEIGHTS_SUFFIX, ModelInfo, WeightsError, find_model, load_weights
 
 FORMATS = ("onnx", "bioimageio")
 ONNX_OPSET = 17
@@ -99,23 +98,23 @@ def deterministic(net: VDIR) -> DeterministicVDIR:
     return out.eval()
 
 
+def model_file(model: str | Path) -> Path:
+    """A shipped or user model name, or a weights file -> the weights file (as every command finds it:
+    :func:`napari_vdir.weights.find_model`)."""
+    try:
+        return find_model(model)
+    except WeightsError as err:
+        raise ExportError(str(err)) from err
+
+
 def load_model(model: str | Path) -> tuple[VDIR, ModelInfo, Path]:
-    """A shipped model name or a weights file -> (network on the CPU, its metadata, the file)."""
-    path = Path(model)
-    if not (path.suffix == WEIGHTS_SUFFIX or path.exists()):
-        if str(model) not in shipped_models():
-            raise ExportError(f"no shipped model named {model!r} and no such file; "
-                              f"shipped: {', '.join(shipped_models()) or 'none'}")
-        path = shipped_models()[str(model)]
+    """A shipped or user model name or a weights file -> (network on the CPU, its metadata, the file)."""
+    path = model_file(model)
     net, info = load_weights(path, "cpu")
     return net.float().eval(), info, path
 
 
 # ----------------------------------------------------------------------------- ONNX
-
-# torch.onnx.export and torch.jit.trace keep global tracing state (GLOBALS.in_onnx_export): one at a time.
-_TRACE_LOCK = threading.RLock()
-
 
 def write_onnx(net: VDIR, path: str | Path, graph: str = "forward") -> Path:
     """Write one ONNX graph of ``net`` (float32, dynamic batch, height and width), atomically.
@@ -151,7 +150,7 @@ def write_onnx(net: VDIR, path: str | Path, graph: str = "forward") -> Path:
     path = Path(path)
     partial = _partial_name(path)
     try:
-        with _TRACE_LOCK, warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(module.eval(), args, str(partial), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=names_in, output_names=names_out, dynamic_axes=dynamic,
@@ -169,7 +168,7 @@ def write_torchscript(net: VDIR, path: str | Path) -> Path:
     path = Path(path)
     partial = _partial_name(path)
     try:
-        with _TRACE_LOCK, warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notes
             traced = torch.jit.trace(cpu, y, check_trace=False)
             torch.jit.save(traced, str(partial))
@@ -379,26 +378,27 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
 
 
 def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Export a shipped model (by name) or a weights file.
+    """Export a shipped or user model (by name) or a weights file.
 
     Parameters
     ----------
-    model : shipped model name (see ``napari-vdir models``) or a ``.safetensors`` weights file.
+    model : shipped or user model name (see ``napari-vdir models``) or a ``.safetensors`` weights file
+        (found as every command finds it: :func:`napari_vdir.weights.find_model`).
     fmt : ``"onnx"`` (the ONNX file alone) or ``"bioimageio"`` (a bioimage.io model package: a folder,
         or a zip file when ``out`` ends in ``.zip``).
-    out : where to write it; nothing is left under this name if the export fails.
-    overwrite : replace an existing ``out``.
+    out : where to write it; nothing is left under this name if the export fails. Never a weights file
+        (:func:`check_output`).
+    overwrite : replace an existing ``out``: a file, or a package folder this function wrote earlier and
+        that holds nothing else.
 
     Returns the path written. Raises :class:`ExportError` (or ``WeightsError``) with a one-line message.
     """
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
-    if out.exists() and out.is_dir() != (fmt == "bioimageio" and out.suffix != ".zip"):
-        raise ExportError(f"{out}: exists and is a {'folder' if out.is_dir() else 'file'}; choose another output")
-    net, info, _ = load_model(model)
+    source = model_file(model)
+    check_output(out, fmt, source, overwrite=overwrite)
+    net, info, _ = load_model(source)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         return write_onnx(net, out)
@@ -422,6 +422,110 @@ def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: boo
         else:
             partial.unlink(missing_ok=True)
     return out
+
+
+# every file of a package folder this module writes (rdf.yaml and what it names); --overwrite replaces a
+# folder only when it holds these and nothing else
+PACKAGE_FILES = frozenset({"rdf.yaml", "README.md", "cover.png", "model.onnx", "model.torchscript.pt", "weights.pt",
+                           "vdir_arch.py", "test_input.npy", "test_output.npy", "sample_input.tif",
+                           "sample_output.tif"})
+MAX_RDF_BYTES = 1024 * 1024
+
+
+def check_output(out: Path, fmt: str, source: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out`` whose writing would lose something.
+
+    Never a weights file: any ``.safetensors`` name, the model being exported, or a shipped or user model's
+    file (the same file by inode, so hard and symbolic links count). With ``overwrite``, an existing folder
+    is replaced only when it is a package this module wrote (:func:`is_earlier_package`), and never the
+    working folder, the user models folder, a shipped models folder or a folder holding the model.
+    """
+    if out.name.lower().endswith(WEIGHTS_SUFFIX):
+        raise ExportError(f"{out}: OUT must not be a {WEIGHTS_SUFFIX} file (export writes ONNX or a package, "
+                          "and would destroy weights); choose another name")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.exists() and _same_file(out, source):
+        raise ExportError(f"{out}: is the model being exported ({source}); choose another OUT")
+    weights = _protected_weights()
+    if out.exists() and any(_same_file(out, w) for w in weights):
+        raise ExportError(f"{out}: is the weights file of a shipped or user model; choose another OUT")
+    if not overwrite:
+        raise ExportError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it")
+    folder_out = fmt == "bioimageio" and out.suffix != ".zip"
+    if out.is_symlink():
+        raise ExportError(f"{out}: is a link; --overwrite does not replace links, choose another OUT")
+    if out.is_dir() != folder_out:
+        raise ExportError(f"{out}: exists and is a {'folder' if out.is_dir() else 'file'}; choose another output")
+    if not folder_out:
+        return
+    real = out.resolve()
+    if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
+        raise ExportError(f"{out}: is the current folder{'' if real == Path.cwd().resolve() else ' or holds it'}; "
+                          "--overwrite only replaces an earlier package folder: choose a new OUT")
+    from .user_models import user_models_dir
+    from .weights import shipped_dirs
+
+    for kept, what in ((source, "the model being exported"), (user_models_dir(), "the user models folder"),
+                       *((d, "the shipped models") for d in shipped_dirs()),
+                       *((w, "a model's weights") for w in weights)):
+        kept = Path(kept).resolve()
+        if real == kept or real in kept.parents:
+            raise ExportError(f"{out}: {'is' if real == kept else 'holds'} {what}; --overwrite only replaces an "
+                              "earlier package folder: choose a new OUT")
+    foreign = _foreign_entries(out)
+    if foreign is not None:
+        raise ExportError(f"{out}: not a package folder written by napari-vdir export ({foreign}); --overwrite only "
+                          "replaces such a folder, never other files: choose a new OUT")
+
+
+def is_earlier_package(folder: Path) -> bool:
+    """Whether ``folder`` is a bioimage.io package folder written by this module, holding nothing else."""
+    return folder.is_dir() and not folder.is_symlink() and _foreign_entries(folder) is None
+
+
+def _foreign_entries(folder: Path) -> str | None:
+    """None for a package folder of this module; else why not, in a few words."""
+    import yaml
+
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        return f"cannot list it: {' '.join(str(err).split())}"
+    other = [p.name for p in entries if p.name not in PACKAGE_FILES or p.is_symlink() or not p.is_file()]
+    if other:
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        return f"it holds {', '.join(other[:3])}{more}"
+    rdf = folder / "rdf.yaml"
+    try:
+        if not rdf.is_file() or rdf.stat().st_size > MAX_RDF_BYTES:
+            return "no rdf.yaml of napari-vdir"
+        descr = yaml.safe_load(rdf.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "its rdf.yaml cannot be read"
+    ours = (isinstance(descr, dict) and isinstance(descr.get("tags"), list) and "napari-vdir" in descr["tags"]
+            and str(descr.get("name", "")).endswith("(napari-vdir)"))
+    return None if ours else "its rdf.yaml is not one napari-vdir wrote"
+
+
+def _protected_weights() -> list[Path]:
+    """Every shipped weights file and every file in the user models folder (valid or not)."""
+    from .user_models import user_models_dir
+    from .weights import shipped_models
+
+    found = list(shipped_models().values())
+    try:
+        found += [p for p in user_models_dir().iterdir() if p.name.lower().endswith(WEIGHTS_SUFFIX)]
+    except OSError:
+        pass
+    return found
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _partial_name(path: Path) -> Path:

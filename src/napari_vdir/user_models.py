@@ -77,26 +77,53 @@ def list_user_models() -> dict[str, Path]:
     return found
 
 
+def user_model(name: str) -> tuple[Path | None, str | None]:
+    """(path, None) of the valid user model ``name``; (None, why) when its file is not usable;
+    (None, None) when there is none. Only that one file is read (a bad neighbour does not matter)."""
+    from .weights import WEIGHTS_SUFFIX
+
+    if not NAME_PATTERN.fullmatch(str(name)):
+        return None, None
+    path = user_models_dir() / f"{name}{WEIGHTS_SUFFIX}"
+    if not path.is_file():
+        return None, None
+    known = _check(path)
+    return (path, None) if not isinstance(known, str) else (None, known)
+
+
+def user_model_info(path: Path):
+    """The ModelInfo of a user model file, or None (with a warning once) when it is not usable."""
+    known = _check(path)
+    return None if isinstance(known, str) else known
+
+
 def _validated(path: Path):
     """ModelInfo of a valid file, else None (with a warning the first time this version of it is seen)."""
+    known = _check(path, stacklevel=4)
+    return None if isinstance(known, str) else known
+
+
+def _check(path: Path, stacklevel: int = 3):
+    """ModelInfo of a valid file, else the one-line reason (warned about once per version of the file)."""
     from .weights import WeightsError, read_info
 
     try:
         st = path.stat()
-    except OSError:
-        return None
+    except OSError as err:
+        return " ".join(str(err).split())
     key = (str(path), st.st_mtime_ns, st.st_size)
     with _checked_lock:
         known = _checked.get(key)
     if known is None:
         try:
             known = read_info(path)
-        except (WeightsError, OSError) as err:
-            known = " ".join(str(err).split())
-            warnings.warn(f"user model skipped: {known}", UserModelWarning, stacklevel=3)
+        except Exception as err:  # noqa: BLE001 — a file nobody vouches for: any failure just skips it
+            known = " ".join(str(err).split()) or type(err).__name__
+            known = known if isinstance(err, WeightsError) else f"{path}: {known}"
+            warnings.warn(f"user model skipped: {known}", UserModelWarning, stacklevel=stacklevel)
         with _checked_lock:
             _checked[key] = known
-    return None if isinstance(known, str) else known
+    return known
 
 
 def save_user_model(name: str, model, info, *, overwrite: bool = False, notify: bool = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -70,15 +71,21 @@ class ModelInfo:
             if version > FORMAT_VERSION:
                 raise WeightsError(f"{source}: weights format {version} is newer than this napari-vdir "
                                    f"understands ({FORMAT_VERSION}); upgrade napari-vdir")
+            for key, text in meta.items():
+                if len(text) > MAX_METADATA_CHARS:
+                    raise WeightsError(f"{source}: not a napari-vdir weights file (its metadata {key!r} has "
+                                       f"{len(text)} characters; at most {MAX_METADATA_CHARS})")
             try:
-                arch = ArchConfig.from_dict(json.loads(meta["arch"]))
+                arch = ArchConfig.from_dict(_bounded_json(meta["arch"], source, "arch"))
             except (ValueError, TypeError) as err:
+                if isinstance(err, WeightsError):
+                    raise
                 raise WeightsError(f"{source}: invalid architecture in its metadata ({_one_line(err)}); "
                                    "the file is damaged or was not written by napari-vdir") from err
             info = cls(name=meta["name"], task=meta["task"], arch=arch,
                        description=meta.get("description", ""),
-                       recipe=json.loads(meta.get("recipe", "{}")),
-                       quality=json.loads(meta.get("quality", "{}")),
+                       recipe=_bounded_json(meta.get("recipe", "{}"), source, "recipe"),
+                       quality=_bounded_json(meta.get("quality", "{}"), source, "quality"),
                        trained_steps=int(meta.get("trained_steps", 0)))
         except WeightsError:
             raise
@@ -127,7 +134,31 @@ def save_weights(path: str | Path, model: VDIR, info: ModelInfo, *, half: bool =
 
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a shipped model's header is ~30 KB
+MAX_METADATA_CHARS = 1024 * 1024     # one metadata entry; a shipped model's recipe is ~1 KB
+MAX_JSON_DEPTH = 32                  # nesting of the header or of a metadata entry; a shipped recipe nests 3 deep
 _ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4}
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def json_depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest in ``text`` (brackets inside JSON strings do not count), found
+    without parsing it: Python's parser recurses once per level and fails with ``RecursionError``."""
+    import numpy as np
+
+    codes = np.frombuffer(_JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass"), np.uint8)
+    steps = np.zeros(codes.shape, np.int32)
+    steps[(codes == ord("[")) | (codes == ord("{"))] = 1
+    steps[(codes == ord("]")) | (codes == ord("}"))] = -1
+    return int(np.cumsum(steps).max()) if steps.size else 0
+
+
+def _bounded_json(text: str, source, what: str):
+    """``json.loads(text)`` once its nesting is known to be at most :data:`MAX_JSON_DEPTH`."""
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise WeightsError(f"{source}: not a napari-vdir weights file (its {what} nests {depth} levels deep; "
+                           f"at most {MAX_JSON_DEPTH})")
+    return json.loads(text)
 
 
 def read_header(path: str | Path) -> tuple[dict[str, str] | None, dict[str, dict]]:
@@ -158,7 +189,9 @@ def read_header(path: str | Path) -> tuple[dict[str, str] | None, dict[str, dict
         f.seek(8)
         raw = f.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = _bounded_json(raw.decode("utf-8"), path, "header")
+    except WeightsError:
+        raise
     except (UnicodeDecodeError, ValueError) as err:
         raise WeightsError(f"{path}: corrupt or not a safetensors file (its header is not JSON)") from err
     if not isinstance(header, dict):
@@ -305,26 +338,61 @@ def available_models() -> dict[str, Path]:
     return found
 
 
+def looks_like_path(model: str | os.PathLike) -> bool:
+    """Whether a model argument names a file rather than a model: a ``Path``, or text with a path
+    separator or the weights suffix (``./m``, ``runs/x/denoise.safetensors``, ``m.safetensors``).
+    Anything else is a model name, even where a file or folder of that name exists here."""
+    if isinstance(model, os.PathLike):
+        return True
+    text = str(model)
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(sep in text for sep in separators) or text.lower().endswith(WEIGHTS_SUFFIX)
+
+
+def find_model(model: str | os.PathLike) -> Path:
+    """A model name or a weights file -> the weights file; the one resolver of every command.
+
+    A path (:func:`looks_like_path`) must be an existing file. A name means the shipped model of that
+    name, else the user model of that name (:mod:`napari_vdir.user_models`): a folder or file of the
+    same name in the working directory never hides a model. Raises :class:`WeightsError` (one line).
+    """
+    if looks_like_path(model):
+        path = Path(model)
+        if not path.is_file() and path.name == str(model) and path.stem in _model_names():
+            raise WeightsError(f"weights file not found: {path} (for the model {path.stem!r}, "
+                               f"give its name without {WEIGHTS_SUFFIX})")
+        return _existing(path)
+    name = str(model)
+    if name in shipped_models():
+        return shipped_models()[name]
+    from .user_models import user_model, user_models_dir
+
+    path, problem = user_model(name)
+    if path is not None:
+        return path
+    user = [n for n in _model_names() if n not in shipped_models()]
+    here = f"; for the file or folder {name!r} here, write ./{name}" if Path(name).exists() else ""
+    bad = f"; its file is not usable: {problem}" if problem else ""
+    raise WeightsError(f"no shipped model named {name!r} and no user model of that name in {user_models_dir()}"
+                       f"{bad}{here}; shipped: {', '.join(shipped_models()) or 'none'}; "
+                       f"user: {', '.join(user) or 'none'}")
+
+
+def _model_names() -> list[str]:
+    return list(available_models())
+
+
 def resolve_model(model: str | Path | None, task: str, channels: int, scale: int = 1) -> Path:
     """Turn a model name, a path or None (the task's default) into a weights file path.
 
-    A name is looked up among the shipped models first, then in the user models folder
-    (:func:`napari_vdir.user_models.user_models_dir`), so a shipped name always means the shipped model.
+    ``model`` goes to :func:`find_model`: a name means the shipped model of that name, then the user
+    model (:func:`napari_vdir.user_models.user_models_dir`), so a shipped name always means the shipped
+    model; text is a path only when it looks like one (:func:`looks_like_path`).
     For gray input with no gray model shipped, the colour model is used (the caller replicates the channel).
     The task's default (``model=None``) is always a shipped model.
     """
     if model is not None:
-        as_path = Path(model)
-        if as_path.suffix == WEIGHTS_SUFFIX or as_path.exists():
-            return _existing(as_path)
-        found = available_models()
-        if str(model) in found:
-            return found[str(model)]
-        from .user_models import user_models_dir
-
-        user = [name for name in found if name not in shipped_models()]
-        raise WeightsError(f"no shipped model named {model!r} and no user model of that name in {user_models_dir()}; "
-                           f"shipped: {', '.join(shipped_models()) or 'none'}; user: {', '.join(user) or 'none'}")
+        return find_model(model)
     names = [default_model_name(task, channels, scale)]
     if channels == 1:
         names.append(default_model_name(task, 3, scale))
@@ -341,4 +409,11 @@ def list_models() -> list[ModelInfo]:
     ``name`` is the one ``model=NAME`` takes (the file stem)."""
     from dataclasses import replace
 
-    return [replace(read_info(p), name=name) for name, p in available_models().items()]
+    from .user_models import list_user_models, user_model_info
+
+    infos = [replace(read_info(p), name=name) for name, p in shipped_models().items()]
+    for name, path in list_user_models().items():
+        info = None if name in shipped_models() else user_model_info(path)  # None: broken since it was listed
+        if info is not None:
+            infos.append(replace(info, name=name))
+    return infos
