@@ -23,6 +23,7 @@ import inspect
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def load_model(model: str | Path) -> tuple[VDIR, ModelInfo, Path]:
 
 # ----------------------------------------------------------------------------- ONNX
 
+# torch.onnx.export and torch.jit.trace keep global tracing state (GLOBALS.in_onnx_export): one at a time.
+_TRACE_LOCK = threading.RLock()
+
+
 def write_onnx(net: VDIR, path: str | Path, graph: str = "forward") -> Path:
     """Write one ONNX graph of ``net`` (float32, dynamic batch, height and width), atomically.
 
@@ -150,7 +155,7 @@ def write_onnx(net: VDIR, path: str | Path, graph: str = "forward") -> Path:
     path = Path(path)
     partial = _partial_name(path)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with _TRACE_LOCK, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(module.eval(), args, str(partial), dynamo=False, opset_version=ONNX_OPSET,
                               input_names=names_in, output_names=names_out, dynamic_axes=dynamic,
@@ -168,7 +173,7 @@ def write_torchscript(net: VDIR, path: str | Path) -> Path:
     path = Path(path)
     partial = _partial_name(path)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with _TRACE_LOCK, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notes
             traced = torch.jit.trace(cpu, y, check_trace=False)
             torch.jit.save(traced, str(partial))
