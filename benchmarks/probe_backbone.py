@@ -3,6 +3,11 @@
     python benchmarks/probe_backbone.py --minutes 60 --parallel   # writes benchmarks/results/backbone_probe.md
     python benchmarks/probe_backbone.py --minutes 3 --smoke       # end-to-end check, marked as a smoke run
     python benchmarks/probe_backbone.py --probe sr-x2 --minutes 40   # benchmarks/results/sr_backbone_probe.md
+    python benchmarks/probe_backbone.py --probe trunk --minutes 60 --parallel   # benchmarks/results/trunk_probe.md
+
+``--probe trunk`` (issue 34) compares the shipped pixel-unshuffle trunk with the multi-scale encoder-decoder
+(``trunk: unet``) on the varied training images (CBSD432 + CQ100 + SunHays80), scored on validation images only: all
+of Val20 and the slice of CQ100 and SunHays80 that its recipes hold out, per noise level.
 
 ``--probe denoise`` (issue 15, the default) compares today's CPU-size trunk with two pixel-unshuffle trunks;
 ``--probe sr-x2`` (issue 14) the shipped SR models' paper-size trunk with a lighter one, on the blind x2 SR mix.
@@ -80,7 +85,16 @@ PROBES = {
         2, ("sr-x2-paper", "sr-x2-light"), HERE / "results" / "sr_backbone_probe.md",
         "Val20 PSNR (RGB): the first 8 Val20 images, 256² centre crops, one seeded draw of the recipe's "
         "degradation (the sr-mix) each: comparable between the candidates, not with the evaluation tables."),
+    "trunk": Probe(
+        "Trunk probe (issue 34): the shipped pixel-unshuffle trunk vs the multi-scale encoder-decoder", "denoise", 1,
+        ("unshuffle-varied", "unet-varied"), HERE / "results" / "trunk_probe.md",
+        "Validation PSNR: all 20 Val20 images and the 18 held-out images of CQ100 and SunHays80 (every 10th by "
+        "name), 256² centre crops, one seeded draw of the recipe's degradation (sigma 0-75, 10 % clean) each: one "
+        "number over mixed noise levels, comparable between the candidates, not with the evaluation tables."),
 }
+# The trunk probe is decided on validation images only: Val20 and the slice of the new training sets that its
+# recipes hold out (never a test set). Each is scored per noise level with benchmarks/val20_levels.py.
+VALIDATION_LEVELS = (15, 30, 50, "clean")
 
 
 def recipe_path(candidate: str) -> Path:
@@ -177,7 +191,7 @@ def describe(candidate: str) -> dict:
             "macs_per_pixel": counter.get_total_flops() / 2 / (128 * 128), "radius": cfg.receptive_radius}
 
 
-def time_restore(candidate: str, probe: Probe, repeats: int = 5) -> dict:
+def time_restore(candidate: str, probe: Probe, repeats: int = 5, large: int | None = None) -> dict:
     """Median seconds per megapixel (of input) of ``napari_vdir.restore`` on a 512² RGB image (one warm-up first):
     the fast path (precision "auto": bf16 on CPUs with it) and exact float32 (ONNX Runtime when installed).
 
@@ -198,7 +212,8 @@ def time_restore(candidate: str, probe: Probe, repeats: int = 5) -> dict:
         path = save_weights(Path(tmp) / f"{candidate}.safetensors", VDIR(cfg),
                             ModelInfo(name=f"probe-{candidate}", task=probe.task, arch=cfg))
         scale = probe.scale if probe.task == "sr" else None
-        for label, options in (("fast", {"precision": "auto"}), ("float32", {"precision": "float32"})):
+        for label, options in (("fast", {"precision": "auto"}), ("float32", {"precision": "float32"}),
+                               ("torch32", {"precision": "float32", "backend": "torch"})):
             try:
                 restore(image, probe.task, scale=scale, model=path, device="cpu", **options)  # warm-up, ORT export
             except (ImportError, ValueError) as err:
@@ -212,14 +227,51 @@ def time_restore(candidate: str, probe: Probe, repeats: int = 5) -> dict:
                 cpu.append(time.process_time() - c0)
             out[label] = statistics.median(wall) / megapixels
             out[f"{label}_cpu"] = statistics.median(cpu) / megapixels
+        if probe.task != "sr":
+            one = restore(image, probe.task, model=path, device="cpu", precision="float32", backend="torch")
+            tiles = restore(image, probe.task, model=path, device="cpu", precision="float32", backend="torch",
+                            tile_size=128)
+            out["tiled_delta"] = float(np.abs(one - tiles).max())
+        if large:  # tiles and their overlap: a 2048² image runs as several tiles whose margins are recomputed
+            big = np.random.default_rng(1).random((large, large, 3), dtype=np.float32)
+            t0, c0 = time.perf_counter(), time.process_time()
+            restore(big, probe.task, scale=scale, model=path, device="cpu", precision="float32")
+            out["large"] = (time.perf_counter() - t0) / (large * large / 1e6)
+            out["large_cpu"] = (time.process_time() - c0) / (large * large / 1e6)
     return out
 
 
-def score_weights(weights: Path, shared: Path, probe: Probe) -> dict:
+def held_out_images(candidate: str) -> list[str]:
+    """The recipe's validation sources other than Val20: the held-out slice of the new training sets."""
+    from napari_vdir.training.config import load_recipe
+
+    val = load_recipe(recipe_path(candidate)).data.val
+    return [v for v in ([val] if isinstance(val, str) else val) if Path(v).name != "Val20"]
+
+
+def score_validation(weights: Path, shared: Path, candidate: str) -> dict:
+    """PSNR per noise level on all of Val20 and on the recipe's held-out slice (``val20_levels.score``)."""
+    sys.path.insert(0, str(HERE))
+    import val20_levels
+
+    from napari_vdir.training.data import load_folder
+
+    out = {}
+    held = [str(REPO / v) if not Path(v).is_absolute() else v for v in held_out_images(candidate)]
+    for name, source in (("Val20", shared / "datasets" / "Val20"), (f"held-out ({len(held)})", held)):
+        images = [x for _, x in load_folder(source, 3)]
+        for level, value in val20_levels.score(weights, images, "denoise", levels=VALIDATION_LEVELS).items():
+            out[(name, level, len(images))] = value
+    return out
+
+
+def score_weights(weights: Path, shared: Path, probe: Probe, candidate: str) -> dict:
     """Mean PSNR of restore() on the fixed test settings (napari_vdir.evaluate's images and noise); for SR,
-    Y-PSNR on all of Val20 at ``val20_levels``' real-world settings."""
+    Y-PSNR on all of Val20 at ``val20_levels``' real-world settings; for the trunk probe, validation images only."""
     if probe.task == "sr":
         return score_sr(weights, shared, probe.scale)
+    if probe is PROBES["trunk"]:
+        return score_validation(weights, shared, candidate)
     from napari_vdir import restore
     from napari_vdir.evaluate import Setting, degrade, load_images, score
 
@@ -294,7 +346,7 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
               "    python benchmarks/probe_backbone.py" + (f" --probe {args.probe}" if args.probe != "denoise" else "")
               + f" --minutes {args.minutes:g} --threads {args.threads}"
               f" --val-every {args.val_every}" + (" --parallel" if args.parallel else "")
-              + (" --smoke" if args.smoke else ""), "",
+              + (" --smoke" if args.smoke else "") + (" --reuse-runs" if args.reuse_runs else ""), "",
               "Per candidate (same data, CPU minutes, threads, seed and objective; only `arch` differs"
               + ("; all at once, sharing the cores" if args.parallel else "; one after the other") + "):", ""]
     lines += ["    python " + shlex.join(train_command(c, Path("runs") / f"probe-{c}", args.minutes, args.threads,
@@ -311,20 +363,38 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
               "These timings are real measurements, also in a smoke run.", "",
               "| candidate | arch | parameters (restorer) | multiply-adds / " + ("input " if probe.task == "sr" else "")
               + "pixel | receptive radius (px) "
-              "| s/MP fast | s/MP float32 |", "|---|---|---|---|---|---|---|"]
+              "| s/MP fast | s/MP float32 | s/MP float32 torch | s/MP float32 at 2048² (tiled) | tiled − whole |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in args.candidates:
         d, a = info[c], info[c]["arch"]
         arch = f"{a.trunk}, width {a.width}, D{a.rir_blocks}/N{a.res_blocks}"
+        tiled = speed[c].get("tiled_delta")
         lines.append(f"| {c} | {arch} | {d['params'] / 1e6:.2f} M ({d['restorer_params'] / 1e6:.2f} M) | "
                      f"{d['macs_per_pixel'] / 1e3:.0f} k | {d['radius']} | {fmt_speed(speed[c], 'fast')} | "
-                     f"{fmt_speed(speed[c], 'float32')} |")
+                     f"{fmt_speed(speed[c], 'float32')} | {fmt_speed(speed[c], 'torch32')} | "
+                     f"{fmt_speed(speed[c], 'large')} | " + ("—" if tiled is None else f"{tiled:.1e}") + " |")
+    lines += ["", "`float32` is the default exact path (ONNX Runtime), `float32 torch` the same in torch; the 2048² "
+              "column restores a 2048² image with the automatic tiling (float32, ONNX Runtime), so tile margins "
+              "recomputed at every seam are counted; `tiled − whole` is the largest difference between a "
+              "tile_size=128 restore and a one-pass restore of a 512² image (float32 torch)."]
     if curves:
         lines += ["", "## Validation curves" + (" (smoke run)" if smoke else ""), "", probe.validation, ""]
         lines += at_fractions(curves, args.minutes) + [""] + curve_table(curves)
         lines += ["", "Training minutes are the process's CPU minutes (`--budget-clock cpu`). "
                   "Wall time per candidate (training incl. validation and start-up): "
-                  + ", ".join(f"{c} {walls[c] / 60:.1f} min" for c in walls if c in curves) + "."]
-    if scores and probe.task == "sr":
+                  + (", ".join(f"{c} {walls[c] / 60:.1f} min" for c in walls if c in curves) if walls
+                     else "not measured (runs trained beforehand, `--reuse-runs`)") + "."]
+    if scores and probe is PROBES["trunk"]:
+        keys = list(next(iter(scores.values())))
+        lines += ["", "## Final weights on the validation images, per noise level" + (" (smoke run)" if smoke else ""),
+                  "", "`napari_vdir.restore` (blind, precision auto) of each run's last weights on whole images: "
+                  "all of Val20 and the held-out slice of CQ100 + SunHays80; AWGN seed 3000 + i, not clipped "
+                  "(`benchmarks/val20_levels.py`); `clean` = restore(clean) vs clean. No test set is used.", "",
+                  "| candidate | " + " | ".join(f"{d} {'clean' if lv == 'clean' else f'σ{lv}'}" for d, lv, _ in keys)
+                  + " |", "|---|" + "---|" * len(keys)]
+        for c, sc in scores.items():
+            lines.append(f"| {c} | " + " | ".join(f"{sc[k]:.2f}" for k in keys) + " |")
+    elif scores and probe.task == "sr":
         keys = list(next(iter(scores.values())))
         lines += ["", "## Final weights on all of Val20" + (" (smoke run)" if smoke else ""), "",
                   "`napari_vdir.restore` (blind, precision auto) of the run's last weights on all of Val20 at the "
@@ -360,11 +430,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads for training and timing (default 1)")
     p.add_argument("--val-every", type=int, default=500, help="validate every N steps (default 500)")
     p.add_argument("--probe", choices=sorted(PROBES), default="denoise",
-                   help="which comparison: denoise (issue 15, default) or sr-x2 (issue 14)")
+                   help="which comparison: denoise (issue 15, default), sr-x2 (issue 14) or trunk (issue 34)")
     p.add_argument("--candidates", nargs="+", help="a subset of the probe's candidates (default: all)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where the runs go (runs/probe-<candidate>)")
     p.add_argument("--out", type=Path, help="report (default: the probe's, in benchmarks/results)")
     p.add_argument("--speed-only", action="store_true", help="only describe and time the candidates")
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="score and report runs already in --runs (trained with the commands in the report) "
+                   "instead of training them again")
     p.add_argument("--smoke", action="store_true",
                    help=f"mark the report as a smoke run (always so below {SMOKE_BELOW_MINUTES} minutes)")
     p.add_argument("--note", help="a paragraph to put at the top of the report (how this run was made)")
@@ -386,17 +459,20 @@ def main(argv=None) -> int:
     info = {c: describe(c) for c in args.candidates}
     speed = {"load": f"{os.getloadavg()[0]:.2f}"}
     for c in args.candidates:
-        speed[c] = time_restore(c, probe)
+        speed[c] = time_restore(c, probe, large=2048 if probe is PROBES["trunk"] else None)
         print(f"{c}: {speed[c]} s/MP", flush=True)
     speed["load"] += f" -> {os.getloadavg()[0]:.2f}"
     curves, scores, walls = {}, {}, {}
     if not args.speed_only:
         runs = args.runs if args.runs.is_absolute() else REPO / args.runs
-        walls = train_all(args.candidates, runs, args.minutes, args.threads, args.val_every, args.parallel)
+        if args.reuse_runs:
+            walls = {}
+        else:
+            walls = train_all(args.candidates, runs, args.minutes, args.threads, args.val_every, args.parallel)
         for c in args.candidates:
             out = runs / f"probe-{c}"
             curves[c] = read_curve(out / "log.csv")
-            scores[c] = score_weights(out / f"probe-{c}.safetensors", shared, probe)
+            scores[c] = score_weights(out / f"probe-{c}.safetensors", shared, probe, c)
             print(f"{c}: {scores[c]}", flush=True)
     write_report(args.out, args, info, speed, curves, scores, walls)
     return 0

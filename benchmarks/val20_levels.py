@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", help="NAME=WEIGHTS (a weights file, a shipped model name, or `input`: "
                    "the degraded image itself, the no-restoration baseline)")
-    p.add_argument("--val", type=Path, default=REPO.parent / "shared" / "datasets" / "Val20")
+    p.add_argument("--val", nargs="+", default=[str(REPO.parent / "shared" / "datasets" / "Val20")],
+                   help="the validation images: folders, files or glob patterns (default: all of Val20)")
     p.add_argument("--task", choices=sorted(LEVELS), default="denoise")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1: gray models, on Val20's luma")
     p.add_argument("--scale", type=int, choices=(2, 4), default=2, help="SR scale (--task sr)")
