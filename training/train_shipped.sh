@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train every shipped model at once, one process per recipe, then collect the weights and logs.
 # usage: training/train_shipped.sh OUTDIR [TIME_BUDGET_MINUTES] [extra flags for every run]
+# Again into the same OUTDIR: add --resume (continue each run) or --overwrite (start each again) to the flags;
+# without either, a run folder that holds a run is refused.
 # RECIPES="training/paper/*.yaml training/sr-*.yaml" picks other recipes (default: training/*.yaml).
 # FROM_SHIPPED=1 fine-tunes each recipe's model from its shipped weights (models/<name>.safetensors)
 # instead of training it from scratch.
