@@ -56,3 +56,21 @@ def test_sample_data_is_generated_locally():
     assert meta["scale"] == (0.1, 0.1)
     data, _, _ = s.low_resolution(size=32)[0]
     assert data.shape == (32, 32, 3) and data.dtype == np.uint8
+
+
+def test_dask_and_distributed_are_declared_with_one_range():
+    """Issue 31 (friction): dask.distributed pins dask to its own version. With dask allowed past the last
+    distributed release, `pip install -e ".[testing]"` after `pip install -e .` backtracked through ~80
+    distributed releases and then downgraded dask. Every distributed requirement must share dask's range."""
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    (dask,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "dask"]
+    assert any(spec.operator in ("<", "<=") for spec in dask.specifier), dask  # bounded above
+    distributed = [Requirement(r) for reqs in project["optional-dependencies"].values() for r in reqs
+                   if Requirement(r).name == "distributed"]
+    assert distributed and all(r.specifier == dask.specifier for r in distributed), distributed
