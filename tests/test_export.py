@@ -349,3 +349,172 @@ def test_user_models_export_by_name(tiny_weights, tmp_path, capsys, models_dir, 
     got = ort.InferenceSession("mine.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, _torch_forward(path, x), atol=1e-5, rtol=0)
     assert export.load_model("mine")[2] == path
+
+
+# ----------------------------------------------------------------------------- concurrent and killed exports
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_partial_names_are_unique_across_threads_and_calls(tmp_path):
+    """Names written beside OUT carry host, pid, thread and a random token: two threads (or two calls) never
+    share one, and the sweep can tell whose it is."""
+    import os
+    import threading
+
+    from napari_vdir.io import host_tag
+
+    out = tmp_path / "m.onnx"
+    names = {}
+
+    def name(key):
+        names[key] = (export._partial_name(out), threading.get_ident())
+
+    threads = [threading.Thread(target=name, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    name("main-1")
+    name("main-2")
+    assert len({n for n, _ in names.values()}) == len(names)
+    for partial, ident in names.values():
+        assert partial.parent == tmp_path
+        assert partial.name.startswith(f".m.onnx.partial-{host_tag()}-{os.getpid()}-{ident}-")
+        assert export._LEFTOVER.fullmatch(partial.name)
+    assert export._partial_name(out, "files").name.startswith(".m.onnx.files-")
+
+
+def test_threads_export_to_one_folder_at_once(tiny_weights, tmp_path, monkeypatch):
+    """Real threads export packages and ONNX files into one folder at the same time: every export succeeds, and
+    none sweeps away another's staging folder or partial file (same process, so same pid). The first package
+    export holds its staging folder open until the others are done, so their sweeps run beside it."""
+    pytest.importorskip("bioimageio.spec")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import threading
+
+    weights = tiny_weights[("denoise", 1, 3)]
+    folder = tmp_path / "out"
+    staged, others_done = threading.Event(), threading.Event()
+    build = export.build_description
+
+    def slow_first(net, info, staging):
+        if threading.current_thread().name == "first":
+            staged.set()
+            assert others_done.wait(300)
+            assert staging.is_dir()
+        return build(net, info, staging)
+
+    monkeypatch.setattr(export, "build_description", slow_first)
+    outs = {"first": folder / "first", "pkg": folder / "pkg", "zip": folder / "p.zip",
+            "a": folder / "a.onnx", "b": folder / "b.onnx"}
+    errors, start = {}, threading.Barrier(len(outs) - 1)
+
+    def run(key):
+        try:
+            if key != "first":
+                assert staged.wait(300)
+                start.wait(60)
+            fmt = "onnx" if outs[key].suffix == ".onnx" else "bioimageio"
+            assert export_model(weights, fmt, outs[key]) == outs[key]
+        except BaseException as err:  # reported below, per thread
+            errors[key] = repr(err)
+
+    threads = {key: threading.Thread(target=run, args=(key,), name=key) for key in outs}
+    for t in threads.values():
+        t.start()
+    for key, t in threads.items():
+        if key != "first":
+            t.join(300)
+    others_done.set()
+    threads["first"].join(300)
+    assert errors == {}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in outs.values())  # no leftovers
+    assert (folder / "first" / "rdf.yaml").is_file() and (folder / "pkg" / "rdf.yaml").is_file()
+    x = np.random.default_rng(2).random((1, 3, 40, 48), dtype=np.float32)
+    for key in ("a", "b"):
+        got = ort.InferenceSession(str(outs[key]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        np.testing.assert_allclose(got, _torch_forward(weights, x), atol=1e-5, rtol=0)
+
+
+def test_leftovers_of_killed_exports_are_removed_by_the_next_export(tiny_weights, tmp_path):
+    """A killed export leaves a hidden staging folder and a partial file beside OUT: the next export into that
+    folder removes those whose process is gone (this host) or that are over an hour old, and nothing else."""
+    pytest.importorskip("bioimageio.spec")
+    import os
+    import time
+
+    from napari_vdir.io import STALE_AGE_S, host_tag
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    host, me, dead, alive = host_tag(), os.getpid(), _dead_pid(), os.getppid()
+    old = time.time() - 2 * STALE_AGE_S
+
+    def leftover(name, age=None, is_dir=False):
+        p = folder / name
+        if is_dir:
+            p.mkdir()
+            (p / "model.onnx").write_bytes(b"\0" * 1000)
+        else:
+            p.write_bytes(b"\0" * 1000)
+        if age is not None:
+            os.utime(p, (age, age))
+        return p
+
+    gone = [leftover(f".pkg.files-{host}-{dead}-140-0a1b2c3d", is_dir=True),    # staging of a killed export
+            leftover(f".pkg.partial-{host}-{dead}-140-0a1b2c3e"),               # its partial package (a zip)
+            leftover(f".m.onnx.partial-{host}-{dead}-9-77aa"),                  # another OUT's, same folder
+            leftover(f".x.zip.partial-{host}-{alive}-9-0f0f0f0f", old),         # alive pid, but hours old
+            leftover(f".y.files-otherhost-{dead}-9-0f0f0f0f", old, True),       # another host, hours old
+            leftover(f".pkg.partial-{dead}"),                                   # an older version's partial
+            leftover(".pkg.files-k3j_x9a2", old, True)]                         # its staging (mkdtemp), old
+    kept = [leftover(f".pkg.files-{host}-{alive}-140-0a1b2c3f", is_dir=True),   # another process exporting
+            leftover(f".q.onnx.partial-{host}-{me}-141-01234567"),              # another thread of this process
+            leftover(f".q.files-otherhost-{dead}-9-0f0f0f0f", is_dir=True),     # another host, young: can't tell
+            leftover(f".pkg.partial-{alive}"),                                  # older version, process running
+            leftover(".pkg.files-k3j_x9a3", is_dir=True),                       # older version, young
+            leftover("thesis.txt", old), leftover(f"notes.partial-{dead}", old),  # not ours: never touched
+            leftover(f".data.partial-{dead}", old), leftover(".pkg.files-backup", old, True),
+            leftover(f".pkg.partial-{dead}.txt", old), leftover(f".pkg.old-{host}-{dead}-1-0a", old, True)]
+    out = export_model(tiny_weights[("denoise", 1, 3)], "bioimageio", folder / "pkg")
+    assert (out / "rdf.yaml").is_file()
+    assert [p.name for p in gone if p.exists()] == []
+    assert [p.name for p in kept if not p.exists()] == []
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in kept] + ["pkg"])
+    assert export.sweep_leftovers(folder / "pkg") == []  # nothing more to remove, the kept ones stay
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_an_export_killed_with_sigkill_is_cleaned_up_by_the_next_one(tiny_weights, tmp_path):
+    """The issue's repro: ``kill -9`` during a package export leaves its hidden staging folder beside OUT; the
+    next export into that folder removes it."""
+    pytest.importorskip("bioimageio.spec")
+    import signal
+
+    folder = tmp_path / "d"
+    script = (
+        "import sys, time\n"
+        "from napari_vdir import export\n"
+        "def hang(net, info, staging):\n"
+        "    (staging / 'model.onnx').write_bytes(bytes(1000))\n"
+        "    print('staged', flush=True)\n"
+        "    time.sleep(600)\n"
+        "export.build_description = hang\n"
+        "export.export_model(sys.argv[1], 'bioimageio', sys.argv[2])\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(tiny_weights[("denoise", 1, 3)]), str(folder / "pkg")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "staged"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(60)
+    left = [p.name for p in folder.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".pkg.files-"), left
+    export_model(tiny_weights[("denoise", 1, 3)], "onnx", folder / "m.onnx")
+    assert [p.name for p in folder.iterdir()] == ["m.onnx"]

@@ -209,3 +209,52 @@ def test_a_recipe_trains_the_unet_trunk(tmp_path, image_folder):
     path = Trainer(recipe, tmp_path, device="cpu", precision="float32").fit()
     info = read_info(path)
     assert info.arch.trunk == "unet" and info.recipe["arch"]["trunk"] == "unet"
+
+
+def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path):
+    """The package declares sizes on the trunk's 8-pixel grid (minimum and step), so every size a consumer
+    may give is one the exported graphs compute right; every weight format (ONNX, TorchScript,
+    pytorch_state_dict built from nets.py's source with the arch kwargs) reproduces the test output."""
+    core = pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    import yaml
+
+    from napari_vdir.export import export_model
+
+    model = unet_model(seed=6)
+    out = export_model(save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unet"
+    for axis in rdf["inputs"][0]["axes"][2:]:
+        assert axis["size"] == {"min": 2 * tile_margin(model) + UNET_STRIDE, "step": UNET_STRIDE}
+        assert axis["size"]["min"] % UNET_STRIDE == 0
+    assert all(side % UNET_STRIDE == 0 for side in np.load(out / "test_input.npy").shape[-2:])
+    assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
+    summary = core.test_model(out)
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
+                                        if d.status != "passed"]
+    reproduced = {tuple(d.loc)[1] for d in summary.details
+                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
+    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
+
+
+def test_cli_onnx_export_of_the_unet_trunk_computes_the_torch_forward(tmp_path, capsys):
+    """``napari-vdir export --format onnx`` of a unet model: the graph equals torch's deterministic forward at
+    sizes on the 8-pixel grid (what restore pads every plane to), batch, height and width dynamic."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from napari_vdir.cli import main
+
+    model = unet_model(seed=7)
+    path, out = save(model, tmp_path / "u.safetensors"), tmp_path / "u.onnx"
+    assert main(["export", str(path), "--format", "onnx", "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    for shape in ((1, 3, 64, 64), (2, 3, 40, 96), (1, 3, 8, 16), (1, 3, 184, 120)):
+        x = rng.random(shape, dtype=np.float32)
+        got = session.run(None, {"input": x})[0]
+        with torch.no_grad():
+            expect = model(torch.from_numpy(x)).image.numpy()
+        assert got.shape == shape
+        np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)

@@ -46,11 +46,8 @@ import json
 import os
 import re
 import shutil
-import socket
-import sys
 import tempfile
 import threading
-import time
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,6 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io import STALE_AGE_S as STALE_AGE_S  # a leftover this old is stale whatever its pid says
+from .io import host_tag as _host_tag
+from .io import sweep_stale
 from .nets import VDIR, ArchConfig, Forward, draw_latent
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -67,7 +67,6 @@ CANCEL_POLL_S = 0.02
 GRAPHS = ("encoder", "restorer")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-STALE_AGE_S = 3600.0   # a build folder or partial file this old is a leftover whatever its pid says
 BUILD_PREFIX = ".napari-vdir-build-"
 _BUILD_LOCK = threading.Lock()   # one graph build at a time in this process
 _STALE_BUILD = re.compile(r"^\.napari-vdir-build-(?P<host>[^-]*)-(?P<pid>\d+)-[^-]+$")
@@ -237,10 +236,6 @@ def _store(work: Path, folder: Path, manifest: dict) -> None:
     os.replace(work / MANIFEST, folder / MANIFEST)
 
 
-def _host_tag() -> str:
-    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
-
-
 def _build_prefix() -> str:
     """Build folders are named by host and pid (for the stale sweep), then made unique by mkdtemp."""
     return f"{BUILD_PREFIX}{_host_tag()}-{os.getpid()}-"
@@ -255,49 +250,16 @@ def _sweep(root: Path, entries: bool = True) -> None:
     """Remove build folders left by killed runs in ``root`` (and partial files in its cache entry folders
     where ``entries``; not in the system's temporary folder, whose subfolders are not ours): those
     whose process is gone (same host), this process's own (all its builds run under ``_BUILD_LOCK``, which
-    the caller holds, so none is under way; a pid reused in a container looks alive), or older than
-    ``STALE_AGE_S``. Files that are not this tool's leftovers are never touched."""
-    now, host, me = time.time(), _host_tag(), os.getpid()
+    the caller holds, so none is under way), or older than ``STALE_AGE_S``
+    (:func:`napari_vdir.io.sweep_stale`). Files that are not this tool's leftovers are never touched."""
+    sweep_stale(root, [_STALE_BUILD], own=True)
     try:
-        top = list(root.iterdir())
+        folders = [p for p in root.iterdir() if _ENTRY.match(p.name)] if entries else []
     except OSError:
         return
-    candidates = [(p, _STALE_BUILD.match(p.name)) for p in top if p.name.startswith(BUILD_PREFIX)]
-    for entry in top if entries else ():
-        if _ENTRY.match(entry.name) and entry.is_dir() and not entry.is_symlink():
-            try:
-                candidates += [(p, _STALE_PARTIAL.match(p.name)) for p in entry.iterdir()]
-            except OSError:
-                continue
-    for p, m in candidates:
-        if m is None:
-            continue
-        pid, same_host = int(m["pid"]), m.groupdict().get("host", host) == host
-        try:
-            old = now - p.lstat().st_mtime > STALE_AGE_S
-        except OSError:
-            continue
-        if old or (same_host and (pid == me or not _alive(pid))):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (True where that cannot be told)."""
-    if sys.platform == "win32":  # os.kill(pid, 0) would terminate it there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # someone else's process
-        return True
-    return True
+    for entry in folders:
+        if entry.is_dir() and not entry.is_symlink():
+            sweep_stale(entry, [_STALE_PARTIAL], own=True)
 
 
 class OrtVDIR:

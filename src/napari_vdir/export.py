@@ -8,21 +8,26 @@ when ``out`` ends in ``.zip``) that Fiji/deepImageJ, QuPath, ilastik, the BioEng
 and the size constraints.
 
 The exported graph is VDIR's deterministic forward (c = mu) returning the restored image only:
-input ``(N, C, H, W)`` float32 in the model's [0, 1] intensity, H and W multiples of 4; output
+input ``(N, C, H, W)`` float32 in the model's [0, 1] intensity, H and W multiples of the network's
+``cfg.size_multiple`` (4; 8 for the multi-scale "unet" trunk); output
 ``(N, C, H*s, W*s)``. The encoder/restorer graphs used by the ONNX Runtime backend
 (:mod:`napari_vdir.backends`) are written by :func:`write_onnx` too.
 
 What the package reproduces of :func:`napari_vdir.restore` and what it cannot (spec 0.5 has no
 inverse of a data-dependent range mapping) is written in its documentation (:func:`package_readme`).
-Outputs are written atomically: beside their name, then renamed.
+Outputs are written atomically: beside their name, then renamed. The hidden names written beside OUT
+(``.OUT.partial-<owner>``, the package's staging folder ``.OUT.files-<owner>``; ``<owner>`` is
+:func:`napari_vdir.io.owner_tag`: host, pid, thread and a random token) are unique across threads and
+processes; those left by a killed export are removed by the next export into the same folder
+(:func:`sweep_leftovers`).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -30,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io import OWNER_PATTERN, owner_tag, sweep_stale
 from .nets import LATENT_CHANNELS, LATENT_STRIDE, VDIR, ArchConfig
 from .weights import WEIGHTS_SUFFIX, ModelInfo, WeightsError, find_model, load_weights
 
@@ -57,7 +63,8 @@ class DeterministicVDIR(VDIR):
 
     Same parameters and state-dict keys as :class:`VDIR`, built from the architecture's keyword
     arguments (this is the ``pytorch_state_dict`` architecture of the bioimage.io package).
-    Input ``(N, C, H, W)`` float32 in [0, 1] intensity with H, W multiples of 4.
+    Input ``(N, C, H, W)`` float32 in [0, 1] intensity with H, W multiples of ``size_multiple`` (4; 8 for
+    the "unet" trunk).
     """
 
     def __init__(self, **arch):
@@ -194,17 +201,24 @@ def architecture_source() -> str:
 
 # ----------------------------------------------------------------------------- test data
 
+def size_step(net: VDIR) -> int:
+    """The step in which the package's input sizes grow: the network's ``cfg.size_multiple`` (the latent
+    stride, 4; 8 for the multi-scale "unet" trunk, whose deepest level runs at 1/8), the grid napari-vdir pads
+    every plane to, so the exported graphs are only ever given such sizes."""
+    return net.cfg.size_multiple
+
+
 def input_min_side(net: VDIR) -> int:
-    """The smallest input side the package declares: twice the halo plus one latent cell (4 px);
-    sizes grow in steps of 4 (the latent stride)."""
+    """The smallest input side the package declares: twice the halo plus one cell of the network's grid
+    (:func:`size_step`); sizes grow in steps of that cell."""
     from .inference import tile_margin
 
-    return 2 * tile_margin(net) + LATENT_STRIDE
+    return 2 * tile_margin(net) + size_step(net)
 
 
 def test_side(net: VDIR) -> int:
-    low = input_min_side(net)
-    return low + max(0, -(-(TEST_SIDE - low) // LATENT_STRIDE)) * LATENT_STRIDE
+    low, step = input_min_side(net), size_step(net)
+    return low + max(0, -(-(TEST_SIDE - low) // step)) * step
 
 
 def test_image(info: ModelInfo, side: int) -> np.ndarray:
@@ -253,8 +267,9 @@ def cover_png(x: np.ndarray, y: np.ndarray, path: Path, scale: int) -> Path:
     return path
 
 
-def package_readme(info: ModelInfo, halo: int, min_side: int) -> str:
+def package_readme(info: ModelInfo, halo: int, min_side: int, step: int = LATENT_STRIDE) -> str:
     s = info.scale
+    grid = "the latent grid" if step == LATENT_STRIDE else "the network's deepest grid"
     size = "the same size" if s == 1 else f"{s}x the input's size (each side)"
     return f"""# {info.name} — VDIR ({info.task}{f' x{s}' if s > 1 else ''}), exported by napari-vdir
 
@@ -267,10 +282,10 @@ q(c|y)).
 
 ## Input and output
 - `input`: (batch, channel, y, x) float32, {info.channels} channel(s), 8-bit intensity units (0-255).
-  y and x: at least {min_side} pixels, in steps of 4 (the latent grid); uint8 data can be given directly.
+  y and x: at least {min_side} pixels, in steps of {step} ({grid}); uint8 data can be given directly.
 - `output`: (batch, channel, y, x) float32 in the same units, {size}. Values are not clipped.
 - halo: {halo} output pixels on each side ({halo // s} input pixels = the network's receptive radius rounded up
-  to a multiple of 4). Tiles overlapping by the halo, cropped by it, give the same result as one pass.
+  to a multiple of {step}). Tiles overlapping by the halo, cropped by it, give the same result as one pass.
 
 ## Intensity mapping compared with napari-vdir
 napari-vdir's `restore()` maps uint8 data as x / 255 into the model and back x 255 (rounded, clipped to
@@ -284,7 +299,7 @@ What differs:
 - Float data in [0, 1] (restore()'s convention for floats): multiply by 255 first, divide the output by 255.
 - The border: tools that tile with the halo pad the image themselves, so the outermost halo pixels follow
   their padding, not the network's zero padding of a single pass (inside, tiles equal one pass).
-- Not in the package: napari-vdir's padding of any size to a multiple of 4, its automatic tiling,
+- Not in the package: napari-vdir's padding of any size to a multiple of {step}, its automatic tiling,
   x8 self-ensemble, Monte-Carlo samples of c, `strength` steering, the degradation estimate, and the
   gray-through-colour-model fallback.
 
@@ -315,7 +330,7 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
 
     cfg, s = net.cfg, info.scale
     margin = tile_margin(net)
-    min_side, side = input_min_side(net), test_side(net)
+    min_side, side, step = input_min_side(net), test_side(net), size_step(net)
     x, y = run_forward(net, test_image(info, side))
     np.save(folder / "test_input.npy", x)
     np.save(folder / "test_output.npy", y)
@@ -329,7 +344,7 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
     torch.save({k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()},
                folder / "weights.pt")
     (folder / "vdir_arch.py").write_text(architecture_source(), encoding="utf-8")
-    (folder / "README.md").write_text(package_readme(info, margin * s, min_side), encoding="utf-8")
+    (folder / "README.md").write_text(package_readme(info, margin * s, min_side, step), encoding="utf-8")
 
     names = ["r", "g", "b"] if cfg.channels == 3 else ["gray"]
     inp, outp = bio.TensorId("input"), bio.TensorId("output")
@@ -337,7 +352,7 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
     in_axes = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names])]
     out_axes = [bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(n) for n in names])]
     for a in ("y", "x"):
-        in_axes.append(bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=min_side, step=4)))
+        in_axes.append(bio.SpaceInputAxis(id=bio.AxisId(a), size=bio.ParameterizedSize(min=min_side, step=step)))
         # SR: one output pixel is 1/s of an input pixel, so the size reference makes it input x s
         out_axes.append(bio.SpaceOutputAxisWithHalo(
             id=bio.AxisId(a), size=bio.SizeReference(tensor_id=inp, axis_id=bio.AxisId(a)),
@@ -405,13 +420,15 @@ def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: boo
     check_output(out, fmt, source, overwrite=overwrite)
     net, info, _ = load_model(source)
     out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(out)
     if fmt == "onnx":
         return write_onnx(net, out)
     try:
         from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
     except ImportError as err:
         raise ExportError("--format bioimageio needs bioimageio.spec: pip install 'napari-vdir[bioimageio]'") from err
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.files-", dir=out.parent))
+    staging = _partial_name(out, "files")
+    staging.mkdir(mode=0o700)
     partial = _partial_name(out)
     try:
         descr = build_description(net, info, staging)
@@ -533,14 +550,32 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _partial_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
+def _partial_name(path: Path, kind: str = "partial") -> Path:
+    """A hidden name beside ``path`` for what is written before it is renamed to ``path``:
+    ``.NAME.<kind>-<host>-<pid>-<thread>-<random>``, unique across threads, processes and hosts sharing the
+    folder, and telling :func:`sweep_leftovers` whose it is."""
+    return path.with_name(f".{path.name}.{kind}-{owner_tag()}")
+
+
+# leftovers of killed exports: this version's names (any OUT: they carry their writer), and the older
+# per-process names of the OUT being written (.OUT.partial-<pid>, .OUT.files-<mkdtemp's 8 characters>)
+_LEFTOVER = re.compile(rf"\..+\.(?:partial|files)-{OWNER_PATTERN}")
+
+
+def sweep_leftovers(out: Path) -> list[Path]:
+    """Remove, beside ``out``, partial files and staging folders that killed exports left: their process is
+    gone from this host, or they are older than :data:`napari_vdir.io.STALE_AGE_S`. Those of running exports
+    (other threads of this process included) stay, and so does every name this module does not write.
+    Returns what was removed."""
+    name = re.escape(out.name)
+    older = [re.compile(rf"\.{name}\.partial-(?P<pid>\d+)"), re.compile(rf"\.{name}\.files-[a-z0-9_]{{8}}")]
+    return sweep_stale(out.parent, [_LEFTOVER, *older])
 
 
 def _replace(new: Path, target: Path) -> None:
     """Move ``new`` to ``target``; an existing folder is moved aside first and removed after."""
     if target.is_dir():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = _partial_name(target, "old")
         os.replace(target, old)
         try:
             os.replace(new, target)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shutil
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+STALE_AGE_S = 3600.0   # a leftover (partial file, staging or build folder) this old is stale whatever its pid says
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}
 
@@ -162,3 +169,76 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise ImageFileError(f"{folder}: not a folder")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+# ----------------------------------------------------------------------------- leftovers of killed writers
+
+def host_tag() -> str:
+    """This host's name as it appears in leftover names (no "-": the fields after it are split on it)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def owner_tag() -> str:
+    """``<host>-<pid>-<thread>-<random>``: a name part unique across hosts, processes, threads and calls,
+    from which :func:`sweep_stale` tells whether the writer may still be running."""
+    return f"{host_tag()}-{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}"
+
+
+OWNER_PATTERN = r"(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-\d+-[0-9a-f]+"   # what owner_tag() writes
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (True where that cannot be told)."""
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_stale(root: Path, patterns, *, own: bool = False, max_age_s: float | None = None) -> list[Path]:
+    """Remove the leftovers of killed writers directly in ``root``; return what was removed.
+
+    Only entries whose whole name matches one of ``patterns`` (compiled regexes) are candidates; nothing
+    else is ever touched. A candidate is stale when it is older than ``max_age_s`` (default
+    :data:`STALE_AGE_S`; modification time), or when its pattern names a writer — the ``pid`` group, and the
+    ``host`` group where there is one (none: this host) — that is gone from this host. ``own=True`` counts
+    this process's own leftovers as stale too (for callers that hold the only lock under which this process
+    writes them; a pid reused in a container then looks alive). Errors (a folder that cannot be listed, a
+    leftover removed meanwhile) are ignored: sweeping never fails the caller.
+    """
+    limit = STALE_AGE_S if max_age_s is None else max_age_s
+    now, host, me = time.time(), host_tag(), os.getpid()
+    try:
+        entries = list(Path(root).iterdir())
+    except OSError:
+        return []
+    removed = []
+    for p in entries:
+        m = next((m for m in (pattern.fullmatch(p.name) for pattern in patterns) if m), None)
+        if m is None:
+            continue
+        groups = m.groupdict()
+        try:
+            old = now - p.lstat().st_mtime > limit
+        except OSError:
+            continue
+        gone = False
+        if groups.get("pid") is not None and groups.get("host", host) == host:
+            pid = int(groups["pid"])
+            gone = (own and pid == me) or (pid != me and not process_alive(pid))
+        if not (old or gone):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                continue
+        removed.append(p)
+    return removed
