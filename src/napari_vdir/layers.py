@@ -84,10 +84,10 @@ class LayerSnapshot:
 
 def snapshot(layer) -> LayerSnapshot:
     """Read an image layer into a :class:`LayerSnapshot` (call on the main thread); checks the layer."""
+    if isinstance(layer, LayerSnapshot):  # the worker's input: no napari needed (restore_layer runs without it)
+        return layer
     from napari.layers import Image
 
-    if isinstance(layer, LayerSnapshot):
-        return layer
     if not isinstance(layer, Image):
         kind = type(layer).__name__ if layer is not None else "nothing"
         raise TypeError(f"choose an image layer (got {kind})")
