@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-clock", choices=["wall", "cpu"],
                    help="what --time-budget counts: wall time (default) or this process's CPU time, which gives "
                         "jobs sharing cores equal compute")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep a moving average of the weights (e.g. 0.999) and export it where it validates better")
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
+                   help="export the best-validated weights, the starting model's included (default: on with --init, "
+                        "so a fine-tune never ends below its start on the validation metric)")
     p.add_argument("--name", help="name of the weights file (default: the task)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
@@ -121,7 +126,7 @@ def recipe_from_args(args):
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
                  "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,
                  "time_budget_minutes": args.time_budget, "budget_clock": args.budget_clock, "self_supervised": args.self_supervised,
-                 "pairs_from": args.pairs_from}
+                 "pairs_from": args.pairs_from, "ema_decay": args.ema, "keep_best": args.keep_best}
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
         given = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
@@ -252,6 +257,11 @@ def main(argv=None) -> int:
         if bar is not None:
             bar.close()
     print(f"wrote {path} (step {trainer.step}, validation PSNR {last_val[0] if last_val[0] else 'n/a'})")
+    if trainer.rank == 0:
+        kept = trainer.export_state()[1]
+        outcome = trainer.outcome()
+        if kept != "latest" or outcome:
+            print(f"weights: {kept}" + (f"; {outcome}" if outcome else ""))
     return 0
 
 

@@ -112,6 +112,13 @@ class Recipe(Strict):
         None, description="train on noisy images alone (`data.train` holds noisy images); see training/selfsupervised.py")
     pairs_from: int | None = Field(
         None, description="noise2noise: the axis of each training file that holds repeated frames of one field")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the network's weights with this decay "
+        "(e.g. 0.999); every validation scores it beside the trained weights and the better of the two is exported")
+    keep_best: bool | None = Field(
+        None, description="export the best-validated weights so far, the starting model's included, instead of the "
+        "latest (default: on when fine-tuning from `init`, off from scratch): a fine-tune never ends below its start "
+        "on the validation metric")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -58,6 +58,10 @@ class FineTuneResult:
     info: object  # weights.ModelInfo of the saved file
     metric: str  # what ``val`` measures: "val_loss" (self-supervised, lower is better) or "val_psnr" (dB)
     history: list[StepRecord] = field(default_factory=list)
+    # how the saved weights compare with the starting model on the held-out data, in one line: "held-out loss
+    # -3.1 % against the starting model (better)" or "the starting model stayed best ...; saved unchanged"
+    outcome: str | None = None
+    start_kept: bool = False  # the starting model validated best and was saved unchanged
 
 
 def metric_of(clean) -> str:
@@ -225,7 +229,8 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     finally:
         if not keep:
             shutil.rmtree(out, ignore_errors=True)
-    return FineTuneResult(name, path, read_info(path), metric, history)
+    return FineTuneResult(name, path, read_info(path), metric, history, outcome=trainer.outcome(),
+                          start_kept=trainer.export_state()[1] == "start")
 
 
 def _keep(out: Path, exported: Path, name: str, model, info) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import inspect
@@ -50,6 +51,7 @@ def critic_widths(patch: int) -> tuple[int, ...]:
 CHECKPOINT_KEYS = ("step", "train_seconds", "best_val", "model", "decoder", "opt_g", "rng_torch", "rng_generator",
                    "rng_cpu_generator", "history")
 SAME_RUN = ("task", "channels", "scale", "arch")  # what a resumed run must share with its checkpoint
+HELD_OUT_MASKS = 8  # blind-spot masks the held-out loss averages over (2 % of the pixels each)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,6 +119,14 @@ class Trainer:
         self.best_val = float("-inf")
         self.history: list[dict] = []
         self.init_info = init_info
+        # the moving average of the weights (recipe.ema_decay), float32 on the training device
+        self.ema = ({k: v.detach().float().clone() for k, v in self.model.state_dict().items()}
+                    if recipe.ema_decay else None)
+        self.keep_best = recipe.keep_best if recipe.keep_best is not None else bool(recipe.init)
+        # what export() writes: the latest weights, the average, or the best validated ones (a copy on the CPU)
+        self.best: dict | None = None  # {"score", "step", "source", "state"}; score: higher is better
+        self.start_score: float | None = None
+        self.ema_better = False
 
     # ------------------------------------------------------------------ setup
     def _build_model(self) -> tuple[VDIR, ModelInfo | None]:
@@ -265,6 +275,7 @@ class Trainer:
         if self.recipe.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
         self.opt_g.step()
+        self._update_ema()
         if w.gan > 0:
             with autocast_context(self.device, self.precision):
                 # one forward over real and fake together (DDP allows one forward per backward)
@@ -283,19 +294,119 @@ class Trainer:
         return row
 
     @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- ema + (1 - d) (w - ema), with d ramped up over the first steps ((1 + t) / (10 + t)) so that
+        the average does not remember the random initialisation."""
+        if self.ema is None:
+            return
+        decay = min(self.recipe.ema_decay, (1 + self.step) / (10 + self.step))
+        for k, v in self.model.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].lerp_(v.detach().float(), 1 - decay)
+            else:
+                self.ema[k].copy_(v)
+
+    @contextlib.contextmanager
+    def weights(self, state: dict | None):
+        """The model holds ``state`` inside the block (the latest weights again after it); None: no change."""
+        if state is None:
+            yield self.model
+            return
+        latest = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state)
+        try:
+            yield self.model
+        finally:
+            self.model.load_state_dict(latest)
+
+    @staticmethod
+    def score_of(val_psnr: float | None, val_loss: float | None) -> float | None:
+        """One number to rank weights by, higher is better: validation PSNR, else minus the held-out loss."""
+        if val_psnr is not None:
+            return val_psnr
+        return None if val_loss is None else -val_loss
+
+    def validation_row(self) -> dict:
+        """Score the latest weights (and the average), remember the best, and say what export() will write."""
+        row = {"val_psnr": self.validate(), "val_loss": self.validate_self_supervised()}
+        score = self.score_of(row["val_psnr"], row["val_loss"])
+        candidates = [("latest", score, None)]
+        if self.ema is not None and self.step > 0:
+            with self.weights(self.ema):
+                row["val_psnr_ema"], row["val_loss_ema"] = self.validate(), self.validate_self_supervised()
+            ema_score = self.score_of(row["val_psnr_ema"], row["val_loss_ema"])
+            self.ema_better = ema_score is not None and score is not None and ema_score > score
+            candidates.append(("ema", ema_score, self.ema))
+        if self.step == 0:
+            self.start_score = score
+        for source, value, state in candidates:
+            if value is not None and (self.best is None or value > self.best["score"]):
+                if state is None:
+                    state = self.model.state_dict()
+                self.best = {"score": value, "step": self.step, "source": "start" if self.step == 0 else source,
+                             "state": {k: v.detach().to("cpu", copy=True) for k, v in state.items()}}
+        return row
+
+    def export_state(self) -> tuple[dict | None, str]:
+        """The weights export() writes (None: the latest) and a word for the log: ``latest``, ``ema`` or
+        ``best@STEP`` (``start`` when the starting model stayed best)."""
+        if self.keep_best and self.best is not None:
+            label = "start" if self.best["source"] == "start" else f"best@{self.best['step']}"
+            return self.best["state"], label + ("" if self.best["source"] != "ema" else " (ema)")
+        if self.ema is not None and self.ema_better:
+            return self.ema, "ema"
+        return None, "latest"
+
+    def outcome(self) -> str | None:
+        """One line on how the exported weights compare with the starting model on the validation metric
+        (None before any validation, or without a validation metric)."""
+        if self.start_score is None or not self.history:
+            return None
+        state, label = self.export_state()
+        if label == "start":
+            return "the starting model stayed best on the validation data; saved unchanged"
+        last = self.history[-1]
+        if self.best is not None and state is self.best["state"]:
+            final = self.best["score"]
+        elif label == "ema":
+            final = self.score_of(last.get("val_psnr_ema"), last.get("val_loss_ema"))
+        else:
+            final = self.score_of(last.get("val_psnr"), last.get("val_loss"))
+        if final is None:
+            return None
+        if self.history[0].get("val_psnr") is not None:
+            return f"validation PSNR {final - self.start_score:+.2f} dB against the starting model"
+        change = (self.start_score - final) / abs(self.start_score) * 100 if self.start_score else 0.0
+        return f"held-out loss {change:+.1f} % against the starting model ({'better' if change < 0 else 'not better'})"
+
+    @torch.no_grad()
     def validate_self_supervised(self) -> float | None:
-        """The self-supervised loss on held-out noisy patches (fixed views), when no clean references exist."""
+        """A held-out loss that ranks weights as their error to the (unknown) clean images does, when no clean
+        references exist: the masked-pixel (blind-spot) squared error on held-out noisy patches at full
+        resolution, over HELD_OUT_MASKS fixed masks, whatever the training method; for noise2noise frame
+        pairs, the error of one frame's restoration to the other frame.
+
+        At a masked pixel the network sees a neighbour's value instead of its own, so with independent noise
+        the expected error is the error to the clean pixel plus the noise variance (Batson & Royer, Noise2Self,
+        2019): lower is better, for any weights. Neighbor2Neighbor's own loss is no such estimate: it scores
+        the network on half-resolution sub-images, and fine-tuning a trained denoiser lowered it while PSNR
+        to the clean image fell by 2-3 dB (tests/test_training_keep_best.py)."""
         if getattr(self, "held_out", None) is None:
             return None
         self.model.eval()
         g = torch.Generator(device=self.device).manual_seed(4321)
         noisy, second = self.val_noisy
+        losses_ = []
         with autocast_context(self.device, self.precision):
-            views = selfsupervised.views_for(self.recipe.self_supervised, self.model, noisy, second, g)
-            terms = selfsupervised.restoration_terms(self.model(views.inputs).image, views)
+            if self.recipe.self_supervised == "noise2noise":
+                views = selfsupervised.views_for("noise2noise", self.model, noisy, second, g)
+                losses_.append(selfsupervised.restoration_terms(self.model(views.inputs).image, views)["restore"])
+            else:
+                for _ in range(HELD_OUT_MASKS):
+                    views = selfsupervised.blind_spot_views(noisy, g)
+                    losses_.append(selfsupervised.restoration_terms(self.model(views.inputs).image, views)["restore"])
         self.model.train()
-        w = self.recipe.losses
-        return float(sum(getattr(w, k) * v for k, v in terms.items()))
+        return float(torch.stack(losses_).mean())
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -321,6 +432,7 @@ class Trainer:
             "rng_cpu_generator": self.cpu_generator.get_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "recipe": self.recipe.model_dump(), "history": self.history,
+            "ema": self.ema, "best": self.best, "start_score": self.start_score, "ema_better": self.ema_better,
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
@@ -364,6 +476,10 @@ class Trainer:
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.best_val = float(state["best_val"])
         self.history = list(state["history"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.best, self.start_score = state.get("best"), state.get("start_score")
+        self.ema_better = bool(state.get("ema_better", False))
         if self.rank == 0:
             self._truncate_log()
             exported = self.out / f"{self.recipe.name}.safetensors"
@@ -434,7 +550,14 @@ class Trainer:
                          + (f", x{r.scale}" if r.scale else ""),
                          recipe=recipe, quality={"val_psnr": val} if val is not None else {},
                          trained_steps=self.step + (self.init_info.trained_steps if self.init_info else 0))
-        return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
+        state, label = self.export_state()
+        if label != "latest":
+            info.quality["weights"] = label
+            if self.best is not None and state is self.best["state"] and self.history and \
+                    self.history[0].get("val_psnr") is not None:
+                info.quality["val_psnr"] = self.best["score"]
+        with self.weights(state):
+            return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress=None, stop_at: int | None = None, cancel=None) -> Path:
@@ -450,6 +573,8 @@ class Trainer:
         log_path = self.out / "log.csv"
         fields = ["step", "seconds", "lr", "total", "restore", "consistency", "kl", "decoder", "gan", "estimate", "disc",
                   "val_psnr", "val_loss"]
+        if self.ema is not None or self.keep_best:  # (older runs' logs keep their columns)
+            fields += ["val_psnr_ema", "val_loss_ema", "exported"]
         interrupted = {"flag": False}
         clock = time.process_time if self.recipe.budget_clock == "cpu" else time.perf_counter
 
@@ -464,8 +589,8 @@ class Trainer:
                 if fh.tell() == 0 and self.rank == 0:
                     writer.writeheader()
                 if self.step == 0 and self.rank == 0:
-                    row = {"step": 0, "seconds": 0.0, "val_psnr": self.validate(),
-                           "val_loss": self.validate_self_supervised()}
+                    row = {"step": 0, "seconds": 0.0, **self.validation_row()}
+                    row["exported"] = self.export_state()[1]
                     self.history.append(row)
                     writer.writerow(row)
                     fh.flush()
@@ -480,8 +605,8 @@ class Trainer:
                     row.update(step=self.step, seconds=round(self.train_seconds, 2))
                     if self.step % self.recipe.val_every == 0 or self.finished():
                         if self.rank == 0:
-                            row["val_psnr"] = self.validate()
-                            row["val_loss"] = self.validate_self_supervised()
+                            row.update(self.validation_row())
+                            row["exported"] = self.export_state()[1]
                             self.history.append(row)
                             writer.writerow(row)
                             fh.flush()
