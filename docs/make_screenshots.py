@@ -147,7 +147,7 @@ def shoot_dock_and_menu():
     viewer.close()
 
 
-def shoot_finetune(steps: int = 40):
+def shoot_finetune(minutes: float = 0.5):
     if importlib.util.find_spec("napari_vdir._finetune_widget") is None:
         print("skipped finetune_dock.png: napari_vdir._finetune_widget is not there")
         return
@@ -162,10 +162,12 @@ def shoot_finetune(steps: int = 40):
 
     viewer = napari.Viewer(title="napari-vdir: Fine-tune (VDIR)")
     viewer.window.resize(*SIZE)
-    data, meta, _ = _sample_data.noisy_gray(size=128)[0]
-    viewer.add_image(data, **meta)
+    data, meta, _ = _sample_data.noisy_gray(size=256)[0]
+    # four 128 px tiles as a stack: one plane is held out, so the plot has its held-out curve and start line
+    tiles = np.stack([data[y:y + 128, x:x + 128] for y in (0, 128) for x in (0, 128)])
+    viewer.add_image(tiles, name="camera tiles (uint16, Poisson-Gaussian)", colormap="gray")
     _, widget = viewer.window.add_plugin_dock_widget("napari-vdir", "Fine-tune (VDIR)")
-    widget.steps.value = steps
+    widget.minutes.value = minutes  # the dock's training time (its default is minutes too)
     widget.run()
     wait_for(widget)
     save_widget(widget.native, OUT / "finetune_dock.png")

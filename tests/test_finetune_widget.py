@@ -47,6 +47,7 @@ def dock(make_napari_viewer, models_dir, rng):
     widget.dock_widget = viewer.window.add_dock_widget(widget, name="Fine-tune (VDIR)")
     assert "tiny-start" in widget.model.choices  # a user model is a starting point
     widget.model.value = "tiny-start"
+    widget.by_steps.value = True  # a known number of steps (the dock's default is a training time)
     widget.steps.value = 10
     widget.batch.value = 4
     return widget
@@ -84,7 +85,9 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     assert len(dock.plot.val_points) >= 2 and dock.plot.val_points[0][0] == 0  # the start and later validations
     assert dock.progress.value == dock.progress.max
     assert worker.pbar.total == 11 and worker.pbar.n == 11  # napari's activity list: step 0 and 10 steps
-    assert dock.status.value.startswith("saved cells-tuned")
+    from napari_vdir._finetune_widget import outcome_text
+
+    assert "cells-tuned" in dock.status.value and dock.status.value == outcome_text(dock.last_result)
     assert dock.name.value != "cells-tuned"  # a fresh name is offered for the next run
     qtbot.wait(10)
     assert len(dock.status.value) > 40  # the saved model's folder: long text, which must not widen the dock
@@ -184,6 +187,7 @@ def test_the_start_model_follows_the_chosen_layers(make_napari_viewer, models_di
 
     dock.noisy.value = [viewer.layers["photo"]]
     assert dock.model.value == "denoise-rgb"
+    dock.by_steps.value = True
     dock.steps.value = 10
     dock.batch.value = 1
     dock.name.value = "photo-tuned"
@@ -223,3 +227,110 @@ def test_a_models_folder_that_cannot_take_the_result_is_refused_before_training(
     dock.name.value = "anything"
     assert dock.run() is None and not dock.running
     assert "is a file, not a folder" in messages[-1] and str(blocker) in messages[-1]
+
+
+# ----------------------------------------------------------------------------- issue 33 item 5: the dock speaks minutes
+
+def _start_line_drawn(plot) -> bool:
+    """Whether the rendered plot has the start colour along the row start_y() names (a dashed line: about
+    half of the box's width)."""
+    from qtpy.QtGui import QColor
+
+    plot.repaint()
+    image = plot.grab().toImage()
+    ratio = image.width() / max(1, plot.width())  # device pixels per widget pixel
+    box, y = plot.plot_box(), plot.start_y()
+
+    def is_start(x, row):
+        c = QColor(image.pixel(int(x * ratio), row))
+        return c.blue() > 150 and c.red() < 120 and abs(c.red() - plot.START.red()) < 60
+
+    rows = range(max(0, int((y - 1) * ratio)), min(image.height(), int((y + 1) * ratio) + 1))
+    xs = range(int(box.left()) + 2, int(box.right()) - 2)
+    hits = sum(any(is_start(x, row) for row in rows) for x in xs)
+    return hits > 0.3 * len(xs)
+
+
+def test_a_run_of_some_minutes_from_the_dock(dock, models_dir, qtbot):
+    """Training time is the dock's setting (steps, under Advanced, replace it when set): a run of 0.05
+    minutes trains about that long, the plot's x axis is that time, the start model's held-out loss is a
+    line, and the status says whether the saved model beat the start."""
+    from napari_vdir._finetune_widget import outcome_text
+
+    assert not dock.minutes.enabled  # the fixture chose 10 steps, which replace the training time
+    dock.by_steps.value = False  # the dock's default: the training time decides
+    assert dock.minutes.enabled and dock.minutes.visible and not dock.steps.enabled
+    assert dock.minutes in list(dock) and dock.steps not in list(dock)  # the primary setting; steps: Advanced
+    assert dock.steps in list(dock.advanced)
+    dock.minutes.value = 0.05
+    dock.name.value = "cells-minutes"
+    settings = dock.settings()
+    assert settings["minutes"] == 0.05 and "steps" not in settings
+    worker = dock.run()
+    assert worker is not None and dock.status.value.endswith("(0.05 min)…")
+    assert worker.pbar.total == 0  # napari's activity list: busy (the number of steps is not known)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    res = dock.last_result
+    assert res is not None, dock.status.value
+    assert res.info.recipe["time_budget_minutes"] == 0.05 and res.info.recipe["budget_clock"] == "wall"
+    plot = dock.plot
+    assert plot.minutes == 0.05 and plot.extent == 3.0
+    assert 3.0 <= plot.train_points[-1][0] < 4.0  # seconds of training on the x axis, up to the budget
+    assert len(plot.val_points) >= 6  # the start and several validations along the way
+    assert plot.val_points[0] == (0.0, res.history[0].val) and plot.start_level == res.history[0].val
+    assert _start_line_drawn(plot)
+    assert dock.progress.value == dock.progress.max
+    assert dock.status.value == outcome_text(res) and res.outcome in dock.status.value
+    if res.start_kept:
+        assert dock.status.value.startswith("not better than the start: ")
+    else:
+        assert dock.status.value.startswith("better than the start: ") and "not better" not in dock.status.value
+
+
+def test_steps_replace_the_minutes_and_the_status_says_when_the_start_stayed_best(dock, models_dir, qtbot):
+    """One step at the highest learning rate makes the tiny model worse on the held-out plane (deterministic:
+    seed 0, one step): the start model is saved unchanged, and the status says so."""
+    dock.steps.value = 1
+    assert dock.by_steps.value and not dock.minutes.enabled  # steps chosen: the training time is not used
+    dock.lr.value = 1e-2
+    dock.name.value = "cells-one-step"
+    settings = dock.settings()
+    assert settings["steps"] == 1 and "minutes" not in settings
+    worker = dock.run()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    res = dock.last_result
+    assert res is not None and res.start_kept, (dock.status.value, res and res.outcome)
+    assert res.info.recipe["steps_done"] == 1 and res.info.recipe["time_budget_minutes"] is None
+    assert dock.status.value.startswith("not better than the start: the starting model stayed best")
+    assert "saved unchanged as cells-one-step (" in dock.status.value
+    assert [s for s, _ in dock.plot.val_points] == [0, 1] and dock.plot.val_points[1][1] > dock.plot.start_level
+    assert _start_line_drawn(dock.plot)
+    # the saved model is the start's weights (as float16 stores them; one Adam step at 1e-2 moves each by ~1e-2)
+    start, _ = load_weights(models_dir / "tiny-start.safetensors")
+    saved, _ = load_weights(models_dir / "cells-one-step.safetensors")
+    for (k, a), b in zip(start.state_dict().items(), saved.state_dict().values(), strict=True):
+        assert np.allclose(a.float().numpy(), b.float().numpy(), rtol=2e-3, atol=1e-4), k
+    dock.by_steps.value = False
+    assert dock.minutes.enabled and not dock.steps.enabled
+
+
+def test_the_status_after_a_run_says_whether_the_start_was_beaten():
+    from pathlib import Path
+
+    from napari_vdir._finetune_widget import outcome_text
+    from napari_vdir.training.session import FineTuneResult
+
+    def result(outcome, kept):
+        return FineTuneResult("mine", Path("models") / "mine.safetensors", None, "val_loss", outcome=outcome,
+                              start_kept=kept)
+
+    assert outcome_text(result("held-out loss -3.1 % against the starting model (better)", False)) == (
+        f"better than the start: held-out loss -3.1 % against the starting model (better); saved mine "
+        f"({Path('models')})")
+    kept = outcome_text(result("the starting model stayed best on the validation data; saved unchanged", True))
+    assert kept == (f"not better than the start: the starting model stayed best on the validation data; saved "
+                    f"unchanged as mine ({Path('models')})")
+    assert outcome_text(result(None, False)) == (f"saved mine ({Path('models')}); not compared with the start "
+                                                 "(no held-out data)")

@@ -277,3 +277,73 @@ def test_a_two_channel_array_is_two_planes_as_restore_reads_it(models_dir, tiny_
     result = session.finetune(two, name="two", init=tiny_weights[("denoise", 1, 1)], steps=2, batch=2)
     assert result.info.recipe["patch"] == 64
     assert len(array_planes(two, 1, rgb=False, channel_axis=False)) == 64  # explicitly no channels: 64 planes
+
+
+# ----------------------------------------------------------------------------- issue 33 item 5: a budget in minutes
+
+def test_a_minutes_budget_ends_training_in_about_that_time_and_validates_along_the_way(models_dir, tiny_weights):
+    """``minutes`` is the recipe's wall-clock time budget: training stops once that much training time has
+    passed (however many steps that is), and the run still validates about VAL_POINTS times along the way, at
+    even shares of the time, and at its end."""
+    import time
+
+    shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
+    noisy, _ = cells_stack(np.random.default_rng(5), planes=3, size=48)
+    records = []
+    began = time.perf_counter()
+    result = session.finetune(noisy, name="timed", init="tiny-denoise-x1-1ch", minutes=0.05, batch=4,
+                              callback=records.append)
+    wall = time.perf_counter() - began
+    budget = 3.0  # seconds
+    recipe = result.info.recipe
+    assert recipe["time_budget_minutes"] == 0.05 and recipe["budget_clock"] == "wall"
+    assert recipe["steps_done"] == records[-1].step > 10
+    assert all(r.steps is None and r.minutes == 0.05 for r in records)
+    trained = [r.train_seconds for r in records]
+    slowest = max(b - a for a, b in zip(trained[1:], trained[2:], strict=False))
+    assert budget <= trained[-1] <= budget + slowest + 1e-6  # stopped at the first step past the budget
+    assert wall < budget + 12, wall  # the validations and preparing the data add a little, not a run's worth
+    validated = [r for r in records if r.val is not None]
+    assert validated[0].step == 0 and validated[-1] is records[-1]  # the start, and the end
+    share = budget / session.VAL_POINTS
+    assert session.VAL_POINTS // 2 <= len(validated) - 1 <= session.VAL_POINTS, len(validated)
+    for k, r in enumerate(validated[1:-1], start=1):  # at most one per share of the time, each past its share
+        assert r.train_seconds >= k * share
+    assert result.outcome is not None and "against the starting model" in result.outcome
+
+
+def test_minutes_or_steps_not_both_and_minutes_by_default(models_dir, tiny_weights, monkeypatch):
+    shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
+    noisy, _ = cells_stack(np.random.default_rng(6), planes=2, size=32)
+    seen, record = _steps_seen()
+    with pytest.raises(ValueError, match="minutes .* or steps .*, not both"):
+        session.finetune(noisy, name="both", init="tiny-denoise-x1-1ch", minutes=1, steps=10, callback=record)
+    for bad in (0, -1.0, float("inf"), float("nan"), "5", True):
+        with pytest.raises(ValueError, match="minutes must be a positive number"):
+            session.finetune(noisy, name="bad", init="tiny-denoise-x1-1ch", minutes=bad, callback=record)
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        session.finetune(noisy, name="bad", init="tiny-denoise-x1-1ch", steps=0, callback=record)
+    assert seen == []  # refused before any training
+    monkeypatch.setattr(session, "DEFAULT_MINUTES", 0.01)
+    result = session.finetune(noisy, name="default", init="tiny-denoise-x1-1ch", batch=2)
+    assert result.info.recipe["time_budget_minutes"] == 0.01  # neither given: a time budget
+    stepped = session.finetune(noisy, name="stepped", init="tiny-denoise-x1-1ch", steps=4, batch=2)
+    assert stepped.info.recipe["time_budget_minutes"] is None and stepped.info.recipe["steps_done"] == 4
+
+
+def test_a_budgeted_recipe_without_val_points_still_validates_by_steps(tmp_path, tiny_weights):
+    """The training CLI's runs (fit without val_points) keep validating every val_every steps under a budget."""
+    from napari_vdir.training.config import Recipe
+    from napari_vdir.training.data import ArrayData
+    from napari_vdir.training.trainer import Trainer
+
+    noisy, _ = cells_stack(np.random.default_rng(7), planes=3, size=32)
+    planes = array_planes(noisy, 1)
+    recipe = Recipe.model_validate(dict(
+        name="cli", task="denoise", channels=1, init=str(tiny_weights[("denoise", 1, 1)]), data={"train": ["x"]},
+        steps=12, patch=32, batch=2, self_supervised="neighbor2neighbor", val_every=4, checkpoint_every=100,
+        time_budget_minutes=60, losses={"gan": 0.0}))
+    trainer = Trainer(recipe, tmp_path / "run", log=lambda *_: None)
+    trainer.load_data(ArrayData(planes, None))
+    trainer.fit()
+    assert [row["step"] for row in trainer.history] == [0, 4, 8, 12]

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSpinBox,
@@ -39,6 +40,7 @@ NO_CLEAN = "none: noisy images only (self-supervised)"
 METHOD_LABELS = {"Neighbor2Neighbor (recommended)": "neighbor2neighbor", "blind-spot (Noise2Void)": "blind-spot"}
 SELF_SUPERVISED_TASKS = ("denoise", "real-denoise")
 METRIC_LABELS = {"val_loss": "held-out loss", "val_psnr": "validation PSNR (dB)"}
+PROGRESS_TICKS = 1000  # the dock's bar in a run with a time budget: its share of the time
 
 
 @dataclass
@@ -102,16 +104,45 @@ def fine_tune_vdir(settings: dict, cancel: threading.Event):
     return outcome
 
 
-class LossPlot(QWidget):
-    """A small live plot: training loss (grey) and the validation metric (orange), each on its own scale."""
+def outcome_text(result) -> str:
+    """The status after a run, the verdict first (a long name is cut at the end, not the verdict): whether the
+    saved model beat the model it started from, from ``FineTuneResult.start_kept`` and ``FineTuneResult.outcome``
+    (the saved weights are the best validated ones, the start's included, so the saved model is either better
+    than the start on the held-out data or the start itself), then its name and folder."""
+    where = f"{result.name} ({result.path.parent})"
+    if result.start_kept:
+        return f"not better than the start: {result.outcome or 'saved unchanged'} as {where}"
+    if result.outcome is None:  # nothing held out (a single plane): not compared
+        return f"saved {where}; not compared with the start (no held-out data)"
+    return f"better than the start: {result.outcome}; saved {where}"
 
-    TRAIN, VAL = QColor(150, 150, 150), QColor(255, 140, 0)
+
+def _y_of(box: QRectF, value: float, low: float, high: float) -> float:
+    span = (high - low) or max(abs(high), 1e-12)
+    return box.bottom() - box.height() * (0.05 + 0.9 * (value - low) / span)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class LossPlot(QWidget):
+    """A small live plot: training loss (grey) and the validation metric (orange), each on its own scale, with
+    the starting model's validation level as a dashed line (blue): the orange curve below it (held-out loss)
+    or above it (PSNR) is a model better than the start.
+
+    Its x axis is steps, or training seconds in a run with a time budget (``reset(minutes=...)``)."""
+
+    TRAIN, VAL, START = QColor(150, 150, 150), QColor(255, 140, 0), QColor(40, 120, 255)
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.train_points: list[tuple[int, float]] = []
-        self.val_points: list[tuple[int, float]] = []
+        self.train_points: list[tuple[float, float]] = []  # (x, value): x a step, or seconds of training
+        self.val_points: list[tuple[float, float]] = []
+        self.start_level: float | None = None  # the starting model's validation (step 0)
         self.steps = 1
+        self.minutes: float | None = None
         self.metric = "val_loss"
         # never wider than the dock gives it: the dock must not grow with what is drawn
         self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
@@ -120,23 +151,45 @@ class LossPlot(QWidget):
     def sizeHint(self) -> QSize:
         return QSize(240, 160)
 
-    def reset(self, steps: int, metric: str) -> None:
-        self.train_points, self.val_points = [], []
-        self.steps, self.metric = max(1, int(steps)), metric
+    def reset(self, steps: int | None, metric: str, minutes: float | None = None) -> None:
+        """A new run of ``steps`` steps, or of ``minutes`` of training (then x is seconds of training)."""
+        self.train_points, self.val_points, self.start_level = [], [], None
+        self.steps, self.minutes, self.metric = max(1, int(steps or 1)), minutes, metric
         self.update()
 
+    @property
+    def extent(self) -> float:
+        """The x axis' end: the run's steps, or its budget in seconds."""
+        return 60 * self.minutes if self.minutes else self.steps
+
     def add(self, record) -> None:
+        x = record.train_seconds if self.minutes else record.step
         if record.loss is not None and math.isfinite(record.loss):
-            self.train_points.append((record.step, float(record.loss)))
+            self.train_points.append((x, float(record.loss)))
         if record.val is not None and math.isfinite(record.val):
-            self.val_points.append((record.step, float(record.val)))
+            self.val_points.append((x, float(record.val)))
+            if record.step == 0:
+                self.start_level = float(record.val)
         self.update()
+
+    def plot_box(self) -> QRectF:
+        return QRectF(8, 18, max(10, self.width() - 16), max(10, self.height() - 40))
+
+    def _val_range(self) -> tuple[float, float]:
+        values = [v for _, v in self.val_points] + ([self.start_level] if self.start_level is not None else [])
+        return min(values), max(values)
+
+    def start_y(self) -> float | None:
+        """Where the start line is drawn (None before the start is validated)."""
+        if self.start_level is None:
+            return None
+        return _y_of(self.plot_box(), self.start_level, *self._val_range())
 
     def paintEvent(self, event):  # noqa: N802 - Qt's name
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         text = self.palette().windowText().color()
-        box = QRectF(8, 18, max(10, self.width() - 16), max(10, self.height() - 40))
+        box = self.plot_box()
         p.setPen(QPen(text, 1))
         p.drawRect(box)
         p.setPen(self.TRAIN)
@@ -144,25 +197,33 @@ class LossPlot(QWidget):
         p.setPen(self.VAL)
         label = METRIC_LABELS.get(self.metric, self.metric)
         p.drawText(QPointF(box.right() - p.fontMetrics().horizontalAdvance(label), 13), label)
-        for points, colour, side in ((self.train_points, self.TRAIN, "left"), (self.val_points, self.VAL, "right")):
-            self._series(p, box, points, colour, side)
+        y = self.start_y()
+        if y is not None:  # the starting model's level, on the validation curve's scale
+            p.setPen(QPen(self.START, 1.5, Qt.PenStyle.DashLine))
+            p.drawLine(QPointF(box.left(), y), QPointF(box.right(), y))
+            p.setPen(self.START)
+            below = y - box.top() < p.fontMetrics().ascent() + 4  # no room above the line
+            label_y = y + p.fontMetrics().ascent() + 2 if below else y - 3
+            p.drawText(QPointF(box.center().x() - p.fontMetrics().horizontalAdvance("start") / 2, label_y), "start")
+        self._series(p, box, self.train_points, self.TRAIN, "left")
+        if self.val_points:
+            self._series(p, box, self.val_points, self.VAL, "right", self._val_range())
         p.setPen(text)
         p.drawText(QPointF(box.left(), box.bottom() + 15), "0")
-        end = f"{self.steps} steps"
+        end = f"{self.minutes:g} min" if self.minutes else f"{self.steps} steps"
         p.drawText(QPointF(box.right() - p.fontMetrics().horizontalAdvance(end), box.bottom() + 15), end)
         p.end()
 
-    def _series(self, p: QPainter, box: QRectF, points, colour: QColor, side: str) -> None:
+    def _series(self, p: QPainter, box: QRectF, points, colour: QColor, side: str, limits=None) -> None:
         if not points:
             return
         values = [v for _, v in points]
-        low, high = min(values), max(values)
-        span = (high - low) or max(abs(high), 1e-12)
+        low, high = limits or (min(values), max(values))
+        extent = self.extent
 
         def at(step, value):
-            x = box.left() + box.width() * min(step, self.steps) / self.steps
-            y = box.bottom() - box.height() * (0.05 + 0.9 * (value - low) / span)
-            return QPointF(x, y)
+            x = box.left() + box.width() * min(step, extent) / extent
+            return QPointF(x, _y_of(box, value, low, high))
 
         path = QPainterPath(at(*points[0]))
         for step, value in points[1:]:
@@ -190,7 +251,12 @@ class FineTuneDock(Container):
     """Fine-tune a shipped or user model on image layers; the result becomes a user model."""
 
     def __init__(self, napari_viewer):
-        from .training.session import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS  # torch loads with the dock
+        from .training.session import (  # torch loads with the dock
+            DEFAULT_BATCH,
+            DEFAULT_LR,
+            DEFAULT_MINUTES,
+            DEFAULT_STEPS,
+        )
 
         super().__init__(labels=True)
         self._viewer = napari_viewer
@@ -207,8 +273,16 @@ class FineTuneDock(Container):
                                       "training; without it the model learns from the noisy images alone")
         self.model = ComboBox(label="start from", choices=self._model_choices,
                               tooltip="the shipped or your own model that training starts from")
-        self.steps = SpinBox(label="training steps", value=DEFAULT_STEPS, min=10, max=100_000, step=10,
-                             tooltip="more steps: better fit, longer run (about 300 steps take minutes on a CPU)")
+        self.minutes = FloatSpinBox(label="training time (minutes)", value=DEFAULT_MINUTES, min=0.05, max=24 * 60,
+                                    step=1, tooltip="how long to train (wall clock): longer usually fits your data "
+                                    "better; the model is checked on held-out planes about 20 times along the way "
+                                    "(that adds a little time) and the best one, the start included, is saved")
+        self.minutes.native.setDecimals(2)
+        self.by_steps = CheckBox(text="count steps instead of time", value=False,
+                                 tooltip="train exactly a number of steps, however long they take; the training "
+                                         "time above is then not used")
+        self.steps = SpinBox(label="training steps", value=DEFAULT_STEPS, min=1, max=100_000, step=10, enabled=False,
+                             tooltip="with 'count steps instead of time': how many steps to train")
         self.name = LineEdit(label="save as", tooltip="name of the new model in your models folder")
         self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
                                tooltip="how noisy images alone are used for training")
@@ -223,8 +297,8 @@ class FineTuneDock(Container):
         self.status.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.status.changed.connect(lambda text: setattr(self.status, "tooltip", text))
 
-        self.advanced = Container(widgets=[self.method, self.batch, self.lr], labels=True)
-        self.extend([self.noisy, self.clean, self.model, self.steps, self.name, self.run_button,
+        self.advanced = Container(widgets=[self.method, self.by_steps, self.steps, self.batch, self.lr], labels=True)
+        self.extend([self.noisy, self.clean, self.model, self.minutes, self.name, self.run_button,
                      self.cancel_button, self.progress, self.status])
         self._collapsible = QCollapsible("Advanced")
         self._collapsible.addWidget(self.advanced.native)
@@ -238,6 +312,7 @@ class FineTuneDock(Container):
         self.noisy.changed.connect(self._suggest_name)
         self.model.changed.connect(self._suggest_name)
         self.clean.changed.connect(self._on_clean)
+        self.by_steps.changed.connect(self._on_by_steps)
         self.native.destroyed.connect(self._on_destroyed)
         layers = self._viewer.layers.events
         for event in (layers.inserted, layers.removed, layers.moved):
@@ -323,6 +398,10 @@ class FineTuneDock(Container):
         """A model was saved (by this dock, or by a script in any thread): list it."""
         self._refresh_models()
 
+    def _on_by_steps(self, value):
+        """Steps, when chosen, replace the training time (which is greyed out)."""
+        self.minutes.enabled, self.steps.enabled = not value, bool(value)
+
     def _on_clean(self, value):
         self.method.enabled = value is None
         self._refresh_models()
@@ -373,8 +452,9 @@ class FineTuneDock(Container):
         except FileExistsError:
             raise ValueError(f"a model named {self.name.value.strip()!r} exists in your models folder; choose another "
                              "name") from None
-        return dict(noisy_snaps=snaps, clean_snap=clean_snap, name=name, init=self.model.value,
-                    steps=int(self.steps.value), method=METHOD_LABELS[self.method.value],
+        budget = dict(steps=int(self.steps.value)) if self.by_steps.value else dict(minutes=float(self.minutes.value))
+        return dict(noisy_snaps=snaps, clean_snap=clean_snap, name=name, init=self.model.value, **budget,
+                    method=METHOD_LABELS[self.method.value],
                     batch=int(self.batch.value), lr=float(self.lr.value), rgb=rgb.pop(),
                     labels=[layer.name for layer in noisy_layers])
 
@@ -392,17 +472,21 @@ class FineTuneDock(Container):
 
         metric = metric_of(settings["clean_snap"])
         self._cancel_event = threading.Event()
-        self.plot.reset(settings["steps"], metric)
+        steps, minutes = settings.get("steps"), settings.get("minutes")
+        self.plot.reset(steps, metric, minutes)
+        # napari's activity list counts the records of a run of known steps (step 0 and each step); a run with
+        # a time budget shows there as busy, and in the dock's own bar as its share of the time
         worker = create_worker(fine_tune_vdir, settings, self._cancel_event, _start_thread=False,
-                               _progress={"total": settings["steps"] + 1, "desc": TITLE})
+                               _progress={"total": steps + 1 if steps else 0, "desc": TITLE})
         worker.yielded.connect(self._on_record)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
         worker.aborted.connect(self._on_aborted)  # stopped from outside (napari's task list)
         self._worker = worker
         self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.progress.max, self.progress.value = settings["steps"], 0
-        self.status.value = f"training {settings['name']} from {settings['init']}…"
+        self.progress.max, self.progress.value = steps or PROGRESS_TICKS, 0
+        length = f"{steps} steps" if steps else f"{minutes:g} min"
+        self.status.value = f"training {settings['name']} from {settings['init']} ({length})…"
         worker.start()
         return worker
 
@@ -426,11 +510,17 @@ class FineTuneDock(Container):
         if self._worker is None:
             return
         self.plot.add(record)
-        self.progress.value = min(record.step, self.progress.max)
+        if record.minutes:
+            share = record.train_seconds / (60 * record.minutes)
+            self.progress.value = min(round(share * PROGRESS_TICKS), self.progress.max)
+            where = f"{_clock(record.train_seconds)} of {_clock(60 * record.minutes)} · step {record.step}"
+        else:
+            self.progress.value = min(record.step, self.progress.max)
+            where = f"step {record.step}/{record.steps}"
         if record.loss is not None:
             val = self.plot.val_points[-1][1] if self.plot.val_points else None
             metric = METRIC_LABELS.get(self.plot.metric, "")
-            self.status.value = (f"step {record.step}/{record.steps} · loss {record.loss:.4g}"
+            self.status.value = (f"{where} · loss {record.loss:.4g}"
                                  + (f" · {metric} {val:.4g}" if val is not None else ""))
 
     def _on_returned(self, outcome: _Outcome):
@@ -451,7 +541,7 @@ class FineTuneDock(Container):
         res = outcome.result
         self.last_result = res
         self.progress.value = self.progress.max
-        self.status.value = f"saved {res.name} ({res.path.parent})"
+        self.status.value = outcome_text(res)
         self._auto_name = self.name.value = ""  # a fresh name for the next run
         self._suggest_name()
         notify_user_models_changed()  # the Restore dock lists it now

@@ -1,7 +1,7 @@
 """Fine-tuning from in-memory arrays (napari layers): the headless API behind the "Fine-tune (VDIR)" dock.
 
-One call, :func:`finetune`, trains a shipped or user model on arrays for a number of steps with the
-training package's own loop (:class:`~napari_vdir.training.trainer.Trainer`, its losses and its
+One call, :func:`finetune`, trains a shipped or user model on arrays for some minutes (or a number of steps)
+with the training package's own loop (:class:`~napari_vdir.training.trainer.Trainer`, its losses and its
 self-supervised methods, exactly as ``python -m napari_vdir.training``), reports each step to a callback,
 stops when a ``threading.Event`` is set, and saves the result in the user models folder
 (:mod:`napari_vdir.user_models`), where ``restore(model=NAME)`` and the plugin's model lists find it.
@@ -16,6 +16,7 @@ so the model is trained on the scale it will see when it restores the same data.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -28,10 +29,14 @@ from .. import user_models
 from .trainer import Trainer, TrainingCancelled
 
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
-           "METHODS", "DEFAULT_STEPS"]
+           "METHODS", "DEFAULT_MINUTES", "DEFAULT_STEPS"]
 
 METHODS = ("neighbor2neighbor", "blind-spot")
-DEFAULT_STEPS = 300
+# training time when neither minutes nor steps are given: what a biologist plans around (wall clock of the
+# training steps; the ~VAL_POINTS validations and preparing the data come on top)
+DEFAULT_MINUTES = 5.0
+DEFAULT_STEPS = 300  # the dock's suggestion when steps are chosen instead of time
+STEP_CAP = 10**9  # the recipe's steps in a run that the time budget ends
 DEFAULT_PATCH = 64
 DEFAULT_BATCH = 8
 # a third of the training CLI's 1e-3: starting from a trained model, 150 steps on a generated Poisson-Gaussian
@@ -45,10 +50,12 @@ class StepRecord:
     """One training step as the callback sees it. ``val`` is set on validation steps (and step 0)."""
 
     step: int
-    steps: int
+    steps: int | None  # the run's steps; None in a run with a time budget (``minutes``)
     loss: float | None  # the training objective of this step (None at step 0, before training)
     val: float | None
-    seconds: float
+    seconds: float  # wall seconds since the call began (data preparation and validations included)
+    train_seconds: float = 0.0  # seconds of the training steps: what the ``minutes`` budget counts
+    minutes: float | None = None  # the run's time budget (None: it runs ``steps`` steps)
 
 
 @dataclass
@@ -107,11 +114,12 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
     return target
 
 
-def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", steps: int = DEFAULT_STEPS,
-             method: str = "neighbor2neighbor", patch: int | None = None, batch: int = DEFAULT_BATCH,
-             lr: float = DEFAULT_LR, rgb: bool | None = None, channel_axis=None, intensity_range=None,
-             callback=None, cancel=None, device: str = "auto", precision: str = "auto", seed: int = 0,
-             labels: list[str] | None = None, overwrite: bool = False, notify: bool = True) -> FineTuneResult:
+def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", minutes: float | None = None,
+             steps: int | None = None, method: str = "neighbor2neighbor", patch: int | None = None,
+             batch: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, rgb: bool | None = None, channel_axis=None,
+             intensity_range=None, callback=None, cancel=None, device: str = "auto", precision: str = "auto",
+             seed: int = 0, labels: list[str] | None = None, overwrite: bool = False,
+             notify: bool = True) -> FineTuneResult:
     """Fine-tune ``init`` on arrays and save it as the user model ``name``.
 
     Parameters
@@ -124,7 +132,12 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         pairs. Without them the run is self-supervised (denoising only).
     name : the new model's name in the user models folder (letters, digits, ``._-``).
     init : shipped or user model name, or a weights file, to start from; it sets task and channels.
-    steps, patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
+    minutes : how long to train (wall-clock minutes of the training steps, as ``--time-budget`` with
+        ``--budget-clock wall``; validating about :data:`VAL_POINTS` times and preparing the data come on top).
+        The default when neither ``minutes`` nor ``steps`` is given: :data:`DEFAULT_MINUTES`.
+    steps : the alternative to ``minutes``: a fixed number of training steps. Give one of the two; both
+        is a ``ValueError``.
+    patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
         (less for smaller images); ``lr`` is the peak of the cosine schedule (:data:`DEFAULT_LR`).
     method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
@@ -150,6 +163,16 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     from .config import Recipe, one_line
     from .data import ArrayData, array_planes
 
+    if minutes is not None and steps is not None:
+        raise ValueError("give minutes (a training-time budget) or steps (a fixed number of steps), not both")
+    if steps is None:
+        minutes = DEFAULT_MINUTES if minutes is None else minutes
+        number = isinstance(minutes, (int, float, np.floating)) and not isinstance(minutes, bool)
+        if not number or not 0 < minutes < math.inf:
+            raise ValueError(f"minutes must be a positive number of minutes, got {minutes!r}")
+        minutes = float(minutes)
+    elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
     name = check_destination(name, overwrite).stem
     if method not in METHODS:
         raise ValueError(f"method {method!r}: choose {' or '.join(METHODS)}")
@@ -182,11 +205,13 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         if patch < 16:
             raise ValueError(f"images of {smallest} px are too small to train on (at least 16 px on each side)")
 
+    run = int(steps) if minutes is None else STEP_CAP  # a budgeted run validates by time (fit's val_points)
     values = dict(MINIMAL_DEFAULTS, name=name, task=start.task, channels=start.channels,
                   scale=start.scale if start.task == "sr" else None, init=str(init_path),
-                  data={"train": list(labels or ["arrays"])}, steps=steps, patch=patch, batch=batch, seed=seed,
+                  data={"train": list(labels or ["arrays"])}, steps=run, patch=patch, batch=batch, seed=seed,
                   lr=lr, self_supervised=method if clean is None else None,
-                  val_every=max(1, steps // VAL_POINTS), checkpoint_every=steps)
+                  val_every=max(1, run // VAL_POINTS), checkpoint_every=run,
+                  time_budget_minutes=minutes, budget_clock="wall")
     try:
         recipe = Recipe.model_validate(values)
     except ValueError as err:
@@ -199,11 +224,11 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     def report(trainer, row):
         if not history and trainer.history:  # step 0: the starting model's validation
             first = trainer.history[0]
-            history.append(StepRecord(0, steps, None, first.get(metric), 0.0))
+            history.append(StepRecord(0, steps, None, first.get(metric), 0.0, 0.0, minutes))
             if callback is not None:
                 callback(history[-1])
         history.append(StepRecord(trainer.step, steps, row.get("total"), row.get(metric),
-                                  time.perf_counter() - t0))
+                                  time.perf_counter() - t0, trainer.train_seconds, minutes))
         if callback is not None:
             callback(history[-1])
 
@@ -212,7 +237,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     try:
         trainer = Trainer(recipe, out, device=device, precision=precision, log=lambda *_: None)
         trainer.load_data(ArrayData(noisy_planes, clean_planes))
-        exported = trainer.fit(report, cancel=cancel)
+        exported = trainer.fit(report, cancel=cancel, val_points=VAL_POINTS)
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             raise TrainingCancelled(f"cancelled at step {trainer.step}")  # pressed during the last step
         model, info = load_weights(exported)

@@ -560,12 +560,15 @@ class Trainer:
             return save_weights(Path(path) if path else self.out / f"{r.name}.safetensors", self.model, info)
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress=None, stop_at: int | None = None, cancel=None) -> Path:
+    def fit(self, progress=None, stop_at: int | None = None, cancel=None, val_points: int | None = None) -> Path:
         """Train until the recipe's steps (or time budget) are done; returns the weights file.
 
         ``stop_at`` ends the run early at that step with a checkpoint, as Ctrl-C does. ``cancel`` (a
         ``threading.Event`` or a callable) is checked before every step: when set, :class:`TrainingCancelled`
-        is raised and no checkpoint is written.
+        is raised and no checkpoint is written. ``val_points``, for a recipe with a time budget: validate each
+        time another 1/val_points of the budget has been trained (on the budget's clock) instead of every
+        ``val_every`` steps, so a run whose step count is not known in advance still validates about that
+        many times, and at its end; without it (or without a budget) validation goes by ``val_every``.
         """
         self.out.mkdir(parents=True, exist_ok=True)
         if not hasattr(self, "sampler"):
@@ -577,6 +580,8 @@ class Trainer:
             fields += ["val_psnr_ema", "val_loss_ema", "exported"]
         interrupted = {"flag": False}
         clock = time.process_time if self.recipe.budget_clock == "cpu" else time.perf_counter
+        budget = self.recipe.time_budget_minutes
+        val_seconds = 60 * budget / val_points if budget and val_points else None
 
         def on_sigint(signum, frame):
             interrupted["flag"] = True
@@ -597,13 +602,17 @@ class Trainer:
                 while not self.finished():
                     if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
                         raise TrainingCancelled(f"cancelled at step {self.step}")
-                    t0 = clock()
+                    t0, before = clock(), self.train_seconds
                     row = self.train_step()
                     if self.device.type == "cuda" and self.step % 50 == 0:
                         torch.cuda.synchronize()
                     self.train_seconds += clock() - t0
                     row.update(step=self.step, seconds=round(self.train_seconds, 2))
-                    if self.step % self.recipe.val_every == 0 or self.finished():
+                    if val_seconds is None:
+                        due = self.step % self.recipe.val_every == 0 or self.finished()
+                    else:  # another 1/val_points of the budget trained (finished() first: every rank all-reduces)
+                        due = self.finished() or self.train_seconds // val_seconds > before // val_seconds
+                    if due:
                         if self.rank == 0:
                             row.update(self.validation_row())
                             row["exported"] = self.export_state()[1]
