@@ -6,6 +6,10 @@ thread before it starts (the arrays and contrast limits), and everything it repo
 worker's ``yielded`` records on the main thread: the worker never touches a napari or Qt object. The saved
 model is announced with :func:`napari_vdir.user_models.notify_user_models_changed` from the main thread,
 so the Restore dock's model list (and this one's) shows it at once.
+
+Layers dragged from napari's layer list (or image files from a file manager) onto the dock are added to
+the noisy layers; one dropped on the clean layer field becomes the clean twin (:mod:`napari_vdir._drops`).
+A drop only chooses: nothing trains until Run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 from superqt import QCollapsible
 from superqt.utils import ensure_main_thread
+
+from ._drops import DropZone
 
 TITLE = "Fine-tune (VDIR)"
 NO_CLEAN = "none: noisy images only (self-supervised)"
@@ -322,6 +328,10 @@ class FineTuneDock(Container):
         self._unsubscribe = on_user_models_changed(self._on_user_models_changed)  # held weakly
         self._refresh_layers()
         self._on_clean(self.clean.value)
+        # the clean layer field (its label and drop-down) first: the dock's own zone leaves it alone
+        self.clean_drop_zone = DropZone(self.clean.native.parentWidget(), self._viewer, take=self.take_clean,
+                                        status=self.status)
+        self.drop_zone = DropZone(self.native, self._viewer, take=self.take_noisy, status=self.status)
 
     # ------------------------------------------------------------------ choices
 
@@ -351,7 +361,9 @@ class FineTuneDock(Container):
     def _refresh_layers(self, *_):
         self.noisy.reset_choices()
         self.clean.reset_choices()
-        if not self.noisy.value and self.noisy.choices:
+        dropping = any(getattr(getattr(self, zone, None), "dropping", False)
+                       for zone in ("drop_zone", "clean_drop_zone"))  # files opening: the drop chooses
+        if not self.noisy.value and self.noisy.choices and not dropping:
             self.noisy.value = [self.noisy.choices[0]]
         self._suggest_name()
 
@@ -415,6 +427,31 @@ class FineTuneDock(Container):
         first = self.noisy.value[0].name if self.noisy.value else "model"
         self._auto_name = unique_model_name(f"{first}-{self.model.value or 'model'}")
         self.name.value = self._auto_name
+
+    # ------------------------------------------------------------------ drops
+
+    def take_noisy(self, layers: list) -> str:
+        """Dropped image layers join the noisy layers (those chosen stay chosen); one that was the clean layer
+        is no longer the clean layer. Nothing trains here."""
+        chosen = list(self.noisy.value)
+        new = [layer for layer in layers if not any(layer is c for c in chosen)]
+        self.noisy.value = chosen + new
+        text = (f"noisy layers: added {', '.join(layer.name for layer in new)}" if new
+                else "already chosen as noisy layers")
+        if any(self.clean.value is layer for layer in layers):
+            self.clean.value = None
+            text += "; no clean layer now"
+        return text
+
+    def take_clean(self, layers: list) -> str:
+        """A layer dropped on the clean layer field becomes the clean twin (and is no longer a noisy layer)."""
+        first = layers[0]
+        self.clean.value = first
+        noisy = list(self.noisy.value)
+        if any(first is layer for layer in noisy):
+            self.noisy.value = [layer for layer in noisy if layer is not first]
+        more = f" (the first of the {len(layers)} dropped)" if len(layers) > 1 else ""
+        return f"clean layer: {first.name}{more}"
 
     # ------------------------------------------------------------------ running
 

@@ -8,6 +8,10 @@ activity list; warnings the core raises in the worker are collected there and sh
 on the main thread. Cancel sets a ``threading.Event`` the core checks before every tile and between the
 network's blocks, so a cancelled run stops within one block and adds nothing to the viewer.
 
+Layers dragged from napari's layer list (or image files from a file manager) onto the dock become its
+input (:mod:`napari_vdir._drops`): one layer is chosen in the drop-down; several are queued, and Run
+restores them one after the other with the dock's settings. A drop only chooses: nothing runs until Run.
+
 The three menu entries Denoise / Super-resolve / Remove JPEG artefacts open the same dock preset on
 their task (:class:`DenoiseDock`, :class:`SuperResolveDock`, :class:`JpegDock`).
 """
@@ -37,6 +41,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
 from . import layers as vl
+from ._drops import DropZone
 
 AUTO_MODEL = "auto (shipped, by colour)"
 WEIGHTS_FILE = "weights file…"
@@ -204,6 +209,10 @@ class RestoreDock(Container):
         self._cancel_event: threading.Event | None = None
         self._activity = None  # napari.utils.progress shown in the activity list while a run is in flight
         self.last_result: vl.LayerRestoration | None = None
+        self.queue: list = []  # dropped layers waiting for Run, after the one in the drop-down
+        self._batch: list[int] | None = None  # [number, of] while Run works through the queue
+        self._last_ok = False  # whether the last run added its result
+        self._choosing = False  # the dock itself is changing the drop-down (a drop, the queue)
 
         # -- essentials
         self.layer = ComboBox(label="image", choices=self._image_layers,
@@ -262,6 +271,7 @@ class RestoreDock(Container):
         self.weights_path.changed.connect(self._on_weights_path)
         self.device.changed.connect(self._update_device_label)
         self.layer.changed.connect(self._on_layer)
+        self.layer.changed.connect(self._on_layer_chosen)
         self.channel_axis.changed.connect(self._update_extent)
         self.show_uncertainty.changed.connect(self._on_uncertainty)
         self.run_button.changed.connect(self.run)
@@ -276,6 +286,7 @@ class RestoreDock(Container):
         self._unsubscribe_models = self._subscribe_user_models()
         self.layer.reset_choices()
         self._on_layer(self.layer.value)
+        self.drop_zone = DropZone(self.native, self._viewer, take=self.take_layers, status=self.status)
 
     # ------------------------------------------------------------------ layout
 
@@ -441,6 +452,52 @@ class RestoreDock(Container):
             raise ValueError(f"{path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
         return str(path), info.task, (info.scale if info.task == "sr" else None)
 
+    # ------------------------------------------------------------------ drops
+
+    def _choose(self, layer):
+        """Put ``layer`` in the drop-down (its channel guess follows) without clearing the queue."""
+        self._choosing = True
+        try:
+            self.layer.value = layer
+        finally:
+            self._choosing = False
+
+    def _on_layer_chosen(self, *_):
+        """The user chose another image: the dropped queue no longer applies."""
+        if not self._choosing and self.queue and self._batch is None:
+            self.queue = []
+            self.status.value = "queue cleared"
+
+    def take_layers(self, layers: list) -> str:
+        """Dropped image layers (top of the layer list first): the first becomes the image; the others wait,
+        and Run restores them one after the other with the settings in the dock. Nothing runs here."""
+        first, *rest = layers
+        self._batch = None  # a queue being run stops after its current layer: the new one waits for Run
+        self._choose(first)
+        self.queue = rest
+        if not rest:
+            return f"image: {first.name}"
+        names = ", ".join(layer.name for layer in layers)
+        return f"{len(layers)} layers queued ({names}); Run restores them one after the other"
+
+    def _end_batch(self, reason: str | None = None):
+        left = len(self.queue)
+        self._batch, self.queue = None, []
+        if reason and left:
+            self.status.value = f"{self.status.value}; {reason}: {left} queued layer{'s' * (left > 1)} not restored"
+
+    def _next_in_queue(self):
+        """After a run of the queue: the next queued layer still in the viewer becomes the image and runs."""
+        while self.queue:
+            layer = self.queue.pop(0)
+            if any(layer is other for other in self._viewer.layers):
+                self._batch[0] += 1
+                self._choose(layer)
+                self.run()
+                return
+            self._batch[1] -= 1  # removed from the viewer meanwhile
+        self._batch = None
+
     # ------------------------------------------------------------------ running
 
     @property
@@ -470,12 +527,17 @@ class RestoreDock(Container):
         if self.running:
             show_info(f"{self.title}: a restoration is already running; wait for it or press Cancel")
             return None
+        if layer is None and self.queue and self._batch is None:  # Run: the image, then the queue
+            self._batch = [1, 1 + len(self.queue)]
         layer = self.layer.value if layer is None else layer
         try:
             kwargs = self.job(layer)
         except Exception as exc:  # noqa: BLE001
             show_error(f"{self.title}: {exc}")
+            if self._batch is not None:
+                self._end_batch(f"stopped at {getattr(layer, 'name', layer)!r}")
             return None
+        self._last_ok = False
         self._cancel_event = threading.Event()
         kwargs.update(progress=self._set_progress, cancel=self._cancel_event)
         self._worker = create_worker(_run_job, kwargs, _start_thread=False)
@@ -484,7 +546,8 @@ class RestoreDock(Container):
         self._activity = progress(total=0, desc=f"{self.task.value}: {kwargs['layer'].name}")
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value, self.progress.max = 0, 1
-        self.status.value = f"running on {self.device_label.value}…"
+        of = f" ({self._batch[0]} of {self._batch[1]}: {kwargs['layer'].name})" if self._batch else ""
+        self.status.value = f"running{of} on {self.device_label.value}…"
         self._worker.start()
         return self._worker
 
@@ -529,8 +592,10 @@ class RestoreDock(Container):
             vl.add_or_update(self._viewer, layer_data)
         vl.remove_stale(self._viewer, res)
         self.last_result = res
+        self._last_ok = True
         self.estimate_label.value = res.summary()
-        self.status.value = f"done: {res.model} on {res.device}" + (f" ({res.backend})" if res.backend else "")
+        of = f" ({self._batch[0]} of {self._batch[1]})" if self._batch else ""
+        self.status.value = f"done{of}: {res.model} on {res.device}" + (f" ({res.backend})" if res.backend else "")
 
     def _on_finished(self):
         self._worker = None
@@ -539,6 +604,11 @@ class RestoreDock(Container):
             self._activity.close()
             self._activity = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
+        if self._batch is not None:
+            if self._last_ok:
+                self._next_in_queue()
+            else:
+                self._end_batch("queue stopped")
 
 
 class DenoiseDock(RestoreDock):
