@@ -11,19 +11,9 @@ import torch
 
 from napari_vdir import restore
 from napari_vdir.training.__main__ import main as training_main
-from napari_vdir.training.config import Recipe
 from napari_vdir.training.trainer import Trainer
 from napari_vdir.weights import load_weights, read_info
-
-TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
-
-
-def tiny_recipe(folder, **kw) -> Recipe:
-    values = dict(name="tiny", task="denoise", channels=3, arch=TINY_ARCH, steps=6, patch=32, batch=4,
-                  lr=1e-3, val_every=3, checkpoint_every=3, data={"train": [str(folder)], "val": str(folder),
-                                                                   "val_images": 2, "val_crop": 64})
-    values.update(kw)
-    return Recipe.model_validate(values)
+from test_training import tiny_recipe  # the tiny denoise recipe the training tests share
 
 
 def rows_of(log) -> list[dict]:
