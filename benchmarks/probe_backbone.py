@@ -299,7 +299,7 @@ def score_sr(weights: Path, shared: Path, scale: int) -> dict:
 
 
 def curve_table(curves: dict[str, list[dict]]) -> list[str]:
-    lines = ["| candidate | step | training minutes | lr | restore L1 (since last val) | Val20 PSNR (dB) |",
+    lines = ["| candidate | step | training minutes | lr | restore L1 (since last val) | validation PSNR (dB) |",
              "|---|---|---|---|---|---|"]
     for cand, rows in curves.items():
         for r in rows:
