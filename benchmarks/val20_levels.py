@@ -117,14 +117,17 @@ def main(argv=None) -> int:
     flags = "".join(f" --{k} {getattr(args, k)}" for k, default in (("task", "denoise"), ("channels", 3))
                     if getattr(args, k) != default) + (f" --scale {args.scale}" if args.task == "sr" else "")
     flags += f" --levels {args.levels}" if args.levels else ""
+    flags += (" --val " + " ".join(args.val)) if args.val != p.get_default("val") else ""
     what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour",
             "sr": f"x{args.scale} low-res made as napari_vdir.evaluate makes it, Y-PSNR, {args.scale} px shaved, "
                   "`input` = bicubic upscale"}[args.task]
     degraded_levels = [lv for lv in levels if lv != "clean"]
     lines = [f"# Val20 PSNR per {args.task} level, {args.channels}-channel models (`benchmarks/val20_levels.py`)", "",
-             "Command: `python benchmarks/val20_levels.py" + flags + " " + " ".join(args.models)
+             "Command: `python benchmarks/val20_levels.py " + " ".join(args.models) + flags
              + (f" --out {args.out}" if args.out else "") + "`", "",
-             f"All {len(images)} Val20 images, whole{' (luma)' if args.channels == 1 else ''}; {what}; "
+             (f"All {len(images)} Val20 images" if args.val == p.get_default("val") else
+              f"{len(images)} images ({' '.join(Path(v).name for v in args.val)})")
+             + f", whole{' (luma)' if args.channels == 1 else ''}; {what}; "
              + ("`clean` = restore(clean) vs clean; " if "clean" in levels else "")
              + f"blind `napari_vdir.restore`, default precision; {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
              "| model | weights | " + " | ".join(LABEL[args.task].format(lv) if lv != "clean" else "clean in"
