@@ -15,6 +15,7 @@ from qtpy.QtGui import QDragEnterEvent, QDragMoveEvent, QDropEvent  # noqa: E402
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from napari_vdir import _drops, _widget  # noqa: E402
+from test_widget import notes  # noqa: E402, F401  (the widget-notification fixture the dock tests share)
 
 PLUGIN = "napari-vdir"
 TIMEOUT_MS = 60_000
@@ -22,13 +23,6 @@ MOVE = Qt.DropAction.MoveAction  # all napari's layer list offers (an internal m
 FILE_MANAGER = Qt.DropAction.CopyAction | Qt.DropAction.MoveAction | Qt.DropAction.LinkAction
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    seen = {"error": [], "info": [], "warning": []}
-    monkeypatch.setattr(_widget, "show_error", lambda msg: seen["error"].append(str(msg)))
-    monkeypatch.setattr(_widget, "show_info", lambda msg: seen["info"].append(str(msg)))
-    monkeypatch.setattr(_widget, "show_warning", lambda msg: seen["warning"].append(str(msg)))
-    return seen
 
 
 def gray(seed: int, size: int = 32) -> np.ndarray:

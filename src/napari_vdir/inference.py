@@ -13,10 +13,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .devices import autocast_context
-from .nets import LATENT_STRIDE, VDIR
+from .nets import LATENT_STRIDE, VDIR, pad_to_multiple
 
 WHOLE_IMAGE_PIXELS = 1024 * 1024  # the most pixels one pass may hold: a whole plane, or a tile with its margins
 MIN_AUTO_TILE = 128  # smallest tile core the automatic plan uses, whatever the margin
@@ -219,13 +218,8 @@ def _ceil4(n: int) -> int:
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad (C, H, W) at the bottom/right to multiples of ``multiple`` by reflection (replicate for tiny planes)."""
-    h, w = x.shape[-2:]
-    ph, pw = _ceil_to(h, multiple) - h, _ceil_to(w, multiple) - w
-    if not (ph or pw):
-        return x
-    mode = "reflect" if h > ph and w > pw else "replicate"
-    return F.pad(x[None], (0, pw, 0, ph), mode=mode)[0]
+    """Pad (C, H, W) at the bottom/right to multiples of ``multiple`` (as the networks pad: :func:`nets.pad_to_multiple`)."""
+    return pad_to_multiple(x[None], multiple)[0]
 
 
 @lru_cache(maxsize=8)

@@ -231,7 +231,7 @@ class UnshuffleRestorer(nn.Module):
         return y + r[..., :h, :w]
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad (N, C, H, W) at the bottom/right to multiples of ``multiple`` by reflection (replicate when too small)."""
     h, w = x.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
@@ -279,7 +279,7 @@ class UNetRestorer(nn.Module):
 
     def forward(self, y, c, between_blocks=None):
         h, w = y.shape[-2:]
-        x = _pad_to_multiple(torch.cat([y, upsample_latent(c, (h, w))], dim=1), UNET_STRIDE)
+        x = pad_to_multiple(torch.cat([y, upsample_latent(c, (h, w))], dim=1), UNET_STRIDE)
         # c on the padded 1/4 grid: its last row/column repeated where the plane was padded
         c = F.pad(c, (0, x.shape[-1] // LATENT_STRIDE - c.shape[-1], 0, x.shape[-2] // LATENT_STRIDE - c.shape[-2]),
                   mode="replicate")
