@@ -37,7 +37,7 @@ DEFAULT_BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32")
 
 def model_info(model: str):
     """The weights' metadata of a shipped model (task, scale, channels, architecture)."""
-    from napari_vdir.weights import read_info, shipped_models
+    from napari_vdir.core.weights import read_info, shipped_models
 
     return read_info(shipped_models()[model])
 
@@ -78,8 +78,8 @@ def run_backend(name: str, image: np.ndarray, model: str, backend: str) -> np.nd
         return restore(image, info.task, scale=info.scale, model=model,
                        backend="onnxruntime", precision="float32", device="cpu")
     if backend == "torch-compile-fp32":
-        from napari_vdir.inference import PlaneRestorer, cached_model
-        from napari_vdir.weights import shipped_models
+        from napari_vdir.core.inference import PlaneRestorer, cached_model
+        from napari_vdir.core.weights import shipped_models
 
         path = shipped_models()[model]
         net, _ = cached_model(str(path), "cpu", path.stat().st_mtime)
@@ -88,7 +88,7 @@ def run_backend(name: str, image: np.ndarray, model: str, backend: str) -> np.nd
         x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return runner.restore_plane(x).image.permute(1, 2, 0).numpy()
     if backend == "openvino-fp32":
-        from napari_vdir.inference import PlaneRestorer
+        from napari_vdir.core.inference import PlaneRestorer
 
         model = _OPENVINO.get(name) or _OPENVINO.setdefault(name, OpenVinoVDIR(name, torch.get_num_threads()))
         runner = PlaneRestorer(model, torch.device("cpu"), precision="float32")
@@ -103,13 +103,13 @@ _OPENVINO: dict = {}
 
 class OpenVinoVDIR:
     """Benchmark only: the OpenVINO runtime (CPU plugin, f32 inference precision) on the same encoder and
-    restorer ONNX graphs as napari_vdir.backends.OrtVDIR, called as the tiling code calls a VDIR."""
+    restorer ONNX graphs as napari_vdir.core.backends.OrtVDIR, called as the tiling code calls a VDIR."""
 
     def __init__(self, name: str, threads: int):
         import openvino as ov
 
-        from napari_vdir.backends import onnx_graphs
-        from napari_vdir.weights import load_weights, shipped_models
+        from napari_vdir.core.backends import onnx_graphs
+        from napari_vdir.core.weights import load_weights, shipped_models
 
         net, _ = load_weights(shipped_models()[name])
         self.cfg = net.cfg
@@ -127,7 +127,7 @@ class OpenVinoVDIR:
     def __call__(self, y, *, sample=False, latent_shift=None, with_estimate=False, noise=None, between_blocks=None):
         import torch
 
-        from napari_vdir.nets import Forward
+        from napari_vdir.core.nets import Forward
 
         mu, logvar = self.encode(y)
         c = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise
@@ -171,7 +171,7 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    from napari_vdir.devices import cpu_supports_bf16
+    from napari_vdir.core.devices import cpu_supports_bf16
 
     cpu = "unknown"
     try:

@@ -68,7 +68,7 @@ def run_one(size: int, precision: str, tile_size: int | None, model: str, budget
     import torch
 
     from napari_vdir import restore
-    from napari_vdir.inference import PlaneRestorer, RestorationCancelled, cached_model
+    from napari_vdir.core.inference import PlaneRestorer, RestorationCancelled, cached_model
 
     image = test_image(size)
     # Warm-up: oneDNN builds its kernels per input shape on the first call. Up to 1024² the same
@@ -112,7 +112,7 @@ def accuracy(model: str) -> list[dict]:
     from skimage.metrics import peak_signal_noise_ratio as psnr
 
     from napari_vdir import restore
-    from napari_vdir.io import read_image
+    from napari_vdir.core.io import read_image
 
     rows = []
     for name in ACCURACY_IMAGES:
@@ -136,7 +136,7 @@ def accuracy(model: str) -> list[dict]:
 def machine() -> str:
     import torch
 
-    from napari_vdir.devices import cpu_supports_bf16
+    from napari_vdir.core.devices import cpu_supports_bf16
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -150,7 +150,7 @@ def machine() -> str:
 
 def describe_model(model: str) -> tuple[str, int]:
     """("width W, DxN blocks", tile margin in pixels) of a weights file."""
-    from napari_vdir.weights import read_info
+    from napari_vdir.core.weights import read_info
 
     arch = read_info(model).arch
     return f"width {arch.width}, {arch.rir_blocks}x{arch.res_blocks} blocks", arch.receptive_radius
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, in this subprocess
     args = parser.parse_args(argv)
     if args.model is None:
-        from napari_vdir.weights import resolve_model
+        from napari_vdir.core.weights import resolve_model
 
         args.model = str(resolve_model(None, "denoise", 3))
     if args.one:

@@ -24,7 +24,7 @@ from bench_inference import describe_model  # same folder: run as a script
 from skimage import data
 
 import napari_vdir
-from napari_vdir.weights import read_info, shipped_models
+from napari_vdir.core.weights import read_info, shipped_models
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models_speed.md"
 SIZE, SIGMA, RUNS = 512, 30.0, 3
@@ -68,7 +68,7 @@ def main() -> None:
     except ImportError:
         rows.append(("BM3D", float("nan")))
     try:
-        from napari_vdir.evaluate import FFDNetPeer
+        from evaluate import FFDNetPeer
 
         for label, image, channels in (("colour", noisy_rgb, 3), ("gray", noisy_gray, 1)):
             peer = FFDNetPeer(channels)

@@ -34,7 +34,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 import napari_vdir
-from napari_vdir.io import read_image
+from napari_vdir.core.io import read_image
 
 RESULTS = Path(__file__).resolve().parent / "results" / "w2s.md"
 BLUR_SIGMAS = (0.75, 1.0, 1.5, 2.0, 3.0)

@@ -23,7 +23,7 @@ than cores) or beside other work still get equal compute, and the learning rate 
         --threads 1 --time-budget MINUTES --budget-clock cpu --val-every N --quiet
 
 then reads each run's ``log.csv`` (the validation curve), scores its final weights on fixed test settings
-(CBSD68 sigma 30, Kodak24 sigma 50, Kodak24 clean in; the ``napari_vdir.evaluate`` protocol, first images
+(CBSD68 sigma 30, Kodak24 sigma 50, Kodak24 clean in; the ``benchmarks/evaluate.py`` protocol, first images
 only) and times ``napari_vdir.restore`` of a 512² RGB image at one thread on a random-init network of each
 candidate (speed does not depend on the weights) before any training starts, so the timing has the machine
 to itself.
@@ -167,7 +167,7 @@ def read_curve(log: Path) -> list[dict]:
 
 
 def arch_of(candidate: str):
-    from napari_vdir.nets import ArchConfig
+    from napari_vdir.core.nets import ArchConfig
     from napari_vdir.training.config import load_recipe
 
     r = load_recipe(recipe_path(candidate))
@@ -179,7 +179,7 @@ def describe(candidate: str) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_vdir.nets import VDIR
+    from napari_vdir.core.nets import VDIR
 
     cfg = arch_of(candidate)
     model = VDIR(cfg).eval()
@@ -200,8 +200,8 @@ def time_restore(candidate: str, probe: Probe, repeats: int = 5, large: int | No
     import torch
 
     from napari_vdir import restore
-    from napari_vdir.nets import VDIR
-    from napari_vdir.weights import ModelInfo, save_weights
+    from napari_vdir.core.nets import VDIR
+    from napari_vdir.core.weights import ModelInfo, save_weights
 
     cfg = arch_of(candidate)
     torch.manual_seed(0)
@@ -266,14 +266,14 @@ def score_validation(weights: Path, shared: Path, candidate: str) -> dict:
 
 
 def score_weights(weights: Path, shared: Path, probe: Probe, candidate: str) -> dict:
-    """Mean PSNR of restore() on the fixed test settings (napari_vdir.evaluate's images and noise); for SR,
+    """Mean PSNR of restore() on the fixed test settings (benchmarks/evaluate.py's images and noise); for SR,
     Y-PSNR on all of Val20 at ``val20_levels``' real-world settings; for the trunk probe, validation images only."""
     if probe.task == "sr":
         return score_sr(weights, shared, probe.scale)
     if probe is PROBES["trunk"]:
         return score_validation(weights, shared, candidate)
     from napari_vdir import restore
-    from napari_vdir.evaluate import Setting, degrade, load_images, score
+    from evaluate import Setting, degrade, load_images, score
 
     results = {}
     for dataset, level, count in TEST_SETTINGS:
@@ -398,7 +398,7 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
         keys = list(next(iter(scores.values())))
         lines += ["", "## Final weights on all of Val20" + (" (smoke run)" if smoke else ""), "",
                   "`napari_vdir.restore` (blind, precision auto) of the run's last weights on all of Val20 at the "
-                  "evaluation's real-world low-res settings, made as `napari_vdir.evaluate` makes them "
+                  "evaluation's real-world low-res settings, made as `benchmarks/evaluate.py` makes them "
                   "(`benchmarks/val20_levels.py --task sr`): Y-PSNR, scale pixels shaved. The validation set, "
                   "not a test set: this is where an architecture may be chosen.", "",
                   "| candidate | " + " | ".join(lv for _, lv, _ in keys) + " | mean |",
@@ -410,7 +410,7 @@ def write_report(path: Path, args, info: dict, speed: dict, curves: dict, scores
         keys = list(next(iter(scores.values())))
         lines += ["", "## Final weights on fixed test settings" + (" (smoke run)" if smoke else ""), "",
                   "`napari_vdir.restore` (blind, precision auto) of the run's last weights; the "
-                  "`napari_vdir.evaluate` images and noise (seed 1000 + i, not clipped), first images only; "
+                  "`benchmarks/evaluate.py` images and noise (seed 1000 + i, not clipped), first images only; "
                   "`clean` = PSNR of restore(clean image) vs the clean image.", "",
                   "| candidate | " + " | ".join(f"{d} {'clean' if lv == 'clean' else f'σ{lv}'} (first {n})"
                                                  for d, lv, n in keys) + " |",

@@ -2,7 +2,7 @@
 
     python benchmarks/probe_ort_spinning.py --out benchmarks/results/ort_spinning.md
 
-``OrtVDIR`` (napari_vdir.backends) runs two sessions, the encoder and the restorer, one after the other for
+``OrtVDIR`` (napari_vdir.core.backends) runs two sessions, the encoder and the restorer, one after the other for
 every tile; each has its own intra-op thread pool, and by default a pool's threads spin for a while after a run.
 This times encoder + restorer on one 512² RGB image (2 intra-op threads) with spinning on and off per session,
 in one process, in alternation; min and median of the timed runs, s/MP of wall time.
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from napari_vdir.backends import onnx_graphs
-from napari_vdir.weights import load_weights, shipped_models
+from napari_vdir.core.backends import onnx_graphs
+from napari_vdir.core.weights import load_weights, shipped_models
 
 
 def session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:

@@ -19,22 +19,22 @@ grep -q '^\[tool.mutmut\]' pyproject.toml || cat >> pyproject.toml <<'EOF'
 
 [tool.mutmut]
 source_paths = ["src/"]
-only_mutate = ["src/napari_vdir/api.py", "src/napari_vdir/inference.py", "src/napari_vdir/weights.py", "src/napari_vdir/cli.py", "src/napari_vdir/lazy.py"]
+only_mutate = ["src/napari_vdir/core/api.py", "src/napari_vdir/core/inference.py", "src/napari_vdir/core/weights.py", "src/napari_vdir/cli.py", "src/napari_vdir/core/lazy.py"]
 also_copy = ["models/", "README.md", "benchmarks/", "training/", "examples/"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xvfb", "-o", "addopts=", "-q", "-m", "not slow and not gui"]
-pytest_add_cli_args_test_selection = ["tests/test_behaviour.py", "tests/test_cli_values.py", "tests/test_api.py", "tests/test_weights.py", "tests/test_cli.py", "tests/test_dask.py", "tests/test_shipped_models.py", "-k", "not paper_size and not distributed and not readme and not python_dash_m"]
+pytest_add_cli_args_test_selection = ["tests/core/test_restore_values.py", "tests/cli/test_cli_values.py", "tests/core/test_restore.py", "tests/core/test_weights_format.py", "tests/cli/test_cli.py", "tests/core/test_restore_dask.py", "tests/core/test_shipped_models.py", "-k", "not paper_size and not distributed and not readme and not python_dash_m"]
 timeout_multiplier = 3.0
 EOF
 run() {
   echo "=== $(date +%T) $*"
   OMP_NUM_THREADS=1 PYTHONPATH=src timeout -s INT -k 20 "$CAP" "$PYTHON" -m mutmut run --max-children "$CHILDREN" "$@" >/dev/null 2>&1 || true
 }
-run "napari_vdir.inference.xǁPlaneRestorerǁrestore_plane*" "napari_vdir.inference.x_tile_margin*" \
-    "napari_vdir.inference.x__forward*" "napari_vdir.inference.x__inverse*" "napari_vdir.inference.x_plan_tiles*"
-run "napari_vdir.api.xǁIntensityǁ*" "napari_vdir.api.xǁLayoutǁ*" "napari_vdir.api.x_check_image*" \
-    "napari_vdir.api.x__steer_degradation*" "napari_vdir.api.x_resolve_range*"
-run "napari_vdir.weights.x_check_tensors*" "napari_vdir.weights.x_load_weights*" "napari_vdir.weights.xǁModelInfoǁfrom_metadata*"
+run "napari_vdir.core.inference.xǁPlaneRestorerǁrestore_plane*" "napari_vdir.core.inference.x_tile_margin*" \
+    "napari_vdir.core.inference.x__forward*" "napari_vdir.core.inference.x__inverse*" "napari_vdir.core.inference.x_plan_tiles*"
+run "napari_vdir.core.api.xǁIntensityǁ*" "napari_vdir.core.api.xǁLayoutǁ*" "napari_vdir.core.api.x_check_image*" \
+    "napari_vdir.core.api.x__steer_degradation*" "napari_vdir.core.api.x_resolve_range*"
+run "napari_vdir.core.weights.x_check_tensors*" "napari_vdir.core.weights.x_load_weights*" "napari_vdir.core.weights.xǁModelInfoǁfrom_metadata*"
 run "napari_vdir.cli.x_plan_outputs*" "napari_vdir.cli.x_cmd_restore*"
-run "napari_vdir.lazy.x_spatial_chunks*" "napari_vdir.lazy.x_restore_dask*"
+run "napari_vdir.core.lazy.x_spatial_chunks*" "napari_vdir.core.lazy.x_restore_dask*"
 echo "=== results (killed mutants are not listed; 'not checked' = not reached within the caps)"
 "$PYTHON" -m mutmut results --all true 2>/dev/null | awk -F': ' '/napari_vdir/ {split($1, a, "."); n[a[2] " " $NF]++} END {for (k in n) print n[k], k}' | sort -k2

@@ -12,7 +12,7 @@ images at fixed levels instead — AWGN σ 15, 30, 50 (seed 3000 + image index, 
 AWGN rows) or JPEG quality 10, 30, 90, 95 (Pillow, 4:2:0 for colour, like the evaluation's JPEG rows), and clean in —
 with ``napari_vdir.restore`` (blind, default precision); ``--channels 1`` scores gray models on Val20's luma.
 ``--task sr`` scores SR models (issue 14) on the evaluation's real-world low-res settings (MATLAB bicubic, area,
-Pillow bicubic) and the pixel-centred Gaussian one, made from Val20 as ``napari_vdir.evaluate`` makes them from the
+Pillow bicubic) and the pixel-centred Gaussian one, made from Val20 as ``benchmarks/evaluate.py`` makes them from the
 test sets, Y-PSNR with ``scale`` pixels shaved; ``input`` is then the bicubic upscale. ``--levels`` scores other
 levels instead (for SR any of the evaluation's settings, e.g. ``g2.0``: the paper's protocol, for the ``-paper``
 models).
@@ -37,7 +37,7 @@ LABEL = {"denoise": "σ{}", "jpeg": "q{}", "sr": "{}"}
 
 def degrade(clean: np.ndarray, task: str, level: int, i: int) -> np.ndarray:
     """Val20 image ``i`` at one fixed level: AWGN of σ ``level`` / 255 or a JPEG of quality ``level``."""
-    from napari_vdir.degradations import jpeg_roundtrip
+    from napari_vdir.core.degradations import jpeg_roundtrip
 
     if task == "jpeg":
         return jpeg_roundtrip(clean[..., 0] if clean.shape[-1] == 1 else clean, level).reshape(clean.shape)
@@ -47,7 +47,7 @@ def degrade(clean: np.ndarray, task: str, level: int, i: int) -> np.ndarray:
 
 def sr_psnr(weights, images: list[np.ndarray], scale: int, level: str) -> float:
     """Mean Y-PSNR of an SR model (``input``: the bicubic upscale) on Val20 at one evaluation setting."""
-    from napari_vdir import evaluate
+    import evaluate
 
     setting = evaluate.Setting("Val20", f"x{scale}_{level}")
     method = "bicubic" if weights == "input" else "ours"
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     flags += f" --levels {args.levels}" if args.levels else ""
     flags += (" --val " + " ".join(args.val)) if args.val != p.get_default("val") else ""
     what = {"denoise": "AWGN seed 3000 + i, not clipped", "jpeg": "Pillow JPEG, 4:2:0 for colour",
-            "sr": f"x{args.scale} low-res made as napari_vdir.evaluate makes it, Y-PSNR, {args.scale} px shaved, "
+            "sr": f"x{args.scale} low-res made as benchmarks/evaluate.py makes it, Y-PSNR, {args.scale} px shaved, "
                   "`input` = bicubic upscale"}[args.task]
     degraded_levels = [lv for lv in levels if lv != "clean"]
     lines = [f"# Val20 PSNR per {args.task} level, {args.channels}-channel models (`benchmarks/val20_levels.py`)", "",

@@ -12,7 +12,7 @@ It writes, in ``docs/images/``:
 * ``dock_collapsed.png`` / ``dock_expanded.png``: the dock alone, its Advanced section closed and open;
 * ``context_menu.png``: the layer list's right-click menu with the VDIR actions;
 * ``finetune_dock.png``: the Fine-tune (VDIR) dock after a short run, with its loss plot (skipped
-  when ``napari_vdir._finetune_widget.FineTuneDock`` does not exist). The model it trains is saved to a
+  when ``napari_vdir.plugin._qt.finetune_dock.FineTuneDock`` does not exist). The model it trains is saved to a
   temporary folder, never the user's models folder.
 
 Viewer PNGs are palette-quantised to stay small.
@@ -84,7 +84,7 @@ def save_widget(qwidget, path: Path):
 def shoot(widget_name: str, sample: str, crop: int, stem: str):
     import napari
 
-    from napari_vdir import _sample_data
+    from napari_vdir.plugin import sample_data as _sample_data
 
     viewer = napari.Viewer(title=f"napari-vdir: {widget_name}")
     viewer.window.resize(*SIZE)
@@ -119,7 +119,9 @@ def shoot_dock_and_menu():
     import napari
     from qtpy.QtCore import QPoint
 
-    from napari_vdir import _commands, _sample_data
+    from napari_vdir.plugin import commands as _commands
+
+    from napari_vdir.plugin import sample_data as _sample_data
 
     viewer = napari.Viewer(title="napari-vdir: Restore (VDIR)")
     viewer.window.resize(*SIZE)
@@ -148,17 +150,17 @@ def shoot_dock_and_menu():
 
 
 def shoot_finetune(minutes: float = 0.5):
-    if importlib.util.find_spec("napari_vdir._finetune_widget") is None:
-        print("skipped finetune_dock.png: napari_vdir._finetune_widget is not there")
+    if importlib.util.find_spec("napari_vdir.plugin._qt.finetune_dock") is None:
+        print("skipped finetune_dock.png: napari_vdir.plugin._qt.finetune_dock is not there")
         return
-    from napari_vdir import _finetune_widget
+    from napari_vdir.plugin._qt import finetune_dock as _finetune_widget
 
     if not hasattr(_finetune_widget, "FineTuneDock"):
         print("skipped finetune_dock.png: no FineTuneDock class")
         return
     import napari
 
-    from napari_vdir import _sample_data
+    from napari_vdir.plugin import sample_data as _sample_data
 
     viewer = napari.Viewer(title="napari-vdir: Fine-tune (VDIR)")
     viewer.window.resize(*SIZE)

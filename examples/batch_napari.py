@@ -1,6 +1,6 @@
 """Restore every image layer of a (hidden) napari viewer with the plugin's own code, and save the results.
 
-This runs the same path as the Restore (VDIR) dock (``napari_vdir.layers.restore_layer`` + ``add_or_update``),
+This runs the same path as the Restore (VDIR) dock (``napari_vdir.plugin.layers.restore_layer`` + ``add_or_update``),
 so layer names, dtypes, scale and translate match what the dock produces. It needs a display for Qt; on a server run it under Xvfb, e.g.::
 
     xvfb-run -a python examples/batch_napari.py images/*.tif --task denoise --out restored/
@@ -49,7 +49,7 @@ def main(argv=None) -> list[Path]:
     import tifffile
     from napari.layers import Image
 
-    from napari_vdir.layers import add_or_update, restore_layer
+    from napari_vdir.plugin.layers import add_or_update, restore_layer
 
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

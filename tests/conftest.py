@@ -29,9 +29,9 @@ def datasets() -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> dict:
     """Randomly initialised, very small weights files for every task (fast tests of plumbing)."""
-    from napari_vdir.nets import VDIR, ArchConfig
-    from napari_vdir.tasks import ESTIMATES
-    from napari_vdir.weights import ModelInfo, save_weights
+    from napari_vdir.core.nets import VDIR, ArchConfig
+    from napari_vdir.core.tasks import ESTIMATES
+    from napari_vdir.core.weights import ModelInfo, save_weights
 
     out = tmp_path_factory.mktemp("weights")
     files = {}
@@ -69,8 +69,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def deep_rgb(tmp_path_factory):
     """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
-    from napari_vdir.nets import VDIR, ArchConfig
-    from napari_vdir.weights import ModelInfo, save_weights
+    from napari_vdir.core.nets import VDIR, ArchConfig
+    from napari_vdir.core.weights import ModelInfo, save_weights
 
     torch.manual_seed(0)
     cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)

@@ -3,7 +3,7 @@ worker on CUDA. Writes ``cuda_check.json`` and ``cuda_check.md`` into ``--out``.
 
     python training/cuda_check.py --out OUT [--size 128]
 
-Per model (``napari_vdir.weights.shipped_models()``), on a seeded synthetic test image degraded for its task:
+Per model (``napari_vdir.core.weights.shipped_models()``), on a seeded synthetic test image degraded for its task:
 
 * ``float32``: ``restore(device="cuda", precision="float32", backend="torch")`` with TF32 off, against
   ``restore(device="cpu", precision="float32", backend="torch")``: max |difference| <= 1e-3 (a quarter of an
@@ -89,24 +89,24 @@ def within(kind: str, metrics: dict) -> bool:
 def worker_function():
     """The function the dock's worker thread runs, and what it is called."""
     try:
-        from napari_vdir._widget import _run_job
+        from napari_vdir.plugin._qt.restore_dock import _run_job
 
-        return _run_job, "napari_vdir._widget._run_job"
+        return _run_job, "napari_vdir.plugin._qt.restore_dock._run_job"
     except Exception as err:  # noqa: BLE001 - no napari / Qt here: the core function the worker calls
-        from napari_vdir import layers as vl
+        from napari_vdir.plugin import layers as vl
 
         def run(kwargs):
             try:
                 return vl.restore_layer(**kwargs), None
             except Exception as exc:  # noqa: BLE001
                 return None, exc
-        return run, f"napari_vdir.layers.restore_layer (the dock's import failed: {type(err).__name__}: {err})"
+        return run, f"napari_vdir.plugin.layers.restore_layer (the dock's import failed: {type(err).__name__}: {err})"
 
 
 def run_worker(path: Path, info, image_u8: np.ndarray, device: str) -> tuple[object, float]:
     """The dock's job on a worker thread: a LayerSnapshot of a uint8 layer, the keyword arguments the dock's
     ``job()`` builds, progress and cancel as the dock passes them. Returns (LayerRestoration, seconds)."""
-    from napari_vdir import layers as vl
+    from napari_vdir.plugin import layers as vl
 
     fn, _ = worker_function()
     rgb = image_u8.ndim == 3
@@ -148,7 +148,7 @@ def check_model(name: str, path: Path, size: int, cuda: bool, worker_on_cpu: boo
     import torch
 
     from napari_vdir import restore
-    from napari_vdir.weights import read_info
+    from napari_vdir.core.weights import read_info
 
     info = read_info(path)
     s = info.scale if info.task == "sr" else 1
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="napari-vdir-check-cache-"))
     import torch
 
-    from napari_vdir.weights import shipped_models
+    from napari_vdir.core.weights import shipped_models
 
     cuda = torch.cuda.is_available() or args.rehearse
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -86,7 +86,7 @@ def recipe_files(patterns: list[str]) -> list[Path]:
 
 def same_network(values: dict, info) -> str | None:
     """None when the shipped model ``info`` has the recipe's task, channels, scale and arch; else the difference."""
-    from napari_vdir.nets import ArchConfig
+    from napari_vdir.core.nets import ArchConfig
 
     task, channels, scale = values.get("task"), values.get("channels", 3), values.get("scale") or 1
     if (info.task, info.channels, info.scale) != (task, channels, scale):
@@ -103,7 +103,7 @@ def same_network(values: dict, info) -> str | None:
 
 def prepare_recipe(src: Path, dest_dir: Path, args, root: Path | None) -> dict:
     """Write the GPU version of one recipe; returns what the summary says of it (``skip`` when it cannot run)."""
-    from napari_vdir.weights import WeightsError, read_info
+    from napari_vdir.core.weights import WeightsError, read_info
 
     values = yaml.safe_load(src.read_text()) or {}
     stem = src.stem

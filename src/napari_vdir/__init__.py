@@ -9,22 +9,26 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["restore", "Restoration", "RestorationCancelled", "WeightsError", "list_models"]
 
+from napari_vdir import _moved
+
+_moved.install()  # module names of earlier releases (napari_vdir.api, ...) still import
+
 
 def __getattr__(name):
     if name in ("restore", "Restoration"):
-        from . import api
+        from napari_vdir.core import api
 
         return getattr(api, name)
     if name == "RestorationCancelled":
-        from .inference import RestorationCancelled
+        from napari_vdir.core.inference import RestorationCancelled
 
         return RestorationCancelled
     if name == "WeightsError":
-        from .weights import WeightsError
+        from napari_vdir.core.weights import WeightsError
 
         return WeightsError
     if name == "list_models":
-        from .weights import list_models
+        from napari_vdir.core.weights import list_models
 
         return list_models
     raise AttributeError(f"module 'napari_vdir' has no attribute {name!r}")

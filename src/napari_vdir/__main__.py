@@ -1,5 +1,5 @@
 """``python -m napari_vdir`` runs the command line (see :mod:`napari_vdir.cli`)."""
 
-from .cli import main
+from napari_vdir.cli import main
 
 raise SystemExit(main())

@@ -16,9 +16,9 @@ import time
 import warnings
 from pathlib import Path
 
-from . import __version__
-from .io import IMAGE_SUFFIXES, ImageFileError, list_images, read_image_file, write_image
-from .tasks import TASKS
+from napari_vdir import __version__
+from napari_vdir.core.io import IMAGE_SUFFIXES, ImageFileError, list_images, read_image_file, write_image
+from napari_vdir.core.tasks import TASKS
 
 PROG = "napari-vdir"
 
@@ -41,8 +41,8 @@ def _run(args) -> int:
         _error("interrupted")
         return 130
     except Exception as err:  # noqa: BLE001 — the CLI promises one line, not a traceback
-        from .inference import RestorationCancelled
-        from .weights import WeightsError
+        from napari_vdir.core.inference import RestorationCancelled
+        from napari_vdir.core.weights import WeightsError
 
         if not isinstance(err, (CliError, ImageFileError, WeightsError, RestorationCancelled, ValueError,
                                 TypeError, OSError)):
@@ -116,7 +116,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- restore
 
 def cmd_restore(args) -> int:
-    from .api import restore
+    from napari_vdir.core.api import restore
 
     check_options(args)
     suffix = f"_{args.task}" if args.suffix is None else args.suffix
@@ -170,7 +170,7 @@ def check_options(args) -> None:
 def check_model_device(args) -> None:
     if not DEVICE_NAMES.fullmatch(args.device):
         raise CliError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
-    from .weights import looks_like_path
+    from napari_vdir.core.weights import looks_like_path
 
     if args.model is not None and looks_like_path(args.model) and Path(args.model).is_file():
         check_not_checkpoint(Path(args.model))
@@ -308,7 +308,7 @@ def _shape(a) -> str:
 # ----------------------------------------------------------------------------- models
 
 def cmd_models(args) -> int:
-    from .weights import list_models, shipped_dirs
+    from napari_vdir.core.weights import list_models, shipped_dirs
 
     infos = list_models()
     if not infos:
@@ -324,7 +324,7 @@ def cmd_models(args) -> int:
 
 
 def _param_count(arch) -> int:
-    from .nets import VDIR
+    from napari_vdir.core.nets import VDIR
 
     return sum(p.numel() for p in VDIR(arch).parameters())
 
@@ -339,7 +339,7 @@ def _quality(quality: dict) -> str:
 # ----------------------------------------------------------------------------- export
 
 def cmd_export(args) -> int:
-    from .export import export_model
+    from napari_vdir.export.package import export_model
 
     out = export_model(args.model, args.fmt, args.output, overwrite=args.overwrite)
     print(f"{args.model} -> {out} ({args.fmt})")
@@ -356,7 +356,7 @@ def demo_images(size: int = 256, sigma: float = 25.0, seed: int = 0):
     ``sigma`` (0-255 scale) from a fixed seed, clipped and quantised like a saved photo."""
     from skimage import data
 
-    from ._sample_data import noisy_u8
+    from napari_vdir.plugin.sample_data import noisy_u8
 
     if not 16 <= size <= 512:
         raise CliError(f"--size must be between 16 and 512, got {size}")
@@ -369,7 +369,7 @@ def demo_images(size: int = 256, sigma: float = 25.0, seed: int = 0):
 def cmd_demo(args) -> int:
     from skimage.metrics import peak_signal_noise_ratio as psnr
 
-    from .api import restore
+    from napari_vdir.core.api import restore
 
     check_model_device(args)
     clean, noisy = demo_images(args.size, args.sigma, args.seed)

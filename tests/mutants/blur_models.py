@@ -2,7 +2,7 @@
 
 As a pytest plugin (what the runner below does for every shipped model)::
 
-    VDIR_MUTANT=denoise-gray:blur1.0 PYTHONPATH=tests/mutants python -m pytest -p blur_models tests/test_shipped_models.py
+    VDIR_MUTANT=denoise-gray:blur1.0 PYTHONPATH=tests/mutants python -m pytest -p blur_models tests/core/test_shipped_models.py
 
 makes ``denoise-gray`` return a Gaussian blur (sigma 1.0, on the input pixel grid) of its input instead of the
 network's image; ``sr-x2-rgb:bicubic`` returns the bicubic upscaling of its input. Everything else of the
@@ -52,7 +52,7 @@ def replacement(kind: str, scale: int):
 def pytest_configure(config):
     """Wrap ``weights.load_weights`` so the named model comes back with its image output replaced."""
     target, _, kind = os.environ["VDIR_MUTANT"].partition(":")
-    from napari_vdir import weights
+    from napari_vdir.core import weights
 
     original = weights.load_weights
 
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--models"]:
         models, argv = argv[1].split(","), argv[2:]
     sys.path.insert(0, str(REPO / "src"))
-    from napari_vdir.weights import read_info, shipped_models
+    from napari_vdir.core.weights import read_info, shipped_models
 
     targets = argv or [str(REPO / "tests" / "test_shipped_models.py")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))

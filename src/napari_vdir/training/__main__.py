@@ -53,7 +53,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def _default(field: str) -> str:
-    from .config import Recipe
+    from napari_vdir.training.config import Recipe
 
     return f"(default: {Recipe.model_fields[field].default:g})"
 
@@ -118,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args):
-    from ..io import read_image
-    from .config import Recipe, load_recipe
-    from .data import array_layout, image_paths
+    from napari_vdir.core.io import read_image
+    from napari_vdir.training.config import Recipe, load_recipe
+    from napari_vdir.training.data import array_layout, image_paths
 
     overrides = {"task": args.task, "channels": args.channels, "scale": args.scale, "degradation": args.degradation,
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
@@ -156,7 +156,7 @@ def recipe_from_args(args):
 
 def with_critic(recipe, critic: bool | None):
     """--critic / --no-critic: the GAN term at its default weight, or off; None keeps the recipe's."""
-    from .config import LossWeights, Recipe
+    from napari_vdir.training.config import LossWeights, Recipe
 
     if critic is None or critic == (recipe.losses.gan > 0):
         return recipe
@@ -167,7 +167,7 @@ def with_critic(recipe, critic: bool | None):
 
 
 def _fail(err: Exception) -> int:
-    from .config import one_line
+    from napari_vdir.training.config import one_line
 
     print(f"error: {one_line(err)}", file=sys.stderr)
     return 2
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         check_earlier_run(out, recipe.name, args.resume, args.overwrite)
     except (ValueError, FileNotFoundError) as err:
         return _fail(err)
-    from .trainer import Trainer
+    from napari_vdir.training.trainer import Trainer
 
     try:
         trainer = Trainer(recipe, out, device=args.device, precision=args.precision, threads=args.threads)

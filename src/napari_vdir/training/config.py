@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from ..degradations import DEFAULT_RANGES
-from ..nets import ARCH_LIMITS, ArchConfig
-from ..tasks import ESTIMATES, check_task
+from napari_vdir.core.degradations import DEFAULT_RANGES
+from napari_vdir.core.nets import ARCH_LIMITS, ArchConfig
+from napari_vdir.core.tasks import ESTIMATES, check_task
 
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
 # sr: "sr-mix" is how low-resolution images are really made (binning, resizes, blurs; pixel-centred grid);

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import degradations as deg
-from ..io import IMAGE_SUFFIXES, list_images, read_image
-from .config import Recipe
+from napari_vdir.core import degradations as deg
+from napari_vdir.core.io import IMAGE_SUFFIXES, list_images, read_image
+from napari_vdir.training.config import Recipe
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -24,17 +24,17 @@ def to_unit(image: np.ndarray, intensity_range=None) -> np.ndarray:
     integers by ``api.Intensity``'s range of the whole file, floats as they are). ``intensity_range`` is
     ``restore``'s option of that name (e.g. a napari layer's contrast limits).
     """
-    from ..api import Intensity
+    from napari_vdir.core.api import Intensity
 
     return Intensity.of(image, intensity_range).forward(image)
 
 
 def check_training_image(image, intensity_range=None) -> None:
-    """Refuse what ``restore`` refuses (:func:`napari_vdir.api.check_image`: NaN/inf, bool, negative signed
+    """Refuse what ``restore`` refuses (:func:`napari_vdir.core.api.check_image`: NaN/inf, bool, negative signed
     integers, ...), and floats far outside the [0, 1] intensity they are taken as when no ``intensity_range``
     maps them (``restore`` warns about those; a model trained on them learns the wrong scale or diverges).
     One-line ``TypeError``/``ValueError``, before any training."""
-    from ..api import check_image, float_span_off_scale
+    from napari_vdir.core.api import check_image, float_span_off_scale
 
     check_image(image)
     span = float_span_off_scale(image) if intensity_range is None else None
@@ -74,7 +74,7 @@ def array_layout(shape: tuple[int, ...], rgb: bool | None = None, channel_axis=N
     alpha). ``rgb`` False (napari's ``layer.rgb``): no colour; ``channel_axis`` None takes a last axis of 2 or 4
     as channels, as the Restore dock reads such a layer. Channels that are not colour are planes of their own.
     """
-    from ..api import Layout
+    from napari_vdir.core.api import Layout
 
     ndim = len(shape)
     if rgb:
@@ -117,7 +117,7 @@ def array_range(image, *, rgb: bool | None = None, channel_axis=None, intensity_
     a ``(C, 2)`` array with one row per channel for channels that are not colour (each its own range, as restore
     normalises channels one by one). Passed back as ``intensity_range``, it maps another array (a clean twin) the
     same way."""
-    from ..api import Intensity, Layout
+    from napari_vdir.core.api import Intensity, Layout
 
     image = np.asarray(image)
     data, has_axis, colour = _arranged(image, rgb, channel_axis)
@@ -142,7 +142,7 @@ def array_planes(image, channels: int | None, *, rgb: bool | None = None, channe
     (H, W, channels) in model intensity, by ``restore``'s mapping (:func:`array_range`). Channels are found as
     :func:`array_layout` finds them: RGB planes stay colour (alpha dropped); every other channel is a gray plane
     of its own, so an ``(H, W, 2)`` image gives two planes. ``channels`` None keeps 1 (gray) or 3 (RGB)."""
-    from ..api import Intensity, Layout
+    from napari_vdir.core.api import Intensity, Layout
 
     image = np.asarray(image)
     if image.ndim < 2:

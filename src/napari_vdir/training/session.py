@@ -4,7 +4,7 @@ One call, :func:`finetune`, trains a shipped or user model on arrays for some mi
 with the training package's own loop (:class:`~napari_vdir.training.trainer.Trainer`, its losses and its
 self-supervised methods, exactly as ``python -m napari_vdir.training``), reports each step to a callback,
 stops when a ``threading.Event`` is set, and saves the result in the user models folder
-(:mod:`napari_vdir.user_models`), where ``restore(model=NAME)`` and the plugin's model lists find it.
+(:mod:`napari_vdir.core.user_models`), where ``restore(model=NAME)`` and the plugin's model lists find it.
 
 - Noisy arrays alone: self-supervised (Neighbor2Neighbor by default, or blind-spot), as
   ``--self-supervised``; the validation metric is the self-supervised loss on held-out planes.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import user_models
-from .trainer import Trainer, TrainingCancelled
+from napari_vdir.core import user_models
+from napari_vdir.training.trainer import Trainer, TrainingCancelled
 
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
            "METHODS", "DEFAULT_MINUTES", "DEFAULT_STEPS"]
@@ -89,7 +89,7 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
     and can be written (it is created if missing). One-line ``ValueError``/``FileExistsError``/``OSError``."""
     import os
 
-    from ..weights import WEIGHTS_SUFFIX, shipped_models
+    from napari_vdir.core.weights import WEIGHTS_SUFFIX, shipped_models
 
     name = user_models.check_model_name(name)
     if name in shipped_models():
@@ -152,16 +152,16 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     cancel : ``threading.Event`` or callable; checked before every step, raises :class:`TrainingCancelled`
         and saves nothing.
     overwrite : replace an existing user model of that name. ``notify``: tell the
-        :func:`~napari_vdir.user_models.on_user_models_changed` subscribers once the model is saved.
+        :func:`~napari_vdir.core.user_models.on_user_models_changed` subscribers once the model is saved.
 
     Everything that can be checked is checked before training (the data as ``restore`` checks it, the
     destination by :func:`check_destination`). If saving still fails at the end (the folder turned
     read-only, another process took the name), :class:`ModelNotSaved` names where the model was kept.
     """
-    from ..weights import load_weights, read_info, resolve_model
-    from .__main__ import MINIMAL_DEFAULTS
-    from .config import Recipe, one_line
-    from .data import ArrayData, array_planes
+    from napari_vdir.core.weights import load_weights, read_info, resolve_model
+    from napari_vdir.training.__main__ import MINIMAL_DEFAULTS
+    from napari_vdir.training.config import Recipe, one_line
+    from napari_vdir.training.data import ArrayData, array_planes
 
     if minutes is not None and steps is not None:
         raise ValueError("give minutes (a training-time budget) or steps (a fixed number of steps), not both")
@@ -263,7 +263,7 @@ def _keep(out: Path, exported: Path, name: str, model, info) -> Path:
     user model would have been written; the training's last export if even that fails (a full disk)."""
     from dataclasses import replace
 
-    from ..weights import save_weights
+    from napari_vdir.core.weights import save_weights
 
     for leftover in ("checkpoint.pt", "checkpoint.tmp"):  # the optimiser state is not needed to use the model
         (out / leftover).unlink(missing_ok=True)
@@ -276,7 +276,7 @@ def _keep(out: Path, exported: Path, name: str, model, info) -> Path:
 def _check_arrays(noisy: list, clean: list | None, ranges: list, labels) -> None:
     """Each array checked as ``restore`` checks it (:func:`~napari_vdir.training.data.check_training_image`);
     the message names the array when there are several."""
-    from .data import check_training_image
+    from napari_vdir.training.data import check_training_image
 
     several = len(noisy) > 1 or clean is not None
     for kind, arrays in (("noisy", noisy), ("clean", clean or [])):
@@ -303,7 +303,7 @@ def _ranges_for(arrays: list, intensity_range, rgb: bool | None, channel_axis=No
     """One explicit range (``(low, high)``, a ``(C, 2)`` array for channels, or None: floats as they are) per
     noisy array: ``intensity_range`` (one for all, or a list with one per array) resolved as ``restore``
     resolves it for that array (:func:`~napari_vdir.training.data.array_range`)."""
-    from .data import array_range
+    from napari_vdir.training.data import array_range
 
     given = _per_array(intensity_range, len(arrays), "intensity ranges")
     axes = _per_array(channel_axis, len(arrays), "channel axes")
@@ -313,7 +313,7 @@ def _ranges_for(arrays: list, intensity_range, rgb: bool | None, channel_axis=No
 
 def _is_rgb(array, rgb: bool | None, channel_axis=None) -> bool:
     """As :func:`~napari_vdir.training.data.array_layout` decides."""
-    from .data import array_layout
+    from napari_vdir.training.data import array_layout
 
     return array_layout(tuple(np.shape(array)), rgb, channel_axis)[1]
 

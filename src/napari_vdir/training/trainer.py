@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..devices import autocast_context, select_device
-from ..nets import VDIR, ArchConfig, Decoder, Discriminator
-from ..weights import ModelInfo, load_weights, resolve_model, save_weights
-from . import losses, selfsupervised
-from .config import Recipe
-from .data import (
+from napari_vdir.core.devices import autocast_context, select_device
+from napari_vdir.core.nets import VDIR, ArchConfig, Decoder, Discriminator
+from napari_vdir.core.weights import ModelInfo, load_weights, resolve_model, save_weights
+from napari_vdir.training import losses, selfsupervised
+from napari_vdir.training.config import Recipe
+from napari_vdir.training.data import (
     ArrayData,
     Batch,
     FramePairSampler,
@@ -393,7 +393,7 @@ class Trainer:
         a fine-tune as affine-matched PSNR does (Spearman 0.91 / 0.53), but rates fine-tuned weights ~1 %
         better than their start at equal PSNR. Neighbor2Neighbor's own loss orders them backwards (-0.33 /
         -0.11): it scores the network on half-resolution sub-images, and fine-tuning a trained denoiser lowered
-        it while PSNR to the clean image fell by 2-3 dB (tests/test_training_keep_best.py)."""
+        it while PSNR to the clean image fell by 2-3 dB (tests/training/test_keep_best.py)."""
         if getattr(self, "held_out", None) is None:
             return None
         self.model.eval()
@@ -490,8 +490,8 @@ class Trainer:
                 self.export()  # the weights of a killed run can be ahead of its checkpoint
 
     def _read_checkpoint(self, path: Path) -> dict:
-        from ..io import IMAGE_SUFFIXES
-        from ..weights import WEIGHTS_SUFFIX
+        from napari_vdir.core.io import IMAGE_SUFFIXES
+        from napari_vdir.core.weights import WEIGHTS_SUFFIX
 
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -529,7 +529,7 @@ class Trainer:
 
     def _truncate_log(self) -> None:
         """Drop log rows after the checkpoint's step (written atomically)."""
-        from ..io import write_atomically
+        from napari_vdir.core.io import write_atomically
 
         log = self.out / "log.csv"
         if not log.is_file():

@@ -1,0 +1,599 @@
+"""Restore a napari image layer and build the output layers, without any Qt.
+
+The dock widgets (``_widget.py``) and headless scripts (``examples/batch_napari.py``) both go
+through :func:`restore_layer` and :func:`add_or_update`, so what a script gets is exactly what
+the widgets show.
+
+Geometry (napari puts the centre of data pixel ``i`` at world ``i * scale + translate``):
+
+* Super-resolution follows the project's pixel-centred grid (``degradations.PIXEL_GRID``): high-res
+  pixel ``j`` has its centre at low-res coordinate ``(j + 0.5) / s - 0.5``
+  (``degradations.hr_centre``), so the s x s high-res pixels of low-res pixel ``i`` tile exactly the
+  area it covers. The output divides the spatial scale by ``s`` and moves the translate by
+  ``-(s - 1) / (2 s)`` input pixels (:func:`sr_geometry`): the output's outer edges meet the input's.
+  Models trained on the paper's direct decimation (recipe degradation ``blur``, the corner grid) draw
+  low-res pixel ``i`` as high-res pixel ``s * i``; their output keeps the input's translate.
+* Latent c: cell ``i`` of the 1/4-resolution latent summarises input pixels ``4i .. 4i+3``, whose
+  centre is ``4i + 1.5``. Scale ``4 * scale`` and translate ``translate + 1.5 * scale`` put the cell
+  centre there. Its 4 channels become the *first* axis of the layer, so the leading (Z/T) axes stay
+  right-aligned with the input's in the viewer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CHANNEL_LABELS = ("c", "ch", "channel", "channels")
+
+
+def output_name(layer_name: str, task: str, plane: tuple[int, ...] | None = None) -> str:
+    """``"<name> [task]"``; a single plane of a stack adds ``" (plane 5)"`` so it never replaces the
+    whole-stack result (nor another plane's)."""
+    name = f"{layer_name} [{task}]"
+    if plane:
+        name += f" (plane {', '.join(str(int(i)) for i in plane)})"
+    return name
+
+
+def latent_name(layer_name: str, task: str, plane: tuple[int, ...] | None = None) -> str:
+    return f"{output_name(layer_name, task, plane)} latent c"
+
+
+def uncertainty_name(layer_name: str, task: str, plane: tuple[int, ...] | None = None) -> str:
+    return f"{output_name(layer_name, task, plane)} uncertainty"
+
+
+@dataclass(frozen=True)
+class LayerSnapshot:
+    """Everything a restoration needs from an image layer, read on the main thread.
+
+    The worker thread only ever sees this: it never touches the napari layer (nor any Qt object).
+    ``data`` is the layer's own full-resolution array (level 0 of a multiscale layer; not copied:
+    numpy, dask, zarr or any array-like); ``overview`` the smallest level of a multiscale layer.
+    """
+
+    name: str
+    data: Any
+    rgb: bool
+    scale: tuple
+    translate: tuple
+    rotate: np.ndarray
+    shear: np.ndarray
+    affine: np.ndarray
+    units: tuple
+    axis_labels: tuple
+    contrast_limits: tuple
+    gamma: float = 1.0
+    colormap: Any = "gray"
+    blending: str = "translucent"
+    opacity: float = 1.0
+    overview: Any = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.data.shape)
+
+    @property
+    def lazy(self) -> bool:
+        """Not a numpy array: dask, zarr, a multiscale level... read plane by plane, never whole."""
+        return not isinstance(self.data, np.ndarray)
+
+
+def snapshot(layer) -> LayerSnapshot:
+    """Read an image layer into a :class:`LayerSnapshot` (call on the main thread); checks the layer."""
+    if isinstance(layer, LayerSnapshot):  # the worker's input: no napari needed (restore_layer runs without it)
+        return layer
+    from napari.layers import Image
+
+    if not isinstance(layer, Image):
+        kind = type(layer).__name__ if layer is not None else "nothing"
+        raise TypeError(f"choose an image layer (got {kind})")
+    data = layer.data[0] if layer.multiscale else layer.data
+    overview = layer.data[-1] if layer.multiscale else None
+    if int(np.prod(data.shape)) == 0:
+        raise ValueError(f"layer {layer.name!r} is empty (shape {tuple(data.shape)})")
+    spatial_ndim = 3 if layer.rgb else 2
+    if len(data.shape) < spatial_ndim:
+        raise ValueError(f"layer {layer.name!r} has shape {tuple(data.shape)}; need at least 2 spatial axes")
+    return LayerSnapshot(
+        name=layer.name, data=data, rgb=bool(layer.rgb), scale=tuple(float(v) for v in layer.scale),
+        translate=tuple(float(v) for v in layer.translate), rotate=np.array(layer.rotate),
+        shear=np.array(layer.shear), affine=np.array(layer.affine.affine_matrix),
+        units=tuple(str(u) for u in layer.units), axis_labels=tuple(str(a) for a in layer.axis_labels),
+        contrast_limits=tuple(float(v) for v in layer.contrast_limits), gamma=float(layer.gamma),
+        colormap=layer.colormap, blending=str(layer.blending), opacity=float(layer.opacity), overview=overview)
+
+
+def layer_array(layer):
+    """The full-resolution data of an image layer, checked for what the widgets cannot handle."""
+    return snapshot(layer).data
+
+
+# ---------------------------------------------------------------------------- axes
+
+def check_channel_axis(snap: LayerSnapshot, channel_axis) -> int | None:
+    """A valid channel axis (non-negative) or None; RGB layers have their colour axis already."""
+    if channel_axis is None or snap.rgb:
+        return None
+    ndim = snap.ndim
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+        raise TypeError(f"channel axis must be None or an axis number, got {channel_axis!r}")
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(f"channel axis {channel_axis} is out of range for a {ndim}-D layer")
+    axis = int(channel_axis) % ndim
+    if ndim < 3 or not (axis == ndim - 1 or axis < ndim - 2):
+        raise ValueError(f"channel axis {axis} of a {ndim}-D layer: it must be the last axis or come before "
+                         "the two image axes")
+    return axis
+
+
+def guess_channel_axis(snap: LayerSnapshot) -> int | None:
+    """The axis labelled ``c``/``ch``/``channel`` (any case), else a last axis of length 2 or 4 (length 3 is
+    RGB, which napari's ``layer.rgb`` decides); None when there is no channel axis."""
+    if snap.rgb or snap.ndim < 3:
+        return None
+    for axis, label in enumerate(snap.axis_labels):
+        if str(label).strip().lower() in CHANNEL_LABELS:
+            try:
+                return check_channel_axis(snap, axis)
+            except ValueError:
+                return None
+    return snap.ndim - 1 if snap.data.shape[-1] in (2, 4) else None
+
+
+def spatial_axes(snap: LayerSnapshot, channel_axis: int | None) -> tuple[int, int]:
+    ndim = snap.ndim
+    return (ndim - 3, ndim - 2) if snap.rgb or channel_axis == ndim - 1 else (ndim - 2, ndim - 1)
+
+
+def plane_axes(snap: LayerSnapshot, channel_axis: int | None) -> tuple[int, ...]:
+    """The axes one browses (Z, T, ...): neither image axes nor the channel/colour axis."""
+    skip = set(spatial_axes(snap, channel_axis)) | {channel_axis}
+    if snap.rgb:
+        skip.add(snap.ndim - 1)
+    return tuple(a for a in range(snap.ndim) if a not in skip)
+
+
+def current_plane(layer, world_point, channel_axis: int | None = None) -> tuple[int, ...]:
+    """Indices, along the layer's plane axes (:func:`plane_axes`), of the viewer's current position."""
+    snap = snapshot(layer)
+    axes = plane_axes(snap, check_channel_axis(snap, channel_axis))
+    if not axes:
+        return ()
+    pos = np.asarray(layer.world_to_data(world_point), dtype=float)
+    return tuple(int(np.clip(round(pos[a]), 0, snap.data.shape[a] - 1)) for a in axes)
+
+
+def _plane_index(snap: LayerSnapshot, axes: tuple[int, ...], plane) -> tuple:
+    """Index that keeps every axis (size 1 on the plane axes)."""
+    index = [slice(None)] * snap.ndim
+    for axis, i in zip(axes, plane, strict=True):
+        if not 0 <= int(i) < snap.data.shape[axis]:
+            raise ValueError(f"plane index {i} is outside axis {axis} (length {snap.data.shape[axis]})")
+        index[axis] = slice(int(i), int(i) + 1)
+    return tuple(index)
+
+
+# ---------------------------------------------------------------------------- intensities
+
+# The shipped models were trained on [0, 1] intensities: a margin of RANGE_HEADROOM x the range on each
+# side keeps background and highlights off those edges, where the network is biased (a 200-count
+# background on a 200-30000 channel rose by ~50 % without it; with it the means hold, test_layers_intensity).
+RANGE_HEADROOM = 0.1
+# Values more than OUTLIER_CLIP x the range beyond the padded range (hot or dead pixels) are clipped to it
+# before restoring: one 65535 pixel in a 100-3000 image otherwise upsets the degradation estimate for the
+# whole image (error 13 -> 57 counts).
+OUTLIER_CLIP = 0.5
+
+def layer_intensity_range(snap: LayerSnapshot, channel_axis: int | None, sample=None):
+    """How the widget maps the layer's values to the model's [0, 1] (``restore(intensity_range=...)``).
+
+    * uint8 (gray, RGB or channels): the dtype's 0-255, as the core does.
+    * One channel: the layer's contrast limits, narrowed to the data's robust range (0.1-99.9th
+      percentiles) where they are wider — so a hot pixel, which stretches napari's automatic limits to
+      the data's min-max, cannot squeeze the signal, while limits the user narrowed are kept.
+      :func:`restore_layer` then pads it (:data:`RANGE_HEADROOM`) and clips far outliers (:data:`OUTLIER_CLIP`).
+    * Several channels in one layer (``channel_axis``): each channel its own robust range (the layer has
+      one pair of contrast limits for all of them). RGB of other dtypes: one joint robust range.
+
+    The robust range is read from the whole array for numpy layers, from the smallest level of a
+    multiscale layer, and otherwise (dask, zarr) from ``sample`` — the plane being restored or shown —
+    so lazy data is never read whole. Values outside the range are restored and mapped back exactly.
+    """
+    from napari_vdir.core.intensity import robust_range
+
+    dtype = np.dtype(snap.data.dtype)
+    if dtype == np.uint8:
+        return None
+    if sample is None:
+        sample = snap.overview if snap.overview is not None else snap.data
+    if snap.rgb:
+        colour = sample[..., :3] if sample.shape[-1] == 4 else sample
+        return robust_range(colour)
+    if channel_axis is not None:
+        return robust_range(sample, channel_axis=channel_axis)
+    low, high = robust_range(sample)
+    c_low, c_high = snap.contrast_limits
+    narrowed = (max(low, c_low), min(high, c_high))
+    if narrowed[1] > narrowed[0]:
+        return narrowed
+    return (c_low, c_high) if c_high > c_low else (low, high)
+
+
+def padded_range(rng, headroom: float = RANGE_HEADROOM):
+    """``(low, high)`` or ``(C, 2)`` widened by ``headroom`` x its span on each side (None stays None)."""
+    if rng is None:
+        return None
+    r = np.asarray(rng, dtype=np.float64)
+    span = r[..., 1] - r[..., 0]
+    out = np.stack([r[..., 0] - headroom * span, r[..., 1] + headroom * span], axis=-1)
+    return (float(out[0]), float(out[1])) if out.ndim == 1 else out
+
+
+def clip_outliers(data, rng, channel_axis: int | None, margin: float = OUTLIER_CLIP):
+    """``data`` with values more than ``margin`` x the span beyond ``rng`` clipped to those bounds (numpy
+    or dask, lazily); the same array when nothing lies that far out. ``channel_axis``: where the per-channel
+    ranges of a ``(C, 2)`` ``rng`` apply."""
+    r = np.asarray(rng, dtype=np.float64)
+    span = r[..., 1] - r[..., 0]
+    low, high = r[..., 0] - margin * span, r[..., 1] + margin * span
+    dtype = np.dtype(data.dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        low = np.clip(np.ceil(low), info.min, info.max)
+        high = np.clip(np.floor(high), info.min, info.max)
+    if r.ndim == 2:
+        shape = [1] * data.ndim
+        shape[channel_axis] = -1
+        low, high = low.reshape(shape), high.reshape(shape)
+    low, high = np.asarray(low).astype(dtype), np.asarray(high).astype(dtype)
+    if isinstance(data, np.ndarray):
+        if not ((data < low).any() or (data > high).any()):
+            return data
+        return np.clip(data, low, high)
+    return _dask().clip(data, low, high)
+
+
+def prepare_for_model(data, layer_range, rgb: bool, channel_axis: int | None, lazy: bool = False):
+    """``(data, range)`` as every path into the model prepares a layer (restoring or fine-tuning): the
+    layer's range (:func:`layer_intensity_range`) padded by :data:`RANGE_HEADROOM`, and ``data`` with far
+    outliers clipped to it (:func:`clip_outliers`; an RGBA layer's alpha is left as it is). ``lazy``: ``data``
+    is a dask array. A None range (uint8) leaves ``data`` unchanged."""
+    rng = padded_range(layer_range)
+    if rng is None:
+        return data, None
+    if rgb and data.shape[-1] == 4:
+        return _concat(data, clip_outliers(data[..., :3], rng, None), data[..., 3:], lazy), rng
+    return clip_outliers(data, rng, -1 if rgb else channel_axis), rng
+
+
+# ---------------------------------------------------------------------------- results
+
+@dataclass
+class LayerRestoration:
+    """Result of :func:`restore_layer`: layer-data tuples ready for :func:`add_or_update`."""
+
+    layers: list = field(default_factory=list)   # [(data, meta, "image"), ...]; output first
+    estimate: dict = field(default_factory=dict)
+    device: str = ""
+    model: str = ""
+    task: str = ""
+    # companion layers (latent c, uncertainty) of an earlier run that this run did not produce: they
+    # no longer describe the output and are removed from the viewer
+    stale: list = field(default_factory=list)
+    data_units: bool = True      # the estimate is also given in the layer's units (not uint8 / 255)
+    range_span: float | None = None  # width of the one intensity range the layer was mapped by (before margins)
+    lazy: bool = False           # the output is computed plane by plane when napari shows it
+    backend: str = ""
+
+    def summary(self) -> str:
+        if self.lazy:
+            return "restored lazily: each plane is computed when you view it (no estimate)"
+        return describe_estimate(self.task, self.estimate, self.data_units, self.range_span)
+
+
+def describe_estimate(task: str, estimate: dict, data_units: bool = False, range_span: float | None = None) -> str:
+    """One line for the dock, e.g. 'estimated noise σ ≈ 24.8 (of 255)' or, for data that is not 8-bit,
+    'estimated noise σ ≈ 41.3 in the layer's units (1.4 % of its intensity range)' (the percentage only
+    where one range, ``range_span`` wide, was used)."""
+    def value(key):
+        v = estimate.get(key)
+        if v is None:
+            return None
+        v = np.asarray(v, dtype=float)
+        return float(np.nanmean(v)) if v.size else None
+
+    planes = next((np.asarray(v).size for v in estimate.values() if np.ndim(v)), 1)
+    suffix = f" (mean of {planes} planes)" if planes > 1 else ""
+    if task == "denoise" and value("noise_sigma") is not None:
+        sigma = value("noise_sigma")
+        if data_units and value("noise_sigma_data_units") is not None:
+            text = f"estimated noise σ ≈ {value('noise_sigma_data_units'):.3g} in the layer's units"
+            if range_span:
+                text += f" ({100 * value('noise_sigma_data_units') / range_span:.1f} % of its intensity range)"
+            return text + suffix
+        return f"estimated noise σ ≈ {sigma:.1f} (of 255)" + suffix
+    if task == "sr" and value("blur_sigma_major") is not None:
+        return (f"estimated blur width σ ≈ {value('blur_sigma_major'):.2f} × {value('blur_sigma_minor'):.2f} "
+                f"HR pixels" + suffix)
+    if task == "jpeg" and value("jpeg_quality") is not None:
+        return f"estimated JPEG quality ≈ {value('jpeg_quality'):.0f}" + suffix
+    return "no degradation estimate for this model"
+
+
+def restore_layer(layer, task: str, *, scale: int | None = None, model=None, device="auto",
+                  plane: tuple[int, ...] | None = None, channel_axis="auto", intensity_range="layer",
+                  range_plane: tuple[int, ...] | None = None, tile_size: int | None = None,
+                  ensemble: bool = False, samples: int = 1, latent: bool = False, uncertainty: bool = False,
+                  strength: float = 1.0, progress=None, cancel=None) -> LayerRestoration:
+    """Restore an image layer (or its :class:`LayerSnapshot`) with :func:`napari_vdir.restore`.
+
+    ``plane``: indices along the plane axes (:func:`plane_axes`, e.g. from :func:`current_plane`) to restore
+    only that plane — it is the only part of the data that is read; None restores the whole stack. A plane
+    keeps its axes (size 1), translated to where it sits, so it overlays the input.
+    ``channel_axis``: "auto" (:func:`guess_channel_axis`), None or an axis; each channel is normalised on its
+    own. ``intensity_range``: "layer" (:func:`layer_intensity_range`) or anything ``restore`` accepts.
+    ``range_plane``: for lazy (dask/zarr) layers, the plane the robust range is read from in a whole-stack
+    run (default: the middle one), so that a plane run and a stack run from the same position agree.
+    Lazy layers restored whole give a lazy result (each plane computed when napari shows it; no latent,
+    uncertainty or estimate); numpy layers and single planes are computed here.
+    """
+    from napari_vdir.core.api import check_image, restore
+
+    snap = snapshot(layer)
+    if channel_axis == "auto":
+        channel_axis = guess_channel_axis(snap)
+    ch = check_channel_axis(snap, channel_axis)
+    rgb = snap.rgb
+    axes = plane_axes(snap, ch)
+    spatial = spatial_axes(snap, ch)
+    plane = tuple(int(i) for i in plane) if plane is not None and axes else None
+    if plane is not None and len(plane) != len(axes):
+        raise ValueError(f"plane {plane} needs one index per plane axis {axes}")
+
+    lazy_whole = snap.lazy and plane is None
+    if plane is not None:
+        sub = np.asarray(snap.data[_plane_index(snap, axes, plane)])  # reads this plane only
+    elif snap.lazy:
+        sub = _as_dask(snap.data, axes)
+    else:
+        sub = snap.data
+    range_span = None
+    if isinstance(sub, np.ndarray):
+        check_image(sub)  # NaN, negative signed values, ...: the core's one-line reasons, before any range
+    if isinstance(intensity_range, str) and intensity_range == "layer":
+        sample = None
+        if snap.lazy and snap.overview is None:
+            if plane is not None:
+                sample = sub
+            else:
+                where = range_plane if range_plane is not None else tuple(snap.data.shape[a] // 2 for a in axes)
+                sample = np.asarray(snap.data[_plane_index(snap, axes, where)])
+                check_image(sample)
+        unpadded = layer_intensity_range(snap, ch, sample)
+        if unpadded is not None and np.ndim(unpadded) == 1:
+            range_span = float(unpadded[1] - unpadded[0])
+        sub, intensity_range = prepare_for_model(sub, unpadded, rgb, ch, lazy=lazy_whole)
+
+    alpha = None
+    if rgb and sub.shape[-1] == 4:  # RGBA: restore the colour, carry alpha along
+        sub, alpha = sub[..., :3], sub[..., 3:]
+    # napari already decided whether the layer is RGB; never let restore() guess from a length-3 axis
+    core_axis = -1 if rgb else (ch if ch is not None else False)
+    options = dict(scale=scale, model=model, channel_axis=core_axis, device=device, tile_size=tile_size,
+                   ensemble=ensemble, samples=samples, strength=strength, intensity_range=intensity_range)
+    three_channels = ch is not None and sub.shape[ch] == 3  # the core would take them for RGB colours
+    if lazy_whole:
+        image = (_restore_channels_apart(sub, ch, task, options, lazy=True) if three_channels
+                 else restore(sub, task, **options))
+        res = None
+        info = _model_info(model, task, scale, 3 if rgb else 1)
+        s = info.scale
+    else:
+        run = dict(details=True, progress=progress, cancel=cancel, **options)
+        res = _restore_channels_apart(sub, ch, task, run) if three_channels else restore(sub, task, **run)
+        image, info, s = res.image, res.model, res.model.scale
+    if alpha is not None:
+        a = alpha
+        if s > 1:
+            a = np.repeat(np.repeat(alpha, s, axis=-3), s, axis=-2)
+        image = (np if not lazy_whole else _dask()).concatenate([image, a.astype(image.dtype)], axis=-1)
+
+    in_scale = np.asarray(snap.scale, dtype=float)
+    in_translate = np.asarray(snap.translate, dtype=float).copy()
+    if plane is not None:
+        for axis, i in zip(axes, plane, strict=True):
+            in_translate[axis] += i * in_scale[axis]
+    out_scale, out_translate = sr_geometry(in_scale, in_translate, s, _grid(info), axes=spatial)
+    common = {"units": snap.units, "axis_labels": snap.axis_labels, "rotate": snap.rotate, "shear": snap.shear,
+              "affine": snap.affine}
+    estimate = {} if res is None else res.estimate
+    device_used = res.device if res is not None else _device_text(device)
+    out_meta = {"name": output_name(snap.name, task, plane), "scale": tuple(out_scale),
+                "translate": tuple(out_translate), "rgb": rgb, "contrast_limits": snap.contrast_limits,
+                "gamma": snap.gamma, "blending": snap.blending, "opacity": snap.opacity,
+                "metadata": {"vdir": {"task": task, "model": info.name, "device": device_used,
+                                      "strength": strength, "plane": plane, "channel_axis": ch,
+                                      "intensity_range": _plain_value(intensity_range),
+                                      "estimate": _plain(estimate)}}, **common}
+    if not rgb:
+        out_meta["colormap"] = snap.colormap
+    if lazy_whole:
+        out_meta["multiscale"] = False
+    layers = [(image, out_meta, "image")]
+
+    if latent and res is not None:
+        layers.append(_latent_layer(snap, res.latent, ch, axes, spatial, in_scale, in_translate, task, plane))
+    if uncertainty and res is not None and res.uncertainty is not None:
+        unc = res.uncertainty.mean(axis=-1) if rgb else res.uncertainty
+        # an RGB layer's scale has no entry for the colour axis, so the mean over it fits the same geometry
+        layers.append((unc.astype(np.float32), {"name": uncertainty_name(snap.name, task, plane),
+                                                "scale": tuple(out_scale), "translate": tuple(out_translate),
+                                                "colormap": "inferno", "blending": "additive", **common},
+                       "image"))
+    produced = {meta["name"] for _, meta, _ in layers}
+    stale = [n for n in (latent_name(snap.name, task, plane), uncertainty_name(snap.name, task, plane))
+             if n not in produced]
+    return LayerRestoration(layers, estimate, device_used, info.name, task, stale,
+                            data_units=np.dtype(snap.data.dtype) != np.uint8, range_span=range_span, lazy=lazy_whole,
+                            backend="" if res is None else res.backend)
+
+
+def _restore_channels_apart(sub, ch: int, task: str, options: dict, lazy: bool = False):
+    """Restore 3 channels of a multichannel (not RGB) layer one by one with the gray model, each with its
+    own range; ``restore`` would send exactly 3 channels through the colour model together."""
+    from dataclasses import replace
+
+    from napari_vdir.core.api import restore
+
+    ranges = options.get("intensity_range")
+    parts = []
+    for c in range(3):
+        part = dict(options)
+        if ranges is not None and np.ndim(ranges) == 2:
+            part["intensity_range"] = tuple(float(v) for v in np.asarray(ranges)[c])
+        parts.append(restore(_take(sub, c, ch), task, **part))
+    if lazy:
+        return _dask().concatenate(parts, axis=ch)
+    first = parts[0]
+    lead_ndim = first.latent.ndim - 3  # each part's latent: (*plane axes, 4, h/4, w/4)
+    estimate = {k: np.mean([p.estimate[k] for p in parts], axis=0) for k in first.estimate}
+    return replace(first, image=np.concatenate([p.image for p in parts], axis=ch),
+                   latent=np.stack([p.latent for p in parts], axis=lead_ndim),
+                   estimate={k: (float(v) if np.ndim(v) == 0 else v) for k, v in estimate.items()},
+                   uncertainty=None if first.uncertainty is None else np.concatenate(
+                       [p.uncertainty for p in parts], axis=ch))
+
+
+def _take(a, index: int, axis: int):
+    """``a`` restricted to ``index`` along ``axis``, keeping the axis (numpy or dask)."""
+    key = [slice(None)] * a.ndim
+    key[axis] = slice(index, index + 1)
+    return a[tuple(key)]
+
+
+def _latent_layer(snap, lat, ch, axes, spatial, in_scale, in_translate, task, plane):
+    """The latent c as a layer: (4, *plane axes, [channels,] h/4, w/4), each cell centred on its 4 x 4 block."""
+    lat = np.moveaxis(lat, -3, 0)  # the core gives (*plane axes, [channels,] 4, h/4, w/4)
+    order = list(axes) + ([ch] if ch is not None else []) + list(spatial)
+    lat_scale = [1.0] + [1.0 if a == ch else float(in_scale[a]) for a in order]
+    lat_translate = [0.0] + [0.0 if a == ch else float(in_translate[a]) for a in order]
+    for k, a in enumerate(order):
+        if a in spatial:
+            lat_scale[k + 1] = 4 * in_scale[a]
+            lat_translate[k + 1] = in_translate[a] + 1.5 * in_scale[a]
+    return (lat, {"name": latent_name(snap.name, task, plane), "scale": tuple(lat_scale),
+                  "translate": tuple(lat_translate), "units": ("pixel", *(snap.units[a] for a in order)),
+                  "axis_labels": ("latent c", *(snap.axis_labels[a] for a in order)),
+                  "colormap": "magma", "opacity": 0.6, "blending": "translucent"}, "image")
+
+
+def _concat(_, colour, alpha, lazy):
+    return (_dask() if lazy else np).concatenate([colour, alpha], axis=-1)
+
+
+def _dask():
+    import dask.array as da
+
+    return da
+
+
+def _as_dask(data, axes):
+    """A dask view of lazy data with one chunk per plane (so napari computes only the plane it shows)."""
+    da = _dask()
+    x = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
+    return x.rechunk({a: 1 for a in axes}) if axes else x
+
+
+def _model_info(model, task, scale, channels):
+    from napari_vdir.core.tasks import check_task
+    from napari_vdir.core.weights import read_info, resolve_model
+
+    return read_info(resolve_model(model, task, channels, check_task(task, scale)))
+
+
+def _device_text(device) -> str:
+    from napari_vdir.core.devices import device_label, select_device
+
+    return device_label(select_device(device))
+
+
+def backend_label(device="auto") -> str:
+    """What ``restore(device=device, backend="auto", precision="auto")`` runs with, e.g. "onnxruntime fp32"
+    or "torch bf16" (from :func:`napari_vdir.core.backends.resolve_backend` and the device's fast dtype)."""
+    from napari_vdir.core.backends import resolve_backend
+    from napari_vdir.core.devices import fast_dtype, select_device
+
+    dev = select_device(device)
+    backend = resolve_backend("auto", dev, "auto")
+    if backend == "onnxruntime":
+        return "onnxruntime fp32"
+    dtype = fast_dtype(dev, "auto")
+    return f"torch {'fp32' if dtype is None else {'bfloat16': 'bf16', 'float16': 'fp16'}[str(dtype).split('.')[-1]]}"
+
+
+def sr_geometry(scale, translate, factor: int, grid: str = "centred", axes=(-2, -1)) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, translate) of a layer ``factor`` times finer on the two spatial ``axes`` (default the last two;
+    the two before a last channel/colour axis for multichannel data) that overlays the input on
+    the pixel-centred grid: its pixel ``j`` is drawn where the input's coordinate ``(j + 0.5) / s - 0.5``
+    is. ``grid="corner"`` is for the SR models trained on the paper's direct decimation (they draw low-res
+    pixel ``i`` as high-res pixel ``s * i``): pixel ``j`` at input coordinate ``j / s``, the input's translate.
+    The leading axes are unchanged; ``factor`` 1 changes nothing."""
+    from napari_vdir.core.degradations import sampling_origin
+
+    scale = np.asarray(scale, dtype=float).copy()
+    translate = np.asarray(translate, dtype=float).copy()
+    # high-res pixel 0 sits sampling_origin high-res pixels before low-res pixel 0's centre
+    axes = list(axes)
+    translate[axes] -= sampling_origin(factor, grid) / factor * scale[axes]
+    scale[axes] /= factor
+    return scale, translate
+
+
+def _grid(info) -> str:
+    from napari_vdir.core.degradations import model_grid
+
+    return model_grid(getattr(info, "task", ""), getattr(info, "recipe", None))
+
+
+def _plain(estimate: dict) -> dict:
+    return {k: _plain_value(v) for k, v in estimate.items()}
+
+
+def _plain_value(v):
+    return v.tolist() if isinstance(v, np.ndarray) else v
+
+
+def remove_stale(viewer, result: LayerRestoration) -> None:
+    for name in result.stale:
+        if name in viewer.layers:
+            viewer.layers.remove(viewer.layers[name])
+
+
+def add_or_update(viewer, layer_data: tuple):
+    """Add a layer-data tuple to the viewer, or update the layer of that name in place (rerun)."""
+    data, meta, kind = layer_data
+    name = meta["name"]
+    if name in viewer.layers:
+        old = viewer.layers[name]
+        from napari.layers import Image
+
+        same_kind = isinstance(old, Image) and kind == "image" and old.rgb == meta.get("rgb", False)
+        if same_kind and old.ndim == len(meta["scale"]):
+            old.data = data
+            for key in ("scale", "translate", "rotate", "shear", "units", "axis_labels", "metadata", "blending",
+                        "opacity", "gamma", "colormap"):
+                if key in meta:
+                    setattr(old, key, meta[key])
+            if "affine" in meta:
+                old.affine = meta["affine"]
+            if "contrast_limits" in meta:
+                old.contrast_limits = meta["contrast_limits"]
+            else:
+                old.reset_contrast_limits()
+            return old
+        viewer.layers.remove(old)
+    return viewer.add_image(data, **meta)

@@ -1,0 +1,260 @@
+"""The multi-scale trunk (issue 34): shapes at every size, the cost per pixel it was designed for, the weights
+format, the receptive radius and the 8-pixel grid the tiling relies on (tiled == whole, dask == whole), ONNX
+export, and training it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_vdir import restore
+from napari_vdir.core.inference import plan_tiles, tile_margin
+from napari_vdir.core.nets import ARCH_CHOICES, UNET_STRIDE, VDIR, ArchConfig, UNetRestorer
+from napari_vdir.core.weights import ModelInfo, load_weights, read_header, read_info, save_weights
+
+SMALL = dict(width=8, rir_blocks=1, res_blocks=1, encoder_width=8)
+PROBE_ARCH = dict(width=48, rir_blocks=4, res_blocks=2, encoder_width=64)  # training/stages/probe-unet-varied.yaml
+
+
+def unet_model(channels=3, seed=0, **kw) -> VDIR:
+    torch.manual_seed(seed)
+    return VDIR(ArchConfig(channels=channels, trunk="unet", **{**SMALL, **kw})).eval()
+
+
+def save(model: VDIR, path, task="denoise"):
+    return save_weights(path, model, ModelInfo(name=path.stem, task=task, arch=model.cfg), half=False)
+
+
+def macs_per_pixel(model: VDIR, side: int = 128) -> float:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, model.cfg.channels, side, side), with_estimate=True)
+    return counter.get_total_flops() / 2 / side**2
+
+
+# ----------------------------------------------------------------------------- the network
+
+def test_the_trunk_is_chosen_by_the_config_and_is_for_restoration_only():
+    assert "unet" in ARCH_CHOICES["trunk"]
+    model = unet_model()
+    assert isinstance(model.restorer, UNetRestorer)
+    # three levels: widths w, 2w, 4w; the 2x2 cells of [y, up(c)] in (4 x 7 channels), 4 x 3 out
+    assert model.restorer.head.weight.shape[:2] == (8, 28) and model.restorer.tail.weight.shape[0] == 12
+    assert model.restorer.middle[0].conv1.weight.shape[0] == 32
+    assert model.cfg.size_multiple == UNET_STRIDE == 8 and ArchConfig().size_multiple == 4
+    with pytest.raises(ValueError, match="scale 1"):
+        ArchConfig(scale=2, trunk="unet")
+
+
+def test_it_costs_less_per_pixel_than_the_shipped_trunk():
+    """The probe's configuration is within the issue's budget (<= 180 k multiply-adds per pixel, encoder and
+    EST included) and well under the shipped pixel-unshuffle trunk it is compared with."""
+    unet = macs_per_pixel(VDIR(ArchConfig(trunk="unet", **PROBE_ARCH)))
+    shipped = macs_per_pixel(VDIR(ArchConfig(trunk="unshuffle", width=64, rir_blocks=3, res_blocks=4)))
+    assert unet <= 180e3 and unet < 0.6 * shipped, (unet, shipped)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [(8, 8), (4, 12), (1, 1), (5, 7), (36, 52), (64, 17)])
+def test_every_size_comes_back_as_it_went_in(channels, size):
+    model = unet_model(channels)
+    y = torch.rand(2, channels, *size)
+    with torch.no_grad():
+        out = model(y, with_estimate=True)
+        assert out.image.shape == y.shape and out.image.dtype == torch.float32
+        assert torch.isfinite(out.image).all()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(y).image
+        assert fast.shape == y.shape and torch.isfinite(fast).all()
+
+
+def test_the_latent_steers_the_coarse_levels():
+    """c enters twice: with y, and added to the 1/4 level. Changing c only at the 1/4 injection (up(c) held
+    fixed) changes the result, so that path is wired in."""
+    model = unet_model(seed=3)
+    torch.nn.init.normal_(model.restorer.latent_in.weight, std=0.5)
+    y = torch.rand(1, 3, 32, 32)
+    c = torch.rand(1, 4, 8, 8)
+    with torch.no_grad():
+        a = model.restorer(y, c)
+        model.restorer.latent_in.weight.zero_()
+        model.restorer.latent_in.bias.zero_()
+        b = model.restorer(y, c)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_cancel_is_checked_between_the_blocks():
+    model = unet_model(rir_blocks=2, res_blocks=2)
+    calls = []
+    with torch.no_grad():
+        plain = model(torch.ones(1, 3, 16, 16)).image
+        checked = model(torch.ones(1, 3, 16, 16), between_blocks=lambda: calls.append(1)).image
+    assert len(calls) == 1 + 4 * 2 + 2  # after the encoder and after every block of every level
+    assert torch.equal(plain, checked)
+
+
+# ----------------------------------------------------------------------------- weights files
+
+def test_weights_round_trip_records_the_trunk(tmp_path):
+    model = unet_model()
+    path = save(model, tmp_path / "unet.safetensors")
+    assert json.loads(read_header(path)[0]["arch"])["trunk"] == "unet"
+    assert read_info(path).arch == model.cfg
+    loaded, _ = load_weights(path)
+    assert isinstance(loaded.restorer, UNetRestorer)
+    y = torch.rand(1, 3, 20, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(y).image, model(y).image, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- tiling
+
+def gradient_reach(model: VDIR, size: int) -> int:
+    """The farthest input pixel (Chebyshev distance) whose value reaches an output pixel near the centre,
+    over the positions of an 8 x 8 cell (the deepest grid)."""
+    far = 0
+    for d in range(0, UNET_STRIDE, 3):
+        y = torch.rand(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+        cy, cx = size // 2 + d, size // 2 + (d * 5) % UNET_STRIDE
+        model(y).image[0, :, cy, cx].sum().backward()
+        hit = (y.grad[0].abs().sum(0) != 0).nonzero()
+        far = max(far, int((hit - torch.tensor([cy, cx])).abs().max()))
+    return far
+
+
+@pytest.mark.parametrize("rir_blocks,res_blocks", [(1, 1), (2, 1)])
+def test_receptive_radius_covers_the_gradient_support(rir_blocks, res_blocks):
+    torch.manual_seed(0)
+    model = VDIR(ArchConfig(channels=1, width=3, rir_blocks=rir_blocks, res_blocks=res_blocks, encoder_width=3,
+                            estimate_dims=0, trunk="unet")).double().eval()
+    radius = model.cfg.receptive_radius
+    measured = gradient_reach(model, (2 * radius + 40) // 8 * 8)
+    assert measured <= radius <= measured + 16, (measured, radius)  # covers it, and not far beyond
+    assert tile_margin(model) >= radius and tile_margin(model) % UNET_STRIDE == 0
+
+
+def test_tiles_start_on_the_deepest_grid():
+    for tile in (16, 20, 100):
+        for top, left, _, _ in plan_tiles(200, 120, tile, 24, multiple=8):
+            assert top % 8 == 0 and left % 8 == 0
+    for top, left, _, _ in plan_tiles(2048, 2048, None, 160, multiple=8):
+        assert top % 8 == 0 and left % 8 == 0
+
+
+# images larger than a tile and both its margins (88 px for this network), so that inner tiles see only part
+# of the image and the windows of the later tiles start away from the image's origin
+@pytest.mark.parametrize("shape", [(328, 264, 3), (333, 277)])
+def test_tiled_restore_equals_one_pass(tmp_path, shape):
+    channels = 3 if len(shape) == 3 else 1
+    path = save(unet_model(channels, seed=2), tmp_path / "u.safetensors")
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
+    tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=60)
+    assert tiled.shape == image.shape
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6)
+
+
+def test_tiles_on_the_latent_grid_alone_would_not_match(tmp_path):
+    """The 8-pixel grid is what makes tiled == whole: tiles started on multiples of 4 only (the old rule)
+    give a different result, so the test above would catch a tiler that forgot the network's grid."""
+    import napari_vdir.core.inference as inference
+
+    path = save(unet_model(seed=2), tmp_path / "u.safetensors")
+    image = np.random.default_rng(0).random((328, 264, 3), dtype=np.float32)
+    whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
+    original = inference.plan_tiles
+    try:
+        inference.plan_tiles = lambda h, w, tile, margin, multiple=4: original(h, w, 60, margin, 4)  # cores of 60: origins 0, 60, 120, ...
+        off_grid = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch",
+                           tile_size=60)
+    finally:
+        inference.plan_tiles = original
+    assert np.abs(off_grid - whole).max() > 1e-4
+
+
+def test_dask_blocks_equal_one_pass(tmp_path):
+    da = pytest.importorskip("dask.array")
+    path = save(unet_model(seed=4), tmp_path / "u.safetensors")
+    image = np.random.default_rng(1).random((2, 404, 300), dtype=np.float32)
+    whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
+    lazy = restore(da.from_array(image, chunks=(1, 100, 100)), "denoise", model=path, device="cpu",
+                   precision="float32", backend="torch")
+    np.testing.assert_allclose(lazy.compute(), whole, rtol=0, atol=2e-6)
+
+
+# ----------------------------------------------------------------------------- export and training
+
+def test_onnx_runtime_computes_the_unet_forward(tmp_path):
+    pytest.importorskip("onnxruntime")
+    image = np.random.default_rng(1).random((52, 44, 3), dtype=np.float32)
+    path = save(unet_model(seed=5), tmp_path / "u.safetensors")
+    exact = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
+    ort = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="onnxruntime")
+    np.testing.assert_allclose(ort, exact, rtol=0, atol=1e-5)
+
+
+def test_a_recipe_trains_the_unet_trunk(tmp_path, image_folder):
+    from napari_vdir.training.config import Recipe
+    from napari_vdir.training.trainer import Trainer
+
+    recipe = Recipe.model_validate(dict(
+        name="u", task="denoise", data={"train": [str(image_folder)]}, steps=3, patch=32, batch=2,
+        arch={**{k: SMALL[k] for k in ("width", "rir_blocks", "res_blocks", "encoder_width")}, "trunk": "unet"},
+        losses={"gan": 0.0}, val_every=3, checkpoint_every=3))
+    with pytest.raises(ValueError, match="super-resolution uses 'full'"):
+        Recipe.model_validate({**recipe.model_dump(), "task": "sr", "scale": 2})
+    path = Trainer(recipe, tmp_path, device="cpu", precision="float32").fit()
+    info = read_info(path)
+    assert info.arch.trunk == "unet" and info.recipe["arch"]["trunk"] == "unet"
+
+
+def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path):
+    """The package declares sizes on the trunk's 8-pixel grid (minimum and step), so every size a consumer
+    may give is one the exported graphs compute right; every weight format (ONNX, TorchScript,
+    pytorch_state_dict built from nets.py's source with the arch kwargs) reproduces the test output."""
+    core = pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    import yaml
+
+    from napari_vdir.export.package import export_model
+
+    model = unet_model(seed=6)
+    out = export_model(save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unet"
+    for axis in rdf["inputs"][0]["axes"][2:]:
+        assert axis["size"] == {"min": 2 * tile_margin(model) + UNET_STRIDE, "step": UNET_STRIDE}
+        assert axis["size"]["min"] % UNET_STRIDE == 0
+    assert all(side % UNET_STRIDE == 0 for side in np.load(out / "test_input.npy").shape[-2:])
+    assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
+    summary = core.test_model(out)
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
+                                        if d.status != "passed"]
+    reproduced = {tuple(d.loc)[1] for d in summary.details
+                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
+    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
+
+
+def test_cli_onnx_export_of_the_unet_trunk_computes_the_torch_forward(tmp_path, capsys):
+    """``napari-vdir export --format onnx`` of a unet model: the graph equals torch's deterministic forward at
+    sizes on the 8-pixel grid (what restore pads every plane to), batch, height and width dynamic."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from napari_vdir.cli import main
+
+    model = unet_model(seed=7)
+    path, out = save(model, tmp_path / "u.safetensors"), tmp_path / "u.onnx"
+    assert main(["export", str(path), "--format", "onnx", "-o", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(7)
+    for shape in ((1, 3, 64, 64), (2, 3, 40, 96), (1, 3, 8, 16), (1, 3, 184, 120)):
+        x = rng.random(shape, dtype=np.float32)
+        got = session.run(None, {"input": x})[0]
+        with torch.no_grad():
+            expect = model(torch.from_numpy(x)).image.numpy()
+        assert got.shape == shape
+        np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)

@@ -1,0 +1,183 @@
+"""Self-supervised training: the noisy views are what each method says, and a short run learns to denoise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import napari_vdir
+from napari_vdir.training import selfsupervised
+from napari_vdir.training.__main__ import main as training_main
+from napari_vdir.training.config import Recipe
+
+GRAY = ["--channels", "1"]  # the minimal form trains its small network from scratch
+
+
+def blobs(rng: np.random.Generator, size: int = 64, count: int = 6) -> np.ndarray:
+    """A smooth 'cells' image in [0.05, 0.9]: Gaussian blobs of random size on a dim background."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    image = np.full((size, size), 0.05)
+    for _ in range(count):
+        cy, cx = rng.uniform(0, size, 2)
+        r = rng.uniform(3, 9)
+        image += rng.uniform(0.2, 0.6) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return np.clip(image, 0, 0.9)
+
+
+def poisson_gaussian(clean: np.ndarray, rng: np.random.Generator, photons: float = 12.0, read: float = 0.03):
+    return rng.poisson(clean * photons) / photons + rng.normal(0, read, clean.shape)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
+    return float(10 * np.log10(peak**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def test_neighbor_subsampling_takes_two_adjacent_pixels_of_each_cell():
+    h = w = 8
+    # every pixel holds its position in its 2x2 cell (0 tl, 1 tr, 2 bl, 3 br) plus 10x its cell number
+    yy, xx = np.mgrid[:h, :w]
+    code = torch.tensor((yy % 2) * 2 + (xx % 2) + 10 * ((yy // 2) * (w // 2) + xx // 2), dtype=torch.float32)
+    x = code[None, None].repeat(3, 2, 1, 1)
+    first, second = selfsupervised.neighbor_indices(x.shape, torch.Generator().manual_seed(0), x.device)
+    a, b = selfsupervised.subsample(x, first), selfsupervised.subsample(x, second)
+    assert a.shape == b.shape == (3, 2, h // 2, w // 2)
+    assert torch.equal(a // 10, b // 10)  # same cell
+    step = (a % 10 - b % 10).abs()
+    assert set(step.unique().tolist()) <= {1.0, 2.0}  # horizontal or vertical neighbour, never itself or diagonal
+    assert torch.equal(a[:, 0], a[:, 1])  # the same choice for every channel
+    assert set(first.unique().tolist()) == {0, 1, 2, 3}
+
+
+def test_blind_spot_replaces_only_masked_pixels_by_a_neighbour():
+    g = torch.Generator().manual_seed(1)
+    y = torch.rand(2, 1, 64, 64, generator=g)
+    views = selfsupervised.blind_spot_views(y, g)
+    masked = views.mask.bool()
+    assert 0.005 < masked.float().mean() < 0.05
+    assert torch.equal(views.inputs[~masked], y[~masked])
+    assert not torch.equal(views.inputs[masked], y[masked])  # random values: a copy of itself is impossible
+    assert torch.equal(views.target, y)
+
+
+def test_recipe_rejects_self_supervised_sr_and_odd_patches(tmp_path):
+    base = dict(name="t", task="denoise", channels=1, steps=1, data={"train": [str(tmp_path)]})
+    with pytest.raises(ValueError, match="needs clean images"):
+        Recipe.model_validate({**base, "task": "jpeg", "self_supervised": "neighbor2neighbor"})
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Recipe.model_validate({**base, "patch": 36, "self_supervised": "neighbor2neighbor"})
+    r = Recipe.model_validate({**base, "pairs_from": 0})
+    assert r.self_supervised == "noise2noise" and r.estimate_dims == 0
+
+
+def _stack(tmp_path, rng, frames_axis: bool):
+    """uint16 counts of blobs images with Poisson-Gaussian noise: (Z, Y, X) planes, or (T, Y, X) repeats of one field."""
+    clean = [blobs(rng) for _ in range(4)]
+    if frames_axis:  # two fields of view, six repeats each
+        clean = [clean[0]] * 6 + [clean[1]] * 6
+    noisy = np.stack([poisson_gaussian(c, rng) for c in clean])
+    scale = 4000.0
+    counts = np.clip(np.rint(noisy * scale + 100), 0, 65535).astype(np.uint16)
+    folder = tmp_path / "noisy"
+    folder.mkdir()
+    if frames_axis:
+        counts = counts.reshape(2, 6, *counts.shape[1:]).transpose(1, 0, 2, 3)  # (T, Z, Y, X)
+        clean = np.stack(clean).reshape(2, 6, *counts.shape[2:]).transpose(1, 0, 2, 3)
+    else:
+        clean = np.stack(clean)
+    tifffile.imwrite(folder / "stack.tif", counts, photometric="minisblack")
+    return folder, counts, clean * scale + 100
+
+
+@pytest.mark.parametrize("method", ["neighbor2neighbor", "pairs"])
+def test_short_self_supervised_run_denoises_a_poisson_gaussian_stack(tmp_path, method):
+    """Trained from scratch on the noisy uint16 stack alone, the model must beat both the noisy stack and the
+    untrained network by a margin an identity or a mis-normalised model cannot reach."""
+    rng = np.random.default_rng(3)
+    folder, noisy, clean = _stack(tmp_path, rng, frames_axis=method == "pairs")
+    flags = ["--self-supervised"] if method == "neighbor2neighbor" else ["--pairs-from", "0"]
+    out = tmp_path / "run"
+    code = training_main(["--task", "denoise", "--data", str(folder), *flags, *GRAY, "--steps", "100",
+                          "--patch", "32", "--batch", "8", "--lr", "2e-3", "--seed", "0", "--out", str(out),
+                          "--threads", "1", "--quiet"])
+    assert code == 0
+    weights = out / "denoise.safetensors"
+    info = napari_vdir.core.weights.read_info(weights)
+    assert info.recipe["self_supervised"] == ("neighbor2neighbor" if method == "neighbor2neighbor" else "noise2noise")
+    peak = float(clean.max() - clean.min())
+    restored = napari_vdir.restore(noisy, "denoise", model=weights, precision="float32")
+    assert restored.dtype == np.uint16 and restored.shape == noisy.shape
+    before, after = psnr(noisy, clean, peak), psnr(restored, clean, peak)
+    print(f"{method}: noisy {before:.2f} dB, restored {after:.2f} dB")
+    assert after > before + 4.0, (before, after)
+    rows = (out / "log.csv").read_text().splitlines()
+    assert rows[0].split(",")[-1] == "val_loss" and rows[-1].split(",")[-1] != ""  # held-out loss is logged
+
+
+def test_validation_pairs_are_the_real_noisy_twins_of_the_clean_images(tmp_path):
+    """--val with --val-degraded: validation crops are the given noisy files (different names, sorted order),
+    not the clean ones with synthetic noise."""
+    from napari_vdir.training.data import validation_set
+
+    rng = np.random.default_rng(5)
+    clean_dir, noisy_dir = tmp_path / "clean", tmp_path / "noisy"
+    clean_dir.mkdir(), noisy_dir.mkdir()
+    pairs = []
+    for k in range(2):
+        c = np.rint(blobs(rng, 64) * 255).astype(np.uint8)
+        n = np.clip(c + rng.normal(0, 20, c.shape), 0, 255).astype(np.uint8)
+        tifffile.imwrite(clean_dir / f"target_{k}.tif", c)
+        tifffile.imwrite(noisy_dir / f"input_{k}.tif", n)
+        pairs.append((c, n))
+    recipe = Recipe.model_validate(dict(name="t", task="denoise", channels=1, steps=1, self_supervised="blind-spot",
+                                        data={"train": [str(noisy_dir)], "val": str(clean_dir),
+                                              "val_degraded": str(noisy_dir), "val_crop": 32}))
+    val = validation_set(recipe, "cpu")
+    assert len(val) == 2
+    for batch, (c, n) in zip(val, pairs, strict=True):
+        assert torch.equal(batch.clean[0, 0], torch.from_numpy(c[16:48, 16:48] / np.float32(255)))
+        assert torch.equal(batch.degraded[0, 0], torch.from_numpy(n[16:48, 16:48] / np.float32(255)))
+
+
+def test_frame_pairs_are_two_different_frames_of_the_same_crop():
+    from napari_vdir.training.data import FramePairSampler
+
+    frames = np.arange(5)[:, None, None, None] * 1000 + np.arange(40 * 40).reshape(1, 40, 40, 1)
+    sampler = FramePairSampler([frames.astype(np.float32)], 16, "cpu")
+    a, b = sampler.sample(32, torch.Generator().manual_seed(0))
+    frame_a, frame_b = a // 1000, b // 1000
+    assert (frame_a != frame_b).all()  # never the same frame twice (its noise would be copied)
+    assert torch.equal(a % 1000, b % 1000)  # the same pixels of the field, same flip/rotation
+
+
+def test_readme_noisy_stack_commands_work(tmp_path, monkeypatch):
+    """The README's "No clean images?" commands, with fewer steps: example stack, fine-tune, restore."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_vdir.cli import main as cli_main
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "noisy_stack.py"
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([sys.executable, str(script), "my_noisy/", "--planes", "3", "--size", "64"], check=True)
+    assert training_main(["--task", "denoise", "--data", "my_noisy/", "--self-supervised", "--init", "denoise-gray",
+                          "--steps", "2", "--patch", "32", "--batch", "2", "--out", "runs/my-microscope",
+                          "--quiet"]) == 0
+    model = Path("runs/my-microscope/denoise.safetensors")
+    assert napari_vdir.core.weights.read_info(model).trained_steps > 2  # the shipped model's steps plus these two
+    assert cli_main(["restore", "my_noisy/stack.tif", "--task", "denoise", "--model", str(model),
+                     "-o", "restored/"]) == 0
+    (out,) = Path("restored").iterdir()
+    restored, noisy = tifffile.imread(out), tifffile.imread("my_noisy/stack.tif")
+    assert restored.shape == noisy.shape == (3, 64, 64) and restored.dtype == np.uint16
+    assert tifffile.imread("my_noisy_clean/stack.tif").shape == noisy.shape
+
+
+
+def test_a_single_stack_file_is_training_data(tmp_path):
+    from napari_vdir.training.data import image_paths
+
+    folder, _, _ = _stack(tmp_path, np.random.default_rng(0), frames_axis=False)
+    assert image_paths(str(folder / "stack.tif")) == [folder / "stack.tif"]
