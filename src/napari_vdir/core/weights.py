@@ -308,7 +308,7 @@ def _existing(path) -> Path:
 def shipped_dirs() -> list[Path]:
     """Installed package data first, then the source checkout's top-level ``models/``."""
     dirs = [Path(str(resources.files("napari_vdir") / "models")),
-            Path(__file__).resolve().parents[2] / "models"]
+            Path(__file__).resolve().parents[3] / "models"]
     return [d for d in dirs if d.is_dir()]
 
 
