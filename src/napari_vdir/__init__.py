@@ -6,10 +6,10 @@ package (and the napari plugin) stays cheap.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
 __all__ = ["restore", "Restoration", "RestorationCancelled", "WeightsError", "list_models"]
 
 from napari_vdir import _moved
+from napari_vdir._version import __version__ as __version__
 
 _moved.install()  # module names of earlier releases (napari_vdir.api, ...) still import
 

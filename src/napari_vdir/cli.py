@@ -356,7 +356,7 @@ def demo_images(size: int = 256, sigma: float = 25.0, seed: int = 0):
     ``sigma`` (0-255 scale) from a fixed seed, clipped and quantised like a saved photo."""
     from skimage import data
 
-    from napari_vdir.plugin.sample_data import noisy_u8
+    from napari_vdir.core.degradations import noisy_u8
 
     if not 16 <= size <= 512:
         raise CliError(f"--size must be between 16 and 512, got {size}")

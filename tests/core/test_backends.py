@@ -190,7 +190,7 @@ def test_cancel_stops_an_onnxruntime_pass_while_it_runs(tmp_path, rng):
 
 def test_graphs_are_exported_once_per_weights_file_into_the_user_cache(tiny_weights, user_cache, monkeypatch,
                                                                        tmp_path):
-    from napari_vdir.export import package as export
+    from napari_vdir.core import graphs as traced
 
     path = tiny_weights[("denoise", 1, 1)]
     from napari_vdir.core.weights import load_weights
@@ -203,8 +203,8 @@ def test_graphs_are_exported_once_per_weights_file_into_the_user_cache(tiny_weig
     manifest = __import__("json").loads((encoder.parent / backends.MANIFEST).read_text())
     assert manifest["weights_sha256"] == backends.weights_digest(path)
     assert manifest["graphs"]["encoder"] == backends._sha256(encoder.read_bytes())
-    writes, real = [], export.write_onnx
-    monkeypatch.setattr(export, "write_onnx", lambda *a, **k: writes.append(a) or real(*a, **k))
+    writes, real = [], traced.write_onnx
+    monkeypatch.setattr(traced, "write_onnx", lambda *a, **k: writes.append(a) or real(*a, **k))
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(path.read_bytes())  # same content, other name: same cache entry
     assert backends.onnx_graphs(copy, net) == (encoder, restorer) and writes == []
@@ -309,18 +309,18 @@ def test_a_damaged_or_foreign_cached_graph_is_rebuilt_never_used(tiny_weights, r
     for _ in range(2):  # the damaged entry is rebuilt once, then reused from the cache
         backends._ort_model.cache_clear()  # a new session (a later run)
         assert _same_as_torch(x, path).backend == "onnxruntime"
-    from napari_vdir.export import package as export
+    from napari_vdir.core import graphs as traced
 
-    writes, real = [], export.write_onnx
+    writes, real = [], traced.write_onnx
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(export, "write_onnx", lambda *a, **k: writes.append(a) or real(*a, **k))
+        mp.setattr(traced, "write_onnx", lambda *a, **k: writes.append(a) or real(*a, **k))
         backends._ort_model.cache_clear()
         _same_as_torch(x, path)
     assert writes == []  # the rebuilt entry verifies: nothing exported again
 
 
 def test_a_graph_that_cannot_be_rebuilt_falls_back_to_torch_under_auto(tiny_weights, rng, no_bf16, monkeypatch):
-    from napari_vdir.export import package as export
+    from napari_vdir.core import graphs as traced
 
     path = tiny_weights[("denoise", 1, 3)]
     x = rng.random((40, 48, 3)).astype(np.float32)
@@ -331,7 +331,7 @@ def test_a_graph_that_cannot_be_rebuilt_falls_back_to_torch_under_auto(tiny_weig
     def broken(*args, **kwargs):
         raise RuntimeError("the exporter broke\nsecond line")
 
-    monkeypatch.setattr(export, "write_onnx", broken)
+    monkeypatch.setattr(traced, "write_onnx", broken)
     with pytest.warns(RuntimeWarning, match="running torch"):
         assert _same_as_torch(x, path, backend="auto").backend == "torch"
     with pytest.raises(ValueError, match="the exporter broke") as err:

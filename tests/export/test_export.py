@@ -366,13 +366,13 @@ def test_partial_names_are_unique_across_threads_and_calls(tmp_path):
     import os
     import threading
 
-    from napari_vdir.core.io import host_tag
+    from napari_vdir.core.io import host_tag, partial_name
 
     out = tmp_path / "m.onnx"
     names = {}
 
     def name(key):
-        names[key] = (export._partial_name(out), threading.get_ident())
+        names[key] = (partial_name(out), threading.get_ident())
 
     threads = [threading.Thread(target=name, args=(i,)) for i in range(4)]
     for t in threads:
@@ -386,7 +386,7 @@ def test_partial_names_are_unique_across_threads_and_calls(tmp_path):
         assert partial.parent == tmp_path
         assert partial.name.startswith(f".m.onnx.partial-{host_tag()}-{os.getpid()}-{ident}-")
         assert export._LEFTOVER.fullmatch(partial.name)
-    assert export._partial_name(out, "files").name.startswith(".m.onnx.files-")
+    assert partial_name(out, "files").name.startswith(".m.onnx.files-")
 
 
 def test_threads_export_to_one_folder_at_once(tiny_weights, tmp_path, monkeypatch):
@@ -500,7 +500,7 @@ def test_an_export_killed_with_sigkill_is_cleaned_up_by_the_next_one(tiny_weight
     folder = tmp_path / "d"
     script = (
         "import sys, time\n"
-        "from napari_vdir import export\n"
+        "from napari_vdir.export import package as export\n"
         "def hang(net, info, staging):\n"
         "    (staging / 'model.onnx').write_bytes(bytes(1000))\n"
         "    print('staged', flush=True)\n"

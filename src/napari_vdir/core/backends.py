@@ -7,10 +7,10 @@ cancel, the x8 ensemble, Monte-Carlo samples and ``strength`` run unchanged. It 
 the encoder ``y -> (mu, logvar)`` and the restorer ``(y, c) -> (image, EST(c))``; c = mu + std * noise and
 the strength shift are computed between them exactly as ``VDIR.forward`` computes them.
 
-The graphs are exported once per weights file (keyed by the file's SHA-256) into the user cache folder,
-``$XDG_CACHE_HOME/napari-vdir`` when that is set, else platformdirs' user cache folder (``~/.cache/napari-vdir``,
-``%LOCALAPPDATA%\\napari-vdir\\Cache`` on Windows, ``~/Library/Caches/napari-vdir`` on macOS), never next to
-the package. The cache is never trusted blindly:
+The graphs are exported (:mod:`napari_vdir.core.graphs`) once per weights file (keyed by the file's SHA-256)
+into platformdirs' user cache folder (``$XDG_CACHE_HOME/napari-vdir`` where that is set on Linux and macOS,
+else ``~/.cache/napari-vdir``; ``~/Library/Caches/napari-vdir`` on macOS, ``%LOCALAPPDATA%\\napari-vdir\\Cache``
+on Windows), never next to the package. The cache is never trusted blindly:
 
 - Each entry holds ``manifest.json`` with the SHA-256 of the weights it was built from and of each graph;
   a graph is used only when both match (read once, checked, and handed to ONNX Runtime as bytes). A
@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_vdir.core import graphs as traced
 from napari_vdir.core.io import STALE_AGE_S as STALE_AGE_S  # a leftover this old is stale whatever its pid says
 from napari_vdir.core.io import host_tag as _host_tag
 from napari_vdir.core.io import sweep_stale
@@ -108,13 +109,10 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto")
 
 
 def cache_dir() -> Path:
-    """The user cache folder for napari-vdir (created on first use, not here)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    if xdg:  # honoured on every platform (platformdirs honours it on Linux, on macOS only in recent versions)
-        return Path(xdg) / "napari-vdir"
+    """The user cache folder for napari-vdir (created on first use, not here): platformdirs' user cache folder."""
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("napari-vdir", appauthor=False))
+    return platformdirs.user_cache_path("napari-vdir", appauthor=False)
 
 
 @lru_cache(maxsize=32)
@@ -148,10 +146,8 @@ def graphs(path: str | Path, net: VDIR, rebuild: bool = False) -> Graphs:
     """The verified (encoder, restorer) graphs of the weights file ``path`` (whose network is ``net``): read
     from the cache when its manifest matches the weights and the graphs, else built (``rebuild=True``:
     built whatever the cache holds) and stored in the cache where it can be written."""
-    from napari_vdir.export.package import ONNX_OPSET
-
     weights = weights_digest(path)
-    folder = cache_dir() / "onnx" / f"{weights[:32]}-g{GRAPH_VERSION}-opset{ONNX_OPSET}"
+    folder = cache_dir() / "onnx" / f"{weights[:32]}-g{GRAPH_VERSION}-opset{traced.ONNX_OPSET}"
     found = None if rebuild else _read_entry(folder, weights)
     if found and str(folder.parent) in _swept:
         return Graphs(*found, folder, built=False)
@@ -196,8 +192,6 @@ def _read_entry(folder: Path, weights: str) -> tuple[bytes, bytes] | None:
 def _build(net: VDIR, folder: Path, weights: str) -> Graphs:
     """Export the graphs into a private folder, store them in ``folder`` (manifest last) where the cache
     can be written, and return them; the private folder is always removed. Call with ``_BUILD_LOCK`` held."""
-    from napari_vdir.export import package as export
-
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=_build_prefix(), dir=folder.parent))
@@ -208,12 +202,12 @@ def _build(net: VDIR, folder: Path, weights: str) -> Graphs:
         work = Path(tempfile.mkdtemp(prefix=_build_prefix()))
     try:
         for name in GRAPHS:
-            export.write_onnx(net, work / f"{name}.onnx", name)
+            traced.write_onnx(net, work / f"{name}.onnx", name)
         blobs = tuple((work / f"{name}.onnx").read_bytes() for name in GRAPHS)
         stored = None
         if not note:
             manifest = {"format": MANIFEST_FORMAT, "weights_sha256": weights, "graph_version": GRAPH_VERSION,
-                        "opset": export.ONNX_OPSET, "torch": torch.__version__,
+                        "opset": traced.ONNX_OPSET, "torch": torch.__version__,
                         "graphs": {name: _sha256(blob) for name, blob in zip(GRAPHS, blobs)}}
             try:
                 _store(work, folder, manifest)

@@ -113,6 +113,16 @@ def add_gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, generator=None) -> 
     return x + noise * sigma / 255.0
 
 
+def noisy_u8(clean: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """uint8 ``clean`` (H x W or H x W x 3) plus Gaussian noise of std ``sigma`` (0-255) from ``seed``, clipped
+    and quantised like a saved photo (the sample data's, the CLI demo's and the export test input)."""
+    x = torch.from_numpy(clean.astype(np.float32) / 255.0)
+    x = (x.permute(2, 0, 1) if x.ndim == 3 else x[None])[None]
+    y = add_gaussian_noise(x, torch.tensor([float(sigma)]), torch.Generator().manual_seed(seed))
+    a = y[0].permute(1, 2, 0).numpy() if y.shape[1] == 3 else y[0, 0].numpy()
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
 def add_poisson_gaussian(x: torch.Tensor, photons: torch.Tensor, read_sigma: torch.Tensor,
                          generator=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Shot noise (``photons`` at intensity 1) plus Gaussian read noise (0-255 scale).

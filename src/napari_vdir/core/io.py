@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -10,6 +11,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,23 +146,41 @@ def write_image(path: str | Path, image: np.ndarray, layout: FileLayout | None =
 
 
 def write_atomically(path: str | Path, save) -> None:
-    """Call ``save(binary_file)`` on a new hidden file beside ``path``, then rename it to ``path``.
+    """Call ``save(binary_file)`` on a new hidden file beside ``path``, then rename it to ``path``
+    (:func:`written_then_renamed`), flushed to disk first.
 
     On any failure (a full disk, Ctrl-C) the temporary file is removed and ``path`` is untouched.
     The file is created with mode 0o666 minus the umask, like any new file (not tempfile's 0o600).
     """
+    with written_then_renamed(path) as partial, open(partial, "wb") as fh:
+        save(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def written_then_renamed(path: str | Path) -> Iterator[Path]:
+    """Write a file under a hidden name beside ``path`` (:func:`partial_name`), renamed to ``path`` once whole.
+
+    Yields the hidden name, already created (empty) with a new file's mode, 0o666 minus the umask; the
+    block writes the file there, by name. When the block completes the file keeps that mode (writers that
+    create files 0o600, such as safetensors, would keep the file from the user's group) and replaces
+    ``path``; whatever happens, nothing is left under the hidden name, so a full disk or a kill never
+    leaves a truncated file under the final name (a killed process leaves the hidden name, which
+    :func:`sweep_stale` can tell from a running writer's).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    fh = open(tmp, "xb")  # O_EXCL; mode 0o666 & ~umask
+    partial = partial_name(path)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with fh:
-            save(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        mode = os.fstat(fd).st_mode & 0o777
+        os.close(fd)
+        yield partial
+        if partial.stat().st_mode & 0o777 != mode:
+            os.chmod(partial, mode)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -176,6 +196,14 @@ def list_images(folder: str | Path) -> list[Path]:
 def host_tag() -> str:
     """This host's name as it appears in leftover names (no "-": the fields after it are split on it)."""
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def partial_name(path: str | Path, kind: str = "partial") -> Path:
+    """A hidden name beside ``path`` for what is written before it is renamed to ``path``:
+    ``.NAME.<kind>-<host>-<pid>-<thread>-<random>`` (:func:`owner_tag`), unique across threads, processes
+    and hosts sharing the folder, and telling :func:`sweep_stale` whose it is."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}-{owner_tag()}")
 
 
 def owner_tag() -> str:

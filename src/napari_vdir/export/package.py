@@ -10,8 +10,8 @@ and the size constraints.
 The exported graph is VDIR's deterministic forward (c = mu) returning the restored image only:
 input ``(N, C, H, W)`` float32 in the model's [0, 1] intensity, H and W multiples of the network's
 ``cfg.size_multiple`` (4; 8 for the multi-scale "unet" trunk); output
-``(N, C, H*s, W*s)``. The encoder/restorer graphs used by the ONNX Runtime backend
-(:mod:`napari_vdir.core.backends`) are written by :func:`write_onnx` too.
+``(N, C, H*s, W*s)``. The graphs are traced by :mod:`napari_vdir.core.graphs`, which also writes the
+encoder/restorer graphs of the ONNX Runtime backend (:mod:`napari_vdir.core.backends`).
 
 What the package reproduces of :func:`napari_vdir.restore` and what it cannot (spec 0.5 has no
 inverse of a data-dependent range mapping) is written in its documentation (:func:`package_readme`).
@@ -28,19 +28,17 @@ import inspect
 import os
 import re
 import shutil
-import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from napari_vdir.core.io import OWNER_PATTERN, owner_tag, sweep_stale
-from napari_vdir.core.nets import LATENT_CHANNELS, LATENT_STRIDE, VDIR, ArchConfig
+from napari_vdir.core.graphs import ONNX_OPSET, DeterministicVDIR, deterministic, write_onnx, write_torchscript
+from napari_vdir.core.io import OWNER_PATTERN, partial_name, sweep_stale
+from napari_vdir.core.nets import LATENT_STRIDE, VDIR
 from napari_vdir.core.weights import WEIGHTS_SUFFIX, ModelInfo, WeightsError, find_model, load_weights
 
 FORMATS = ("onnx", "bioimageio")
-ONNX_OPSET = 17
 LICENSE = "BSD-3-Clause"
 PAPER = ("Soh, J. W. & Cho, N. I. Variational Deep Image Restoration. "
          "IEEE Transactions on Image Processing 31, 4363-4376 (2022)")
@@ -58,54 +56,6 @@ class ExportError(ValueError):
     """The model or the output cannot be exported as asked (one-line message)."""
 
 
-class DeterministicVDIR(VDIR):
-    """VDIR's deterministic forward (c = mu) returning only the restored image.
-
-    Same parameters and state-dict keys as :class:`VDIR`, built from the architecture's keyword
-    arguments (this is the ``pytorch_state_dict`` architecture of the bioimage.io package).
-    Input ``(N, C, H, W)`` float32 in [0, 1] intensity with H, W multiples of ``size_multiple`` (4; 8 for
-    the "unet" trunk).
-    """
-
-    def __init__(self, **arch):
-        super().__init__(ArchConfig(**arch))
-
-    def forward(self, y):
-        return super().forward(y).image
-
-
-class EncoderGraph(torch.nn.Module):
-    """y -> (mu, logvar) of q(c|y), at 1/4 resolution."""
-
-    def __init__(self, net: VDIR):
-        super().__init__()
-        self.net = net
-
-    def forward(self, y):
-        return self.net.encoder(y)
-
-
-class RestorerGraph(torch.nn.Module):
-    """(y, c) -> restored image (and EST(c) where the model has an estimator)."""
-
-    def __init__(self, net: VDIR):
-        super().__init__()
-        self.net = net
-
-    def forward(self, y, c):
-        image = self.net.restorer(y, c)
-        if self.net.estimator is None:
-            return image
-        return image, self.net.estimator(c)
-
-
-def deterministic(net: VDIR) -> DeterministicVDIR:
-    """A float32, contiguous-layout :class:`DeterministicVDIR` copy of ``net`` on the CPU."""
-    out = DeterministicVDIR(**net.cfg.to_dict())
-    out.load_state_dict({k: v.detach().float().cpu() for k, v in net.state_dict().items()})
-    return out.eval()
-
-
 def model_file(model: str | Path) -> Path:
     """A shipped or user model name, or a weights file -> the weights file (as every command finds it:
     :func:`napari_vdir.core.weights.find_model`)."""
@@ -120,74 +70,6 @@ def load_model(model: str | Path) -> tuple[VDIR, ModelInfo, Path]:
     path = model_file(model)
     net, info = load_weights(path, "cpu")
     return net.float().eval(), info, path
-
-
-# ----------------------------------------------------------------------------- ONNX
-
-# torch.onnx.export and torch.jit.trace keep global tracing state (GLOBALS.in_onnx_export): one at a time.
-_TRACE_LOCK = threading.RLock()
-
-
-def write_onnx(net: VDIR, path: str | Path, graph: str = "forward") -> Path:
-    """Write one ONNX graph of ``net`` (float32, dynamic batch, height and width), atomically.
-
-    ``graph``: ``"forward"`` (y -> image, c = mu), ``"encoder"`` (y -> mu, logvar) or
-    ``"restorer"`` ((y, c) -> image[, estimate]). Uses torch's TorchScript-based exporter
-    (sub-second, no extra packages); the file is checked by nothing here — ONNX Runtime or
-    ``bioimageio test`` do that.
-    """
-    cfg = net.cfg
-    cpu = deterministic(net)
-    y = torch.rand(1, cfg.channels, 64, 64)
-    c = torch.zeros(1, LATENT_CHANNELS, 64 // LATENT_STRIDE, 64 // LATENT_STRIDE)
-    image_axes = {0: "batch", 2: "out_height", 3: "out_width"}
-    input_axes = {0: "batch", 2: "height", 3: "width"}
-    latent_axes = {0: "batch", 2: "height_4", 3: "width_4"}
-    if graph == "forward":
-        module, args = cpu, (y,)
-        names_in, names_out = ["input"], ["output"]
-        dynamic = {"input": input_axes, "output": image_axes}
-    elif graph == "encoder":
-        module, args = EncoderGraph(cpu), (y,)
-        names_in, names_out = ["input"], ["mu", "logvar"]
-        dynamic = {"input": input_axes, "mu": latent_axes, "logvar": latent_axes}
-    elif graph == "restorer":
-        module, args = RestorerGraph(cpu), (y, c)
-        names_in = ["input", "c"]
-        names_out = ["output"] + (["estimate"] if cpu.estimator is not None else [])
-        dynamic = {"input": input_axes, "c": latent_axes, "output": image_axes, "estimate": input_axes}
-        dynamic = {k: v for k, v in dynamic.items() if k in names_in + names_out}
-    else:
-        raise ValueError(f"graph must be 'forward', 'encoder' or 'restorer', got {graph!r}")
-    path = Path(path)
-    partial = _partial_name(path)
-    try:
-        with _TRACE_LOCK, warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(module.eval(), args, str(partial), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=names_in, output_names=names_out, dynamic_axes=dynamic,
-                              do_constant_folding=True)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
-def write_torchscript(net: VDIR, path: str | Path) -> Path:
-    """Trace the deterministic forward to TorchScript (dynamic H, W and batch), atomically."""
-    cpu = deterministic(net)
-    y = torch.rand(1, net.cfg.channels, 64, 64)
-    path = Path(path)
-    partial = _partial_name(path)
-    try:
-        with _TRACE_LOCK, warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notes
-            traced = torch.jit.trace(cpu, y, check_trace=False)
-            torch.jit.save(traced, str(partial))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
 
 
 def architecture_source() -> str:
@@ -227,7 +109,6 @@ def test_image(info: ModelInfo, side: int) -> np.ndarray:
     from skimage import data
 
     from napari_vdir.core import degradations as deg
-    from napari_vdir.plugin.sample_data import noisy_u8
 
     s, n = info.scale, side * info.scale
     clean = data.astronaut() if info.channels == 3 else data.camera()
@@ -243,7 +124,7 @@ def test_image(info: ModelInfo, side: int) -> np.ndarray:
     if info.task == "jpeg":
         dec = deg.jpeg_roundtrip(crop.astype(np.float32) / 255.0, 10)
         return np.clip(np.rint(dec * 255.0), 0, 255).astype(np.uint8).reshape(crop.shape)
-    return noisy_u8(crop, 25.0, seed=0)
+    return deg.noisy_u8(crop, 25.0, seed=0)
 
 
 def run_forward(net: VDIR, x_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +206,7 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
         from bioimageio.spec.model import v0_5 as bio
     except ImportError as err:
         raise ExportError("--format bioimageio needs bioimageio.spec: pip install 'napari-vdir[bioimageio]'") from err
-    from napari_vdir import __version__
+    from napari_vdir._version import __version__
     from napari_vdir.core.inference import tile_margin
 
     cfg, s = net.cfg, info.scale
@@ -427,9 +308,9 @@ def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: boo
         from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
     except ImportError as err:
         raise ExportError("--format bioimageio needs bioimageio.spec: pip install 'napari-vdir[bioimageio]'") from err
-    staging = _partial_name(out, "files")
+    staging = partial_name(out, "files")
     staging.mkdir(mode=0o700)
-    partial = _partial_name(out)
+    partial = partial_name(out)
     try:
         descr = build_description(net, info, staging)
         if out.suffix == ".zip":
@@ -550,13 +431,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _partial_name(path: Path, kind: str = "partial") -> Path:
-    """A hidden name beside ``path`` for what is written before it is renamed to ``path``:
-    ``.NAME.<kind>-<host>-<pid>-<thread>-<random>``, unique across threads, processes and hosts sharing the
-    folder, and telling :func:`sweep_leftovers` whose it is."""
-    return path.with_name(f".{path.name}.{kind}-{owner_tag()}")
-
-
 # leftovers of killed exports: this version's names (any OUT: they carry their writer), and the older
 # per-process names of the OUT being written (.OUT.partial-<pid>, .OUT.files-<mkdtemp's 8 characters>)
 _LEFTOVER = re.compile(rf"\..+\.(?:partial|files)-{OWNER_PATTERN}")
@@ -575,7 +449,7 @@ def sweep_leftovers(out: Path) -> list[Path]:
 def _replace(new: Path, target: Path) -> None:
     """Move ``new`` to ``target``; an existing folder is moved aside first and removed after."""
     if target.is_dir():
-        old = _partial_name(target, "old")
+        old = partial_name(target, "old")
         os.replace(target, old)
         try:
             os.replace(new, target)

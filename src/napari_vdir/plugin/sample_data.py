@@ -35,18 +35,10 @@ def noisy_photo(size: int | None = None) -> list[tuple]:
     """skimage astronaut with additive white Gaussian noise, σ = 25 (0-255), uint8 RGB."""
     from skimage import data
 
-    noisy = noisy_u8(_crop(data.astronaut(), size), 25.0)
+    from napari_vdir.core.degradations import noisy_u8
+
+    noisy = noisy_u8(_crop(data.astronaut(), size), 25.0, SEED)
     return [(noisy, {"name": "astronaut (noise σ=25)", "rgb": True}, "image")]
-
-
-def noisy_u8(clean: np.ndarray, sigma: float, seed: int = SEED) -> np.ndarray:
-    """uint8 ``clean`` plus Gaussian noise of std ``sigma`` (0-255) from ``seed``, clipped and
-    quantised like a saved photo (also the CLI demo's input)."""
-    import torch
-
-    from napari_vdir.core.degradations import add_gaussian_noise
-
-    return _u8(add_gaussian_noise(_nchw(clean), torch.tensor([float(sigma)]), torch.Generator().manual_seed(seed)))
 
 
 def noisy_gray(size: int | None = None) -> list[tuple]:
