@@ -37,7 +37,8 @@ DEFAULT_BACKENDS = ("torch-fp32", "torch-bf16-cl", "ort-fp32")
 
 def model_info(model: str):
     """The weights' metadata of a shipped model (task, scale, channels, architecture)."""
-    from napari_vdir.core.weights import read_info, shipped_models
+    from napari_vdir.core.models import shipped_models
+    from napari_vdir.core.weights import read_info
 
     return read_info(shipped_models()[model])
 
@@ -79,7 +80,7 @@ def run_backend(name: str, image: np.ndarray, model: str, backend: str) -> np.nd
                        backend="onnxruntime", precision="float32", device="cpu")
     if backend == "torch-compile-fp32":
         from napari_vdir.core.inference import PlaneRestorer, cached_model
-        from napari_vdir.core.weights import shipped_models
+        from napari_vdir.core.models import shipped_models
 
         path = shipped_models()[model]
         net, _ = cached_model(str(path), "cpu", path.stat().st_mtime)
@@ -109,7 +110,8 @@ class OpenVinoVDIR:
         import openvino as ov
 
         from napari_vdir.core.backends import onnx_graphs
-        from napari_vdir.core.weights import load_weights, shipped_models
+        from napari_vdir.core.models import shipped_models
+        from napari_vdir.core.weights import load_weights
 
         net, _ = load_weights(shipped_models()[name])
         self.cfg = net.cfg

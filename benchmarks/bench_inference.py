@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, in this subprocess
     args = parser.parse_args(argv)
     if args.model is None:
-        from napari_vdir.core.weights import resolve_model
+        from napari_vdir.core.models import resolve_model
 
         args.model = str(resolve_model(None, "denoise", 3))
     if args.one:

@@ -24,7 +24,8 @@ from bench_inference import describe_model  # same folder: run as a script
 from skimage import data
 
 import napari_vdir
-from napari_vdir.core.weights import read_info, shipped_models
+from napari_vdir.core.models import shipped_models
+from napari_vdir.core.weights import read_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "models_speed.md"
 SIZE, SIGMA, RUNS = 512, 30.0, 3

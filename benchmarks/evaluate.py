@@ -443,7 +443,7 @@ def shipped_model(setting: Setting, available=None) -> str:
         return f"{task}-{'gray' if setting.gray else 'rgb'}"
     name = f"sr-x{setting.scale}-rgb"
     if setting_grid(setting) == "corner":
-        from napari_vdir.core.weights import shipped_models
+        from napari_vdir.core.models import shipped_models
 
         names = shipped_models() if available is None else available
         if name + PAPER_SR_SUFFIX in names:
@@ -553,7 +553,8 @@ def setting_grid(setting: Setting) -> str:
 
 
 def _trained_grid(setting, models) -> str:
-    from napari_vdir.core.weights import read_info, resolve_model
+    from napari_vdir.core.models import resolve_model
+    from napari_vdir.core.weights import read_info
 
     path = resolve_model(model_for(setting, models), RESTORE_TASK[setting.task], 3, setting.scale)
     info = read_info(path)
@@ -575,7 +576,7 @@ def _describe_model(setting, models) -> str:
     """Weights file name and the start of its SHA-256, so a result names the exact weights."""
     import hashlib
 
-    from napari_vdir.core.weights import resolve_model
+    from napari_vdir.core.models import resolve_model
 
     path = resolve_model(model_for(setting, models), RESTORE_TASK[setting.task], 1 if setting.gray else 3,
                          setting.scale)

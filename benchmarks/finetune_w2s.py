@@ -211,9 +211,10 @@ def setting_label(s: dict, args) -> str:
 
 
 def make_recipe(s: dict, args, train: list[Path], budget: float, name: str):
+    from napari_vdir.core.models import resolve_model
+    from napari_vdir.core.weights import read_info
     from napari_vdir.training.__main__ import MINIMAL_DEFAULTS
     from napari_vdir.training.config import Recipe
-    from napari_vdir.core.weights import read_info, resolve_model
 
     start = read_info(resolve_model(args.init, "denoise", 1))
     values = dict(MINIMAL_DEFAULTS)
@@ -245,8 +246,8 @@ def freeze(model, pattern: str) -> int:
 
 def train_ours(s: dict, points: list[float], args, train: list[Path], folder: Path) -> list[dict]:
     """One training run for ``max(points)`` CPU-minutes; weights at each point (exported, and the latest)."""
-    from napari_vdir.training.trainer import Trainer
     from napari_vdir.core.weights import read_info, save_weights
+    from napari_vdir.training.trainer import Trainer
 
     recipe = make_recipe(s, args, train, max(points), "finetune-w2s")
     log = (lambda *a: print("   ", *a, flush=True)) if not args.quiet else (lambda *a: None)
@@ -282,7 +283,8 @@ def train_ours(s: dict, points: list[float], args, train: list[Path], folder: Pa
 
 
 def list_params(init: str) -> None:
-    from napari_vdir.core.weights import load_weights, resolve_model
+    from napari_vdir.core.models import resolve_model
+    from napari_vdir.core.weights import load_weights
 
     model, _ = load_weights(resolve_model(init, "denoise", 1))
     for name, p in model.named_parameters():

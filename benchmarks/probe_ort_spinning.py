@@ -21,7 +21,8 @@ import numpy as np
 import onnxruntime as ort
 
 from napari_vdir.core.backends import onnx_graphs
-from napari_vdir.core.weights import load_weights, shipped_models
+from napari_vdir.core.models import shipped_models
+from napari_vdir.core.weights import load_weights
 
 
 def session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:

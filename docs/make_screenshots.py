@@ -20,7 +20,6 @@ Viewer PNGs are palette-quantised to stay small.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 import time
@@ -150,14 +149,6 @@ def shoot_dock_and_menu():
 
 
 def shoot_finetune(minutes: float = 0.5):
-    if importlib.util.find_spec("napari_vdir.plugin._qt.finetune_dock") is None:
-        print("skipped finetune_dock.png: napari_vdir.plugin._qt.finetune_dock is not there")
-        return
-    from napari_vdir.plugin._qt import finetune_dock as _finetune_widget
-
-    if not hasattr(_finetune_widget, "FineTuneDock"):
-        print("skipped finetune_dock.png: no FineTuneDock class")
-        return
     import napari
 
     from napari_vdir.plugin import sample_data as _sample_data

@@ -3,7 +3,7 @@ worker on CUDA. Writes ``cuda_check.json`` and ``cuda_check.md`` into ``--out``.
 
     python training/cuda_check.py --out OUT [--size 128]
 
-Per model (``napari_vdir.core.weights.shipped_models()``), on a seeded synthetic test image degraded for its task:
+Per model (``napari_vdir.core.models.shipped_models()``), on a seeded synthetic test image degraded for its task:
 
 * ``float32``: ``restore(device="cuda", precision="float32", backend="torch")`` with TF32 off, against
   ``restore(device="cpu", precision="float32", backend="torch")``: max |difference| <= 1e-3 (a quarter of an
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="napari-vdir-check-cache-"))
     import torch
 
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models
 
     cuda = torch.cuda.is_available() or args.rehearse
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -28,7 +28,7 @@ def __getattr__(name):
 
         return WeightsError
     if name == "list_models":
-        from napari_vdir.core.weights import list_models
+        from napari_vdir.core.models import list_models
 
         return list_models
     raise AttributeError(f"module 'napari_vdir' has no attribute {name!r}")

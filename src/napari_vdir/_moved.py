@@ -11,6 +11,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 import warnings
 
 MOVED = {
@@ -24,8 +25,11 @@ MOVED = {
     "napari_vdir.lazy": "napari_vdir.core.lazy",
     "napari_vdir.nets": "napari_vdir.core.nets",
     "napari_vdir.tasks": "napari_vdir.core.tasks",
-    "napari_vdir.user_models": "napari_vdir.core.user_models",
-    "napari_vdir.weights": "napari_vdir.core.weights",
+    "napari_vdir.user_models": "napari_vdir.core.models",
+    # the weights file format stayed in core.weights; the model registry (shipped_models, resolve_model, ...)
+    # is core.models: the old name finds both
+    "napari_vdir.weights": ("napari_vdir.core.weights", "napari_vdir.core.models"),
+    "napari_vdir.core.user_models": "napari_vdir.core.models",
     "napari_vdir.layers": "napari_vdir.plugin.layers",
     "napari_vdir._commands": "napari_vdir.plugin.commands",
     "napari_vdir._sample_data": "napari_vdir.plugin.sample_data",
@@ -36,11 +40,28 @@ MOVED = {
 GONE = {"napari_vdir.evaluate": "it is a benchmark now: run `python benchmarks/evaluate.py` from a source checkout"}
 
 
+class _Merged(types.ModuleType):
+    """An old module whose names now live in several modules: each attribute comes from the first that has it."""
+
+    def __init__(self, name: str, homes: tuple[str, ...]):
+        super().__init__(name, f"{name}: moved to {' and '.join(homes)}")
+        self._homes = homes
+
+    def __getattr__(self, attr):
+        for home in self._homes:
+            module = importlib.import_module(home)
+            if hasattr(module, attr):
+                return getattr(module, attr)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {attr!r}")
+
+
 class _Alias(importlib.abc.Loader):
-    def __init__(self, new: str):
+    def __init__(self, new: str | tuple[str, ...]):
         self.new = new
 
     def create_module(self, spec):
+        if isinstance(self.new, tuple):
+            return _Merged(spec.name, self.new)
         return importlib.import_module(self.new)
 
     def exec_module(self, module):
@@ -56,7 +77,8 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
         new = MOVED.get(fullname)
         if new is None:
             return None
-        warnings.warn(f"{fullname} moved to {new}; import it from there", FutureWarning, stacklevel=3)
+        where = " and ".join(new) if isinstance(new, tuple) else new
+        warnings.warn(f"{fullname} moved to {where}; import it from there", FutureWarning, stacklevel=3)
         return importlib.util.spec_from_loader(fullname, _Alias(new))
 
 

@@ -170,7 +170,7 @@ def check_options(args) -> None:
 def check_model_device(args) -> None:
     if not DEVICE_NAMES.fullmatch(args.device):
         raise CliError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
-    from napari_vdir.core.weights import looks_like_path
+    from napari_vdir.core.models import looks_like_path
 
     if args.model is not None and looks_like_path(args.model) and Path(args.model).is_file():
         check_not_checkpoint(Path(args.model))
@@ -308,7 +308,7 @@ def _shape(a) -> str:
 # ----------------------------------------------------------------------------- models
 
 def cmd_models(args) -> int:
-    from napari_vdir.core.weights import list_models, shipped_dirs
+    from napari_vdir.core.models import list_models, shipped_dirs
 
     infos = list_models()
     if not infos:

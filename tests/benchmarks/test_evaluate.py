@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import evaluate as ev
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,13 +12,11 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.transform import resize
 
-import evaluate as ev
-
 
 @pytest.fixture
 def shipped():
     """Skip when a shipped model is not in this checkout."""
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models
 
     def need(name):
         if name not in shipped_models():

@@ -15,8 +15,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from napari_vdir.core import weights
 from napari_vdir.cli import main
+from napari_vdir.core import models, weights
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_wrong_model_one_line(capsys, files, tmp_path, tiny_weights):
 
 def test_models_lists_shipped(capsys, monkeypatch, tiny_weights):
     shipped = {p.stem: p for p in (tiny_weights[("denoise", 1, 3)], tiny_weights[("sr", 4, 3)])}
-    monkeypatch.setattr(weights, "shipped_models", lambda: shipped)
+    monkeypatch.setattr(models, "shipped_models", lambda: shipped)
     code, out, _ = run(capsys, "models")
     assert code == 0
     header, *rows = out.strip().splitlines()
@@ -320,8 +320,8 @@ def test_bad_option_one_line_in_cli_words(capsys, files, tmp_path, tiny_weights,
 
 
 def test_api_messages_are_put_in_cli_words(capsys, monkeypatch, files, tmp_path, tiny_weights):
-    from napari_vdir.core import api
     from napari_vdir.cli import cli_words
+    from napari_vdir.core import api
 
     assert cli_words("task 'sr' needs scale=2 or scale=4, got None") == "--task sr needs --scale 2 or --scale 4, got None"
     assert cli_words("tile_size=8 is too small; strength=nan") == "--tile-size 8 is too small; --strength nan"
@@ -393,11 +393,10 @@ def test_a_model_name_is_never_hidden_by_a_file_or_folder_here(capsys, files, tm
     """Issue 31 item 9: after `export denoise-rgb ... -o denoise-rgb`, `restore p.png --model denoise-rgb` said
     "weights file not found: denoise-rgb". A name means the model; text is a path only when it looks like one."""
     import napari_vdir
-    from napari_vdir.core import user_models
 
-    monkeypatch.setenv(user_models.ENV_VAR, str(tmp_path / "user models"))
+    monkeypatch.setenv(models.ENV_VAR, str(tmp_path / "user models"))
     tiny = tiny_weights[("denoise", 1, 3)]
-    mine = user_models.save_user_model("mine", *weights.load_weights(tiny))
+    mine = models.save_user_model("mine", *weights.load_weights(tiny))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -405,15 +404,15 @@ def test_a_model_name_is_never_hidden_by_a_file_or_folder_here(capsys, files, tm
     (work / "mine").write_bytes(b"a file of the user's")
     shutil.copy(tiny, work / "tiny")  # a weights file without the suffix
     image = np.asarray(Image.open(files / "photo.png"))
-    for model, path, outdir in (("denoise-rgb", weights.shipped_models()["denoise-rgb"], "out-shipped"),
+    for model, path, outdir in (("denoise-rgb", models.shipped_models()["denoise-rgb"], "out-shipped"),
                                 ("mine", mine, "out-user"), ("./tiny", work / "tiny", "out-file")):
         code, out, err = run(capsys, "restore", files / "photo.png", "--task", "denoise", "-o", outdir,
                              "--model", model, "--backend", "torch")
         assert code == 0, err
         got = np.asarray(Image.open(work / outdir / "photo_denoise.png"))
         assert np.array_equal(got, napari_vdir.restore(image, "denoise", model=path, backend="torch")), model
-    assert weights.resolve_model("denoise-rgb", "denoise", 3) == weights.shipped_models()["denoise-rgb"]
-    assert weights.resolve_model("mine", "denoise", 3) == mine
+    assert models.resolve_model("denoise-rgb", "denoise", 3) == models.shipped_models()["denoise-rgb"]
+    assert models.resolve_model("mine", "denoise", 3) == mine
     for model, message in (("tiny", "for the file or folder 'tiny' here, write ./tiny"),
                            ("./denoise-rgb", "weights file not found: denoise-rgb"),
                            ("denoise-rgb.safetensors", "for the model 'denoise-rgb', give its name without")):

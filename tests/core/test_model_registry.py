@@ -10,15 +10,14 @@ import sys
 import pytest
 
 import napari_vdir
-from napari_vdir.core import user_models
-from napari_vdir.core import weights
-from napari_vdir.core.user_models import UserModelWarning
+from napari_vdir.core import models, weights
+from napari_vdir.core.models import UserModelWarning
 
 
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     folder = tmp_path / "my models"
-    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    monkeypatch.setenv(models.ENV_VAR, str(folder))
     return folder
 
 
@@ -28,39 +27,39 @@ def tiny(tiny_weights):
 
 
 def test_the_folder_is_the_override_else_the_platform_user_data_folder(models_dir, monkeypatch, tmp_path):
-    assert user_models.user_models_dir() == models_dir
-    monkeypatch.delenv(user_models.ENV_VAR)
+    assert models.user_models_dir() == models_dir
+    monkeypatch.delenv(models.ENV_VAR)
     if sys.platform.startswith("linux"):
         monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-        assert user_models.user_models_dir() == tmp_path / "data" / "napari-vdir" / "models"
-    assert user_models.user_models_dir().parts[-2:] == ("napari-vdir", "models")
+        assert models.user_models_dir() == tmp_path / "data" / "napari-vdir" / "models"
+    assert models.user_models_dir().parts[-2:] == ("napari-vdir", "models")
 
 
 def test_a_saved_model_is_listed_loads_and_restores_by_name(models_dir, tiny, rng):
     model, info = tiny
     calls = []
-    unsubscribe = user_models.on_user_models_changed(lambda: calls.append(1))
+    unsubscribe = models.on_user_models_changed(lambda: calls.append(1))
     try:
-        path = user_models.save_user_model("mine", model, info)
+        path = models.save_user_model("mine", model, info)
     finally:
         unsubscribe()
     assert path == models_dir / "mine.safetensors" and calls == [1]
-    assert user_models.list_user_models() == {"mine": path}
+    assert models.list_user_models() == {"mine": path}
     assert weights.load_weights(path)[1].name == "mine"  # the metadata names it as it is listed
-    assert weights.resolve_model("mine", "denoise", 1) == path
+    assert models.resolve_model("mine", "denoise", 1) == path
     assert "mine" in [i.name for i in napari_vdir.list_models()]
     image = rng.integers(0, 255, (32, 32), dtype="uint8")
     assert napari_vdir.restore(image, "denoise", model="mine").shape == image.shape
     with pytest.raises(FileExistsError, match="exists"):
-        user_models.save_user_model("mine", model, info)
-    user_models.save_user_model("mine", model, info, overwrite=True)
+        models.save_user_model("mine", model, info)
+    models.save_user_model("mine", model, info, overwrite=True)
 
 
 def test_a_failed_save_leaves_no_file_and_keeps_the_previous_version(models_dir, tiny, monkeypatch):
     import safetensors.torch
 
     model, info = tiny
-    path = user_models.save_user_model("kept", model, info)
+    path = models.save_user_model("kept", model, info)
     before = path.read_bytes()
 
     def disk_full(tensors, filename, metadata=None):
@@ -70,11 +69,11 @@ def test_a_failed_save_leaves_no_file_and_keeps_the_previous_version(models_dir,
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
     calls = []
-    unsubscribe = user_models.on_user_models_changed(lambda: calls.append(1))
+    unsubscribe = models.on_user_models_changed(lambda: calls.append(1))
     try:
         for name in ("kept", "new"):
             with pytest.raises(OSError, match="No space"):
-                user_models.save_user_model(name, model, info, overwrite=True)
+                models.save_user_model(name, model, info, overwrite=True)
     finally:
         unsubscribe()
     assert path.read_bytes() == before
@@ -85,12 +84,12 @@ def test_a_failed_save_leaves_no_file_and_keeps_the_previous_version(models_dir,
 def test_a_shipped_name_wins_over_a_user_file_of_that_name(models_dir, tiny_weights, tiny):
     models_dir.mkdir()
     shutil.copy(tiny_weights[("denoise", 1, 1)], models_dir / "denoise-gray.safetensors")
-    shipped = weights.shipped_models()["denoise-gray"]
-    assert weights.resolve_model("denoise-gray", "denoise", 1) == shipped
-    assert weights.available_models()["denoise-gray"] == shipped
-    assert weights.shipped_models()["denoise-gray"] == shipped  # the cached shipped registry is untouched
+    shipped = models.shipped_models()["denoise-gray"]
+    assert models.resolve_model("denoise-gray", "denoise", 1) == shipped
+    assert models.available_models()["denoise-gray"] == shipped
+    assert models.shipped_models()["denoise-gray"] == shipped  # the cached shipped registry is untouched
     with pytest.raises(ValueError, match="shipped model"):
-        user_models.save_user_model("denoise-gray", *tiny)
+        models.save_user_model("denoise-gray", *tiny)
 
 
 def test_a_bad_file_in_the_folder_is_skipped_with_a_warning(models_dir, tiny_weights):
@@ -100,22 +99,22 @@ def test_a_bad_file_in_the_folder_is_skipped_with_a_warning(models_dir, tiny_wei
     truncated = (models_dir / "good.safetensors").read_bytes()[:-100]
     (models_dir / "truncated.safetensors").write_bytes(truncated)
     with pytest.warns(UserModelWarning) as caught:
-        found = user_models.list_user_models()
+        found = models.list_user_models()
     assert list(found) == ["good"]
     for name in ("broken.safetensors", "truncated.safetensors"):
         assert any(name in str(w.message) for w in caught), name
-    assert list(weights.available_models())[-1] == "good"
+    assert list(models.available_models())[-1] == "good"
     with pytest.raises(weights.WeightsError, match="no shipped model named 'broken'"):
-        weights.resolve_model("broken", "denoise", 1)
+        models.resolve_model("broken", "denoise", 1)
 
 
 def test_names_must_be_plain_file_names(models_dir, tiny):
     for bad in ("", "../escape", "a/b", ".hidden", "x" * 65, "sp ace"):
         with pytest.raises(ValueError, match="model name"):
-            user_models.save_user_model(bad, *tiny)
-    assert user_models.check_model_name("cells.v2_ok-1.safetensors") == "cells.v2_ok-1"
-    assert user_models.unique_model_name("denoise-gray") == "denoise-gray-2"
-    assert user_models.unique_model_name("my cells / day 1") == "my-cells-day-1"
+            models.save_user_model(bad, *tiny)
+    assert models.check_model_name("cells.v2_ok-1.safetensors") == "cells.v2_ok-1"
+    assert models.unique_model_name("denoise-gray") == "denoise-gray-2"
+    assert models.unique_model_name("my cells / day 1") == "my-cells-day-1"
 
 
 def test_subscribers_are_called_and_a_gone_or_failing_one_does_not_break_others(models_dir, tiny):
@@ -127,21 +126,21 @@ def test_subscribers_are_called_and_a_gone_or_failing_one_does_not_break_others(
             self.calls += 1
 
     gone, alive = Dock(), Dock()
-    unsubscribe = [user_models.on_user_models_changed(d.refresh) for d in (gone, alive)]
+    unsubscribe = [models.on_user_models_changed(d.refresh) for d in (gone, alive)]
 
     def failing():
         raise RuntimeError("boom")
 
-    unsubscribe.append(user_models.on_user_models_changed(failing))
+    unsubscribe.append(models.on_user_models_changed(failing))
     try:
         del gone
         gc.collect()
         with pytest.warns(RuntimeWarning, match="boom"):
-            user_models.save_user_model("m", *tiny)
+            models.save_user_model("m", *tiny)
         assert alive.calls == 1
         unsubscribe[1]()
         with pytest.warns(RuntimeWarning):
-            user_models.notify_user_models_changed()
+            models.notify_user_models_changed()
         assert alive.calls == 1
     finally:
         for u in unsubscribe:
@@ -167,7 +166,7 @@ def test_a_deeply_nested_user_file_breaks_no_listing_and_no_lookup(models_dir, t
     assert main(["models"]) == 0
     out, err = capsys.readouterr()
     names = [line.split()[0] for line in out.splitlines()[1:]]
-    assert names == [*weights.shipped_models(), "fine"]
+    assert names == [*models.shipped_models(), "fine"]
     assert err.count("\n") == 1 and err.startswith("napari-vdir: warning: user model skipped: ")
     assert "deep.safetensors" in err and "nests 5000 levels deep" in err and "Traceback" not in err
 
@@ -176,5 +175,5 @@ def test_a_deeply_nested_user_file_breaks_no_listing_and_no_lookup(models_dir, t
     assert napari_vdir.restore(image, "denoise", model="fine", backend="torch").shape == image.shape
     assert [i.name for i in napari_vdir.list_models()][-1] == "fine"
     with pytest.raises(weights.WeightsError, match="nests 5000 levels deep") as err:  # asked for by name
-        weights.resolve_model("deep", "denoise", 1)
+        models.resolve_model("deep", "denoise", 1)
     assert "\n" not in str(err.value)

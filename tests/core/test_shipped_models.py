@@ -18,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+import evaluate as ev
 import numpy as np
 import pytest
 import torch
@@ -25,11 +26,11 @@ from scipy import ndimage
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
-from napari_vdir.core import degradations as deg
-import evaluate as ev
 from napari_vdir import restore
+from napari_vdir.core import degradations as deg
 from napari_vdir.core.devices import device_label, select_device
-from napari_vdir.core.weights import load_weights, shipped_models
+from napari_vdir.core.models import shipped_models
+from napari_vdir.core.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = {"denoise-rgb", "denoise-gray", "real-denoise-rgb", "sr-x2-rgb", "sr-x2-rgb-paper", "sr-x4-rgb",

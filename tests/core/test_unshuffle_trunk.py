@@ -114,7 +114,7 @@ def test_full_trunk_files_read_as_before(tmp_path, tiny_weights):
     for path in tiny_weights.values():
         assert "trunk" not in json.loads(read_header(path)[0]["arch"])
         assert read_info(path).arch.trunk == "full"
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models
 
     for name, path in shipped_models().items():
         declared = json.loads(read_header(path)[0]["arch"]).get("trunk", "full")

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_vdir.core.inference import tile_margin
+from napari_vdir.core.models import shipped_models
+from napari_vdir.core.weights import load_weights
 from napari_vdir.export import package as export
 from napari_vdir.export.package import ExportError, export_model
-from napari_vdir.core.inference import tile_margin
-from napari_vdir.core.weights import load_weights, shipped_models
 
 
 def _torch_forward(path, x: np.ndarray) -> np.ndarray:
@@ -244,10 +245,10 @@ def _one_line_refusal(capsys, argv, message) -> None:
 
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
-    from napari_vdir.core import user_models
+    from napari_vdir.core import models
 
     folder = tmp_path / "user models"
-    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    monkeypatch.setenv(models.ENV_VAR, str(folder))
     return folder
 
 
@@ -256,7 +257,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_an_earlier_package(tiny_we
     """Issue 31 item 1: `export ... -o d --overwrite` deleted d/thesis.txt; -o at the user models folder
     deleted every user model; `-o . --overwrite` would replace the working folder."""
     pytest.importorskip("bioimageio.spec")
-    from napari_vdir.core.user_models import save_user_model
+    from napari_vdir.core.models import save_user_model
 
     weights = tiny_weights[("denoise", 1, 3)]
     d = tmp_path / "d"
@@ -301,15 +302,16 @@ def test_overwrite_never_deletes_a_folder_that_is_not_an_earlier_package(tiny_we
 def test_export_never_writes_over_weights(tiny_weights, tmp_path, capsys, models_dir, monkeypatch):
     """Issue 31 item 2: `export c.safetensors --format onnx -o c.safetensors --overwrite` replaced the weights
     with ONNX bytes; the same through a link, over a shipped or a user model's file, or any .safetensors."""
+    from napari_vdir.core import models
     from napari_vdir.core import weights as W
-    from napari_vdir.core.user_models import save_user_model
+    from napari_vdir.core.models import save_user_model
 
     c = tmp_path / "c.safetensors"
     c.write_bytes(tiny_weights[("denoise", 1, 3)].read_bytes())
     (tmp_path / "shipped").mkdir()
     shipped = tmp_path / "shipped" / "denoise-rgb.safetensors"
     shipped.write_bytes(c.read_bytes())
-    monkeypatch.setattr(W, "shipped_models", lambda: {"denoise-rgb": shipped})
+    monkeypatch.setattr(models, "shipped_models", lambda: {"denoise-rgb": shipped})
     user = save_user_model("mine", *load_weights(c))
     (tmp_path / "c-link.onnx").hardlink_to(c)
     (tmp_path / "c-symlink.onnx").symlink_to(c)
@@ -338,7 +340,7 @@ def test_user_models_export_by_name(tiny_weights, tmp_path, capsys, models_dir, 
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from napari_vdir.cli import main
-    from napari_vdir.core.user_models import save_user_model
+    from napari_vdir.core.models import save_user_model
 
     path = save_user_model("mine", *load_weights(tiny_weights[("sr", 2, 1)]))
     monkeypatch.chdir(tmp_path)

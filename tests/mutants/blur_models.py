@@ -78,7 +78,8 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--models"]:
         models, argv = argv[1].split(","), argv[2:]
     sys.path.insert(0, str(REPO / "src"))
-    from napari_vdir.core.weights import read_info, shipped_models
+    from napari_vdir.core.models import shipped_models
+    from napari_vdir.core.weights import read_info
 
     targets = argv or [str(REPO / "tests" / "test_shipped_models.py")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))

@@ -258,12 +258,12 @@ def test_text_is_split_into_layer_names_with_spaces():
 def finetune(make_napari_viewer, tmp_path, monkeypatch, tiny_weights):
     import shutil
 
-    from napari_vdir.core import user_models
+    from napari_vdir.core import models
     from napari_vdir.plugin._qt.finetune_dock import FineTuneDock
 
     folder = tmp_path / "models"
     folder.mkdir()
-    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    monkeypatch.setenv(models.ENV_VAR, str(folder))
     shutil.copy(tiny_weights[("denoise", 1, 1)], folder / "tiny-start.safetensors")
     viewer = make_napari_viewer()
     for i, name in enumerate(["noisy a", "noisy b", "clean a"]):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import napari_vdir
-from napari_vdir.core import user_models
+from napari_vdir.core import models
 from napari_vdir.core.weights import load_weights
 
 pytestmark = pytest.mark.gui
@@ -32,7 +32,7 @@ def models_dir(tmp_path, monkeypatch, tiny_weights):
     """A private user models folder holding a tiny gray denoiser to start from (fast; quality is not tested)."""
     folder = tmp_path / "models"
     folder.mkdir()
-    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    monkeypatch.setenv(models.ENV_VAR, str(folder))
     shutil.copy(tiny_weights[("denoise", 1, 1)], folder / "tiny-start.safetensors")
     return folder
 
@@ -62,7 +62,7 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     assert "cells-tuned" not in restore_dock.model.choices
     dock.name.value = "cells-tuned"
     changes = []
-    unsubscribe = user_models.on_user_models_changed(lambda: changes.append(dock.model.choices))
+    unsubscribe = models.on_user_models_changed(lambda: changes.append(dock.model.choices))
     qtbot.wait(10)
     width_before, height_before = dock.dock_widget.width(), dock.native.sizeHint().height()
     try:
@@ -223,7 +223,7 @@ def test_a_models_folder_that_cannot_take_the_result_is_refused_before_training(
     monkeypatch.setattr(_finetune_widget, "show_error", messages.append)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    monkeypatch.setenv(user_models.ENV_VAR, str(blocker))
+    monkeypatch.setenv(models.ENV_VAR, str(blocker))
     dock.name.value = "anything"
     assert dock.run() is None and not dock.running
     assert "is a file, not a folder" in messages[-1] and str(blocker) in messages[-1]

@@ -31,7 +31,7 @@ def rms(a, b, mask=None):
 
 @pytest.fixture(scope="module")
 def shipped_gray():
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models
 
     if "denoise-gray" not in shipped_models():
         pytest.skip("shipped denoise-gray model not present")

@@ -227,7 +227,7 @@ def test_bad_layers_give_notifications(make_napari_viewer, qtbot, tiny_weights, 
 
 def test_strength_neutral_is_plain_and_monotone(make_napari_viewer, qtbot, notes):
     from napari_vdir import restore
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models
 
     if "denoise-rgb" not in shipped_models():
         pytest.skip("shipped denoise-rgb model not present")
@@ -493,7 +493,7 @@ def test_dock_fits_a_small_screen_and_never_widens(make_napari_viewer, qtbot, ti
 
 
 def test_task_chooser_model_list_and_plain_words(make_napari_viewer_proxy):
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models
 
     viewer = make_napari_viewer_proxy()
     widget = dock(viewer, "Restore (VDIR)")
@@ -565,15 +565,15 @@ def test_core_warnings_reach_the_user(make_napari_viewer_proxy, qtbot, tiny_weig
 def test_a_saved_user_model_appears_in_the_model_list(make_napari_viewer_proxy, tiny_weights, tmp_path, monkeypatch):
     import shutil
 
-    from napari_vdir.core import user_models
+    from napari_vdir.core import models
 
-    monkeypatch.setenv(user_models.ENV_VAR, str(tmp_path / "models"))
+    monkeypatch.setenv(models.ENV_VAR, str(tmp_path / "models"))
     viewer = make_napari_viewer_proxy()
     widget = dock(viewer, "Restore (VDIR)")
     assert "my-denoiser" not in widget.model.choices
     (tmp_path / "models").mkdir()
     shutil.copy(tiny_weights[("denoise", 1, 1)], tmp_path / "models" / "my-denoiser.safetensors")
-    user_models.notify_user_models_changed()
+    models.notify_user_models_changed()
     assert "my-denoiser" in widget.model.choices
     widget.task.value = "Remove JPEG artefacts"
     assert "my-denoiser" not in widget.model.choices  # listed for its own task only
@@ -605,8 +605,8 @@ def test_layer_commands_run_as_napari_runs_menu_items(make_napari_viewer, monkey
     the active layer with the defaults and add a layer that keeps its metadata."""
     from napari._app_model import get_app_model
 
+    from napari_vdir.core.models import shipped_models
     from napari_vdir.plugin import commands as _commands
-    from napari_vdir.core.weights import shipped_models
 
     if "denoise-gray" not in shipped_models():
         pytest.skip("shipped denoise-gray model not present")
@@ -636,8 +636,8 @@ def test_imagedata_commands_for_scripts_and_workflows():
     import napari.types
     from npe2 import PluginManager
 
+    from napari_vdir.core.models import shipped_models
     from napari_vdir.plugin import commands as _commands
-    from napari_vdir.core.weights import shipped_models
 
     for func in (_commands.denoise, _commands.remove_jpeg_artefacts, _commands.super_resolve_x2):
         assert func.__annotations__ == {"image": napari.types.ImageData, "return": napari.types.ImageData}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import napari_vdir
-from napari_vdir.core import user_models
+from napari_vdir.core import models
 from napari_vdir.training import session
 from napari_vdir.training.data import array_planes
 
@@ -40,7 +40,7 @@ def psnr(a, b, peak) -> float:
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     folder = tmp_path / "models"
-    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    monkeypatch.setenv(models.ENV_VAR, str(folder))
     return folder
 
 
@@ -79,7 +79,7 @@ def test_pairs_train_supervised_and_report_validation_psnr(models_dir, tiny_weig
     assert result.metric == "val_psnr" and result.info.recipe["self_supervised"] is None
     vals = [r.val for r in records if r.val is not None]
     assert len(vals) >= 2 and vals[-1] > vals[0]  # dB, from an untrained network
-    assert "paired" in user_models.list_user_models()
+    assert "paired" in models.list_user_models()
 
 
 def test_a_clean_twin_is_mapped_by_its_noisy_images_range():
@@ -188,7 +188,7 @@ def test_the_destination_is_checked_before_training(tmp_path, monkeypatch, tiny_
     else:
         folder.mkdir()
         _read_only(folder, monkeypatch)
-    monkeypatch.setenv(user_models.ENV_VAR, str(folder))
+    monkeypatch.setenv(models.ENV_VAR, str(folder))
     seen, record = _steps_seen()
     noisy, _ = cells_stack(np.random.default_rng(5), planes=2, size=32)
     try:
@@ -228,7 +228,7 @@ def test_a_models_folder_that_turns_read_only_keeps_the_model(models_dir, tiny_w
 
     def read_only(name, *args, **kwargs):
         raise PermissionError(errno.EROFS, "Read-only file system", str(models_dir / f"{name}.safetensors"))
-    monkeypatch.setattr(user_models, "save_user_model", read_only)
+    monkeypatch.setattr(models, "save_user_model", read_only)
     noisy, _ = cells_stack(np.random.default_rng(7), planes=2, size=32)
     with pytest.raises(session.ModelNotSaved, match="Read-only file system") as err:
         session.finetune(noisy, name="ro", init=tiny_weights[("denoise", 1, 1)], steps=2, batch=2)

@@ -21,7 +21,8 @@ import torch
 import yaml
 from PIL import Image
 
-from napari_vdir.core.weights import read_info, shipped_models
+from napari_vdir.core.models import shipped_models
+from napari_vdir.core.weights import read_info
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE_RECIPES = ("training/denoise-gray.yaml", "training/jpeg-gray.yaml")

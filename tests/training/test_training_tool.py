@@ -17,11 +17,12 @@ import yaml
 from PIL import Image
 
 from napari_vdir import restore
+from napari_vdir.core.models import shipped_models
+from napari_vdir.core.weights import load_weights, read_info
 from napari_vdir.training import losses
 from napari_vdir.training.__main__ import main as training_main
 from napari_vdir.training.config import Recipe, load_recipe
 from napari_vdir.training.trainer import Trainer
-from napari_vdir.core.weights import load_weights, read_info, shipped_models
 
 TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
 

@@ -12,8 +12,9 @@ import torch
 from napari_vdir.core import degradations as deg
 from napari_vdir.core.devices import device_label, select_device
 from napari_vdir.core.inference import PlaneRestorer, cached_model
+from napari_vdir.core.models import resolve_model
 from napari_vdir.core.tasks import ESTIMATES, check_task
-from napari_vdir.core.weights import ModelInfo, resolve_model
+from napari_vdir.core.weights import ModelInfo
 
 STEER_NOISE_SIGMA = 15.0  # 0-255 scale: the "more degraded" copy used by `strength`
 

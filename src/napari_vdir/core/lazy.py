@@ -16,9 +16,9 @@ import numpy as np
 
 from napari_vdir.core.api import Layout, resolve_range
 from napari_vdir.core.inference import cached_model, tile_margin
+from napari_vdir.core.models import resolve_model
 from napari_vdir.core.nets import LATENT_STRIDE  # block origins on multiples of it keep each block's latent grid on the image's
 from napari_vdir.core.tasks import check_task
-from napari_vdir.core.weights import resolve_model
 
 
 def restore_dask(image, task: str, *, scale=None, model=None, channel_axis=None, alpha=None, device="auto",

@@ -1,21 +1,21 @@
-"""Weights files: safetensors tensors plus validated metadata, and the shipped-model registry.
+"""Weights files: safetensors tensors plus validated metadata (the file format: read, validate, save).
 
 A weights file never contains pickled code: tensors are read by ``safetensors`` and
-the metadata is JSON text, checked before any tensor reaches the network.
+the metadata is JSON text, checked before any tensor reaches the network. Which files are models, and by
+what name, is :mod:`napari_vdir.core.models`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from napari_vdir.core.io import written_then_renamed
 from napari_vdir.core.nets import VDIR, ArchConfig
 from napari_vdir.core.tasks import ESTIMATES, TASKS
 
@@ -118,18 +118,10 @@ def save_weights(path: str | Path, model: VDIR, info: ModelInfo, *, half: bool =
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # written beside the target and renamed when complete: a full disk or a kill never leaves a
-    # truncated file under the final name; it gets a new file's mode, 0o666 minus the umask
-    # (safetensors itself writes 0o600, which would keep the weights from the user's group)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    # a full disk or a kill never leaves a truncated file under the final name, and the file gets a new
+    # file's mode (safetensors itself writes 0o600, which would keep the weights from the user's group)
+    with written_then_renamed(path) as partial:
         save_file(tensors, str(partial), metadata=info.to_metadata())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o666 & ~umask)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
@@ -168,7 +160,7 @@ def read_header(path: str | Path) -> tuple[dict[str, str] | None, dict[str, dict
     against the file's size, so a truncated file is found here. Torch checkpoints (zip or pickle)
     are recognised by their first bytes and never opened further: nothing is ever unpickled.
     """
-    path = _existing(path)
+    path = existing_file(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
         start = f.read(9)
@@ -262,7 +254,7 @@ def check_tensors(path, arch: ArchConfig, table: dict[str, dict]) -> None:
 
 def read_info(path: str | Path) -> ModelInfo:
     """Read and validate the metadata of a weights file against its tensor table (no tensor is loaded)."""
-    path = _existing(path)
+    path = existing_file(path)
     meta, table = read_header(path)
     info = ModelInfo.from_metadata(meta, str(path))
     check_tensors(path, info.arch, table)
@@ -277,7 +269,7 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     """
     from safetensors.torch import load_file
 
-    path = _existing(path)
+    path = existing_file(path)
     info = read_info(path)
     try:
         tensors = load_file(str(path), device="cpu")
@@ -296,124 +288,9 @@ def _one_line(err) -> str:
     return " ".join(str(err).split())
 
 
-def _existing(path) -> Path:
+def existing_file(path) -> Path:
+    """``path`` as a Path where it is a file; else :class:`WeightsError` (one line)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     return path
-
-
-# ----------------------------------------------------------------------------- registry
-
-def shipped_dirs() -> list[Path]:
-    """Installed package data first, then the source checkout's top-level ``models/``."""
-    dirs = [Path(str(resources.files("napari_vdir") / "models")),
-            Path(__file__).resolve().parents[3] / "models"]
-    return [d for d in dirs if d.is_dir()]
-
-
-@lru_cache(maxsize=1)
-def shipped_models() -> dict[str, Path]:
-    """Name -> path of every shipped weights file (name = file stem)."""
-    found: dict[str, Path] = {}
-    for d in shipped_dirs():
-        for p in sorted(d.glob(f"*{WEIGHTS_SUFFIX}")):
-            found.setdefault(p.stem, p)
-    return found
-
-
-def default_model_name(task: str, channels: int, scale: int = 1) -> str:
-    kind = "rgb" if channels == 3 else "gray"
-    return f"sr-x{scale}-{kind}" if task == "sr" else f"{task}-{kind}"
-
-
-def available_models() -> dict[str, Path]:
-    """Name -> path of every model that ``model=NAME`` finds: the shipped ones, then the user models
-    (:mod:`napari_vdir.core.user_models`) whose names no shipped model has."""
-    from napari_vdir.core.user_models import list_user_models
-
-    found = dict(shipped_models())
-    for name, path in list_user_models().items():
-        found.setdefault(name, path)
-    return found
-
-
-def looks_like_path(model: str | os.PathLike) -> bool:
-    """Whether a model argument names a file rather than a model: a ``Path``, or text with a path
-    separator or the weights suffix (``./m``, ``runs/x/denoise.safetensors``, ``m.safetensors``).
-    Anything else is a model name, even where a file or folder of that name exists here."""
-    if isinstance(model, os.PathLike):
-        return True
-    text = str(model)
-    separators = {"/", os.sep, os.altsep} - {None}
-    return any(sep in text for sep in separators) or text.lower().endswith(WEIGHTS_SUFFIX)
-
-
-def find_model(model: str | os.PathLike) -> Path:
-    """A model name or a weights file -> the weights file; the one resolver of every command.
-
-    A path (:func:`looks_like_path`) must be an existing file. A name means the shipped model of that
-    name, else the user model of that name (:mod:`napari_vdir.core.user_models`): a folder or file of the
-    same name in the working directory never hides a model. Raises :class:`WeightsError` (one line).
-    """
-    if looks_like_path(model):
-        path = Path(model)
-        if not path.is_file() and path.name == str(model) and path.stem in _model_names():
-            raise WeightsError(f"weights file not found: {path} (for the model {path.stem!r}, "
-                               f"give its name without {WEIGHTS_SUFFIX})")
-        return _existing(path)
-    name = str(model)
-    if name in shipped_models():
-        return shipped_models()[name]
-    from napari_vdir.core.user_models import user_model, user_models_dir
-
-    path, problem = user_model(name)
-    if path is not None:
-        return path
-    user = [n for n in _model_names() if n not in shipped_models()]
-    here = f"; for the file or folder {name!r} here, write ./{name}" if Path(name).exists() else ""
-    bad = f"; its file is not usable: {problem}" if problem else ""
-    raise WeightsError(f"no shipped model named {name!r} and no user model of that name in {user_models_dir()}"
-                       f"{bad}{here}; shipped: {', '.join(shipped_models()) or 'none'}; "
-                       f"user: {', '.join(user) or 'none'}")
-
-
-def _model_names() -> list[str]:
-    return list(available_models())
-
-
-def resolve_model(model: str | Path | None, task: str, channels: int, scale: int = 1) -> Path:
-    """Turn a model name, a path or None (the task's default) into a weights file path.
-
-    ``model`` goes to :func:`find_model`: a name means the shipped model of that name, then the user
-    model (:func:`napari_vdir.core.user_models.user_models_dir`), so a shipped name always means the shipped
-    model; text is a path only when it looks like one (:func:`looks_like_path`).
-    For gray input with no gray model shipped, the colour model is used (the caller replicates the channel).
-    The task's default (``model=None``) is always a shipped model.
-    """
-    if model is not None:
-        return find_model(model)
-    names = [default_model_name(task, channels, scale)]
-    if channels == 1:
-        names.append(default_model_name(task, 3, scale))
-    for name in names:
-        if name in shipped_models():
-            return shipped_models()[name]
-    raise WeightsError(f"no shipped model for task {task!r}" + (f" x{scale}" if task == "sr" else "")
-                       + f" (looked for {', '.join(names)}); pass model=PATH to a weights file, "
-                       "e.g. one made by `python -m napari_vdir.training`")
-
-
-def list_models() -> list[ModelInfo]:
-    """Metadata of every shipped model, then of every user model (see :func:`available_models`); each
-    ``name`` is the one ``model=NAME`` takes (the file stem)."""
-    from dataclasses import replace
-
-    from napari_vdir.core.user_models import list_user_models, user_model_info
-
-    infos = [replace(read_info(p), name=name) for name, p in shipped_models().items()]
-    for name, path in list_user_models().items():
-        info = None if name in shipped_models() else user_model_info(path)  # None: broken since it was listed
-        if info is not None:
-            infos.append(replace(info, name=name))
-    return infos

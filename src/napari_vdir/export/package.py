@@ -35,8 +35,9 @@ import torch
 
 from napari_vdir.core.graphs import ONNX_OPSET, DeterministicVDIR, deterministic, write_onnx, write_torchscript
 from napari_vdir.core.io import OWNER_PATTERN, partial_name, sweep_stale
+from napari_vdir.core.models import find_model
 from napari_vdir.core.nets import LATENT_STRIDE, VDIR
-from napari_vdir.core.weights import WEIGHTS_SUFFIX, ModelInfo, WeightsError, find_model, load_weights
+from napari_vdir.core.weights import WEIGHTS_SUFFIX, ModelInfo, WeightsError, load_weights
 
 FORMATS = ("onnx", "bioimageio")
 LICENSE = "BSD-3-Clause"
@@ -58,7 +59,7 @@ class ExportError(ValueError):
 
 def model_file(model: str | Path) -> Path:
     """A shipped or user model name, or a weights file -> the weights file (as every command finds it:
-    :func:`napari_vdir.core.weights.find_model`)."""
+    :func:`napari_vdir.core.models.find_model`)."""
     try:
         return find_model(model)
     except WeightsError as err:
@@ -284,7 +285,7 @@ def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: boo
     Parameters
     ----------
     model : shipped or user model name (see ``napari-vdir models``) or a ``.safetensors`` weights file
-        (found as every command finds it: :func:`napari_vdir.core.weights.find_model`).
+        (found as every command finds it: :func:`napari_vdir.core.models.find_model`).
     fmt : ``"onnx"`` (the ONNX file alone) or ``"bioimageio"`` (a bioimage.io model package: a folder,
         or a zip file when ``out`` ends in ``.zip``).
     out : where to write it; nothing is left under this name if the export fails. Never a weights file
@@ -366,8 +367,7 @@ def check_output(out: Path, fmt: str, source: Path, *, overwrite: bool) -> None:
     if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
         raise ExportError(f"{out}: is the current folder{'' if real == Path.cwd().resolve() else ' or holds it'}; "
                           "--overwrite only replaces an earlier package folder: choose a new OUT")
-    from napari_vdir.core.user_models import user_models_dir
-    from napari_vdir.core.weights import shipped_dirs
+    from napari_vdir.core.models import shipped_dirs, user_models_dir
 
     for kept, what in ((source, "the model being exported"), (user_models_dir(), "the user models folder"),
                        *((d, "the shipped models") for d in shipped_dirs()),
@@ -413,8 +413,7 @@ def _foreign_entries(folder: Path) -> str | None:
 
 def _protected_weights() -> list[Path]:
     """Every shipped weights file and every file in the user models folder (valid or not)."""
-    from napari_vdir.core.user_models import user_models_dir
-    from napari_vdir.core.weights import shipped_models
+    from napari_vdir.core.models import shipped_models, user_models_dir
 
     found = list(shipped_models().values())
     try:

@@ -509,8 +509,9 @@ def _as_dask(data, axes):
 
 
 def _model_info(model, task, scale, channels):
+    from napari_vdir.core.models import resolve_model
     from napari_vdir.core.tasks import check_task
-    from napari_vdir.core.weights import read_info, resolve_model
+    from napari_vdir.core.weights import read_info
 
     return read_info(resolve_model(model, task, channels, check_task(task, scale)))
 

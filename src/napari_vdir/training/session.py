@@ -4,7 +4,7 @@ One call, :func:`finetune`, trains a shipped or user model on arrays for some mi
 with the training package's own loop (:class:`~napari_vdir.training.trainer.Trainer`, its losses and its
 self-supervised methods, exactly as ``python -m napari_vdir.training``), reports each step to a callback,
 stops when a ``threading.Event`` is set, and saves the result in the user models folder
-(:mod:`napari_vdir.core.user_models`), where ``restore(model=NAME)`` and the plugin's model lists find it.
+(:mod:`napari_vdir.core.models`), where ``restore(model=NAME)`` and the plugin's model lists find it.
 
 - Noisy arrays alone: self-supervised (Neighbor2Neighbor by default, or blind-spot), as
   ``--self-supervised``; the validation metric is the self-supervised loss on held-out planes.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_vdir.core import user_models
+from napari_vdir.core import models
 from napari_vdir.training.trainer import Trainer, TrainingCancelled
 
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
@@ -89,13 +89,14 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
     and can be written (it is created if missing). One-line ``ValueError``/``FileExistsError``/``OSError``."""
     import os
 
-    from napari_vdir.core.weights import WEIGHTS_SUFFIX, shipped_models
+    from napari_vdir.core.models import shipped_models
+    from napari_vdir.core.weights import WEIGHTS_SUFFIX
 
-    name = user_models.check_model_name(name)
+    name = models.check_model_name(name)
     if name in shipped_models():
         raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
-    folder = user_models.user_models_dir()
-    fix = f"move it away or set {user_models.ENV_VAR} to a folder you can write to"
+    folder = models.user_models_dir()
+    fix = f"move it away or set {models.ENV_VAR} to a folder you can write to"
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         where = "is a file" if existing == folder else f"is under {existing}, which is a file"
@@ -152,13 +153,14 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     cancel : ``threading.Event`` or callable; checked before every step, raises :class:`TrainingCancelled`
         and saves nothing.
     overwrite : replace an existing user model of that name. ``notify``: tell the
-        :func:`~napari_vdir.core.user_models.on_user_models_changed` subscribers once the model is saved.
+        :func:`~napari_vdir.core.models.on_user_models_changed` subscribers once the model is saved.
 
     Everything that can be checked is checked before training (the data as ``restore`` checks it, the
     destination by :func:`check_destination`). If saving still fails at the end (the folder turned
     read-only, another process took the name), :class:`ModelNotSaved` names where the model was kept.
     """
-    from napari_vdir.core.weights import load_weights, read_info, resolve_model
+    from napari_vdir.core.models import resolve_model
+    from napari_vdir.core.weights import load_weights, read_info
     from napari_vdir.training.__main__ import MINIMAL_DEFAULTS
     from napari_vdir.training.config import Recipe, one_line
     from napari_vdir.training.data import ArrayData, array_planes
@@ -243,13 +245,13 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         model, info = load_weights(exported)
         info.description += f"; fine-tuned from {start.name} on {', '.join(recipe.data.train)}"
         try:
-            path = user_models.save_user_model(name, model, info, overwrite=overwrite, notify=notify)
+            path = models.save_user_model(name, model, info, overwrite=overwrite, notify=notify)
         except OSError as err:  # read-only meanwhile, the name taken meanwhile, a full disk: keep the model
             keep = True
             kept = _keep(out, exported, name, model, info)
             raise ModelNotSaved(f"the model {name!r} could not be saved in your models folder "
                                 f"({' '.join(str(err).split())}); it is kept at {kept}: copy it into "
-                                f"{user_models.user_models_dir()} under a free name, or restore with "
+                                f"{models.user_models_dir()} under a free name, or restore with "
                                 f"model='{kept}'", kept) from err
     finally:
         if not keep:
@@ -265,8 +267,7 @@ def _keep(out: Path, exported: Path, name: str, model, info) -> Path:
 
     from napari_vdir.core.weights import save_weights
 
-    for leftover in ("checkpoint.pt", "checkpoint.tmp"):  # the optimiser state is not needed to use the model
-        (out / leftover).unlink(missing_ok=True)
+    (out / "checkpoint.pt").unlink(missing_ok=True)  # the optimiser state is not needed to use the model
     try:
         return save_weights(out / f"{name}.safetensors", model, replace(info, name=name))
     except OSError:

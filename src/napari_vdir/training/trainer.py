@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from napari_vdir.core.devices import autocast_context, select_device
+from napari_vdir.core.io import written_then_renamed
+from napari_vdir.core.models import resolve_model
 from napari_vdir.core.nets import VDIR, ArchConfig, Decoder, Discriminator
-from napari_vdir.core.weights import ModelInfo, load_weights, resolve_model, save_weights
+from napari_vdir.core.weights import ModelInfo, load_weights, save_weights
 from napari_vdir.training import losses, selfsupervised
 from napari_vdir.training.config import Recipe
 from napari_vdir.training.data import (
@@ -442,9 +444,8 @@ class Trainer:
         path = Path(path) if path else self.out / "checkpoint.pt"
         if self.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(self.state(), tmp)
-            tmp.replace(path)
+            with written_then_renamed(path) as partial:
+                torch.save(self.state(), partial)
         return path
 
     def resume(self, path: str | Path):

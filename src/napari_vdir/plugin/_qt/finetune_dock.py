@@ -4,7 +4,7 @@ The dock only gathers settings and calls :func:`napari_vdir.training.session.fin
 worker; nothing about training lives here. Everything the worker needs is read from the layers on the main
 thread before it starts (the arrays and contrast limits), and everything it reports comes back as the
 worker's ``yielded`` records on the main thread: the worker never touches a napari or Qt object. The saved
-model is announced with :func:`napari_vdir.core.user_models.notify_user_models_changed` from the main thread,
+model is announced with :func:`napari_vdir.core.models.notify_user_models_changed` from the main thread,
 so the Restore dock's model list (and this one's) shows it at once.
 
 Layers dragged from napari's layer list (or image files from a file manager) onto the dock are added to
@@ -323,7 +323,7 @@ class FineTuneDock(Container):
         layers = self._viewer.layers.events
         for event in (layers.inserted, layers.removed, layers.moved):
             event.connect(self._refresh_layers)
-        from napari_vdir.core.user_models import on_user_models_changed
+        from napari_vdir.core.models import on_user_models_changed
 
         self._unsubscribe = on_user_models_changed(self._on_user_models_changed)  # held weakly
         self._refresh_layers()
@@ -345,7 +345,8 @@ class FineTuneDock(Container):
 
     def _model_choices(self, *_) -> list[str]:
         """Shipped and user models; without a clean layer, only denoisers (self-supervised training)."""
-        from napari_vdir.core.weights import WeightsError, available_models, read_info
+        from napari_vdir.core.models import available_models
+        from napari_vdir.core.weights import WeightsError, read_info
 
         pairs = getattr(self, "clean", None) is not None and self.clean.value is not None
         names = []
@@ -381,7 +382,8 @@ class FineTuneDock(Container):
 
     @staticmethod
     def _model_channels(name) -> int | None:
-        from napari_vdir.core.weights import WeightsError, available_models, read_info
+        from napari_vdir.core.models import available_models
+        from napari_vdir.core.weights import WeightsError, read_info
 
         path = available_models().get(name)
         try:
@@ -420,7 +422,7 @@ class FineTuneDock(Container):
 
     def _suggest_name(self, *_):
         """A fresh name from the first noisy layer and the model, unless the user typed one."""
-        from napari_vdir.core.user_models import unique_model_name
+        from napari_vdir.core.models import unique_model_name
 
         if self.name.value and self.name.value != self._auto_name:
             return
@@ -573,7 +575,7 @@ class FineTuneDock(Container):
                 self.status.value = "failed"
             show_error(f"{TITLE}: {' '.join(str(outcome.error).split())}")
             return
-        from napari_vdir.core.user_models import notify_user_models_changed
+        from napari_vdir.core.models import notify_user_models_changed
 
         res = outcome.result
         self.last_result = res

@@ -18,7 +18,6 @@ their task (:class:`DenoiseDock`, :class:`SuperResolveDock`, :class:`JpegDock`).
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -113,17 +112,16 @@ def _device_choices() -> list[str]:
 
 
 def _user_models() -> dict[str, Path]:
-    """The user's fine-tuned models (``napari_vdir.core.user_models``), when that module is installed."""
-    if importlib.util.find_spec("napari_vdir.core.user_models") is None:
-        return {}
-    from napari_vdir.core.user_models import list_user_models
+    """The user's fine-tuned models (:func:`napari_vdir.core.models.list_user_models`)."""
+    from napari_vdir.core.models import list_user_models
 
     return list_user_models()
 
 
 def _models_for(task: str, scale: int | None) -> list[str]:
     """Shipped, then user, model names for a core task (and SR factor)."""
-    from napari_vdir.core.weights import WeightsError, read_info, shipped_models
+    from napari_vdir.core.models import shipped_models
+    from napari_vdir.core.weights import WeightsError, read_info
 
     names = []
     candidates = dict(shipped_models())
@@ -387,10 +385,8 @@ class RestoreDock(Container):
             self.model.value = current
 
     def _subscribe_user_models(self):
-        """Refresh the model list when a fine-tuned model is saved (``napari_vdir.core.user_models``)."""
-        if importlib.util.find_spec("napari_vdir.core.user_models") is None:
-            return None
-        from napari_vdir.core.user_models import on_user_models_changed
+        """Refresh the model list when a fine-tuned model is saved (``napari_vdir.core.models``)."""
+        from napari_vdir.core.models import on_user_models_changed
 
         return on_user_models_changed(self._user_models_changed)  # a bound method: held weakly
 
@@ -435,7 +431,8 @@ class RestoreDock(Container):
 
     def _model_and_task(self) -> tuple[object, str, int | None]:
         """(model argument for the core, task, scale) from the choosers."""
-        from napari_vdir.core.weights import read_info, resolve_model
+        from napari_vdir.core.models import resolve_model
+        from napari_vdir.core.weights import read_info
 
         task, scale = self.core_task
         choice = self.model.value

@@ -1,10 +1,12 @@
-"""The user models folder: weights files fine-tuned by the user, found by name beside the shipped ones.
+"""The model registry: the shipped models and the user's models, found by name.
 
-The folder is ``$NAPARI_VDIR_MODELS`` when set, else ``napari-vdir/models`` in the platform's user-data
-folder (``~/.local/share`` or ``$XDG_DATA_HOME`` on Linux, ``~/Library/Application Support`` on macOS,
-``%APPDATA%`` on Windows). A model's name is its file stem, as for shipped models; a shipped name wins
-over a user file of the same name (:func:`napari_vdir.core.weights.resolve_model`). Every file is validated
-with :func:`napari_vdir.core.weights.read_info` before it is listed; one that fails is skipped with a warning.
+Shipped models are the weights files in the package's ``models`` folder (or a source checkout's top-level
+``models/``). User models are weights files fine-tuned by the user, in the user models folder:
+``$NAPARI_VDIR_MODELS`` when set, else ``napari-vdir/models`` in the platform's user-data folder
+(``~/.local/share`` or ``$XDG_DATA_HOME`` on Linux, ``~/Library/Application Support`` on macOS, ``%APPDATA%`` on
+Windows). A model's name is its file stem; a shipped name wins over a user file of the same name
+(:func:`resolve_model`). Every user file is validated with :func:`napari_vdir.core.weights.read_info` before
+it is listed; one that fails is skipped with a warning. The file format itself is :mod:`napari_vdir.core.weights`.
 
 No Qt here: GUI code subscribes with :func:`on_user_models_changed` and is called, with no arguments,
 after each :func:`save_user_model` (or :func:`notify_user_models_changed`).
@@ -18,7 +20,129 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+
+from napari_vdir.core.weights import (
+    WEIGHTS_SUFFIX,
+    ModelInfo,
+    WeightsError,
+    existing_file,
+    read_info,
+    save_weights,
+)
+
+# ----------------------------------------------------------------------------- shipped and user models, by name
+
+def shipped_dirs() -> list[Path]:
+    """Installed package data first, then the source checkout's top-level ``models/``."""
+    dirs = [Path(str(resources.files("napari_vdir") / "models")),
+            Path(__file__).resolve().parents[3] / "models"]
+    return [d for d in dirs if d.is_dir()]
+
+
+@lru_cache(maxsize=1)
+def shipped_models() -> dict[str, Path]:
+    """Name -> path of every shipped weights file (name = file stem)."""
+    found: dict[str, Path] = {}
+    for d in shipped_dirs():
+        for p in sorted(d.glob(f"*{WEIGHTS_SUFFIX}")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def default_model_name(task: str, channels: int, scale: int = 1) -> str:
+    kind = "rgb" if channels == 3 else "gray"
+    return f"sr-x{scale}-{kind}" if task == "sr" else f"{task}-{kind}"
+
+
+def available_models() -> dict[str, Path]:
+    """Name -> path of every model that ``model=NAME`` finds: the shipped ones, then the user models
+    (:func:`list_user_models`) whose names no shipped model has."""
+    found = dict(shipped_models())
+    for name, path in list_user_models().items():
+        found.setdefault(name, path)
+    return found
+
+
+def looks_like_path(model: str | os.PathLike) -> bool:
+    """Whether a model argument names a file rather than a model: a ``Path``, or text with a path
+    separator or the weights suffix (``./m``, ``runs/x/denoise.safetensors``, ``m.safetensors``).
+    Anything else is a model name, even where a file or folder of that name exists here."""
+    if isinstance(model, os.PathLike):
+        return True
+    text = str(model)
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(sep in text for sep in separators) or text.lower().endswith(WEIGHTS_SUFFIX)
+
+
+def find_model(model: str | os.PathLike) -> Path:
+    """A model name or a weights file -> the weights file; the one resolver of every command.
+
+    A path (:func:`looks_like_path`) must be an existing file. A name means the shipped model of that
+    name, else the user model of that name (:func:`user_models_dir`): a folder or file of the
+    same name in the working directory never hides a model. Raises :class:`WeightsError` (one line).
+    """
+    if looks_like_path(model):
+        path = Path(model)
+        if not path.is_file() and path.name == str(model) and path.stem in _model_names():
+            raise WeightsError(f"weights file not found: {path} (for the model {path.stem!r}, "
+                               f"give its name without {WEIGHTS_SUFFIX})")
+        return existing_file(path)
+    name = str(model)
+    if name in shipped_models():
+        return shipped_models()[name]
+    path, problem = user_model(name)
+    if path is not None:
+        return path
+    user = [n for n in _model_names() if n not in shipped_models()]
+    here = f"; for the file or folder {name!r} here, write ./{name}" if Path(name).exists() else ""
+    bad = f"; its file is not usable: {problem}" if problem else ""
+    raise WeightsError(f"no shipped model named {name!r} and no user model of that name in {user_models_dir()}"
+                       f"{bad}{here}; shipped: {', '.join(shipped_models()) or 'none'}; "
+                       f"user: {', '.join(user) or 'none'}")
+
+
+def _model_names() -> list[str]:
+    return list(available_models())
+
+
+def resolve_model(model: str | Path | None, task: str, channels: int, scale: int = 1) -> Path:
+    """Turn a model name, a path or None (the task's default) into a weights file path.
+
+    ``model`` goes to :func:`find_model`: a name means the shipped model of that name, then the user
+    model (:func:`user_models_dir`), so a shipped name always means the shipped
+    model; text is a path only when it looks like one (:func:`looks_like_path`).
+    For gray input with no gray model shipped, the colour model is used (the caller replicates the channel).
+    The task's default (``model=None``) is always a shipped model.
+    """
+    if model is not None:
+        return find_model(model)
+    names = [default_model_name(task, channels, scale)]
+    if channels == 1:
+        names.append(default_model_name(task, 3, scale))
+    for name in names:
+        if name in shipped_models():
+            return shipped_models()[name]
+    raise WeightsError(f"no shipped model for task {task!r}" + (f" x{scale}" if task == "sr" else "")
+                       + f" (looked for {', '.join(names)}); pass model=PATH to a weights file, "
+                       "e.g. one made by `python -m napari_vdir.training`")
+
+
+def list_models() -> list[ModelInfo]:
+    """Metadata of every shipped model, then of every user model (see :func:`available_models`); each
+    ``name`` is the one ``model=NAME`` takes (the file stem)."""
+    infos = [replace(read_info(p), name=name) for name, p in shipped_models().items()]
+    for name, path in list_user_models().items():
+        info = None if name in shipped_models() else user_model_info(path)  # None: broken since it was listed
+        if info is not None:
+            infos.append(replace(info, name=name))
+    return infos
+
+
+# ----------------------------------------------------------------------------- the user models folder
 
 ENV_VAR = "NAPARI_VDIR_MODELS"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -41,8 +165,6 @@ def user_models_dir() -> Path:
 
 def check_model_name(name: str) -> str:
     """A user model's name becomes its file name: letters, digits, '.', '_', '-' (at most 64), no path."""
-    from napari_vdir.core.weights import WEIGHTS_SUFFIX
-
     name = str(name).strip()
     if name.endswith(WEIGHTS_SUFFIX):
         name = name[: -len(WEIGHTS_SUFFIX)]
@@ -63,8 +185,6 @@ def list_user_models() -> dict[str, Path]:
     Files that are not valid napari-vdir weights (truncated, foreign, a checkpoint) are skipped with a
     :class:`UserModelWarning` (once per file version), never an exception.
     """
-    from napari_vdir.core.weights import WEIGHTS_SUFFIX
-
     folder = user_models_dir()
     if not folder.is_dir():
         return {}
@@ -80,8 +200,6 @@ def list_user_models() -> dict[str, Path]:
 def user_model(name: str) -> tuple[Path | None, str | None]:
     """(path, None) of the valid user model ``name``; (None, why) when its file is not usable;
     (None, None) when there is none. Only that one file is read (a bad neighbour does not matter)."""
-    from napari_vdir.core.weights import WEIGHTS_SUFFIX
-
     if not NAME_PATTERN.fullmatch(str(name)):
         return None, None
     path = user_models_dir() / f"{name}{WEIGHTS_SUFFIX}"
@@ -105,8 +223,6 @@ def _validated(path: Path):
 
 def _check(path: Path, stacklevel: int = 3):
     """ModelInfo of a valid file, else the one-line reason (warned about once per version of the file)."""
-    from napari_vdir.core.weights import WeightsError, read_info
-
     try:
         st = path.stat()
     except OSError as err:
@@ -136,10 +252,6 @@ def save_user_model(name: str, model, info, *, overwrite: bool = False, notify: 
     existing user model is only replaced with ``overwrite=True``. ``notify``: call the
     :func:`on_user_models_changed` subscribers afterwards, in this thread.
     """
-    from dataclasses import replace
-
-    from napari_vdir.core.weights import WEIGHTS_SUFFIX, save_weights, shipped_models
-
     name = check_model_name(name)
     if name in shipped_models():
         raise ValueError(f"{name!r} is the name of a shipped model; choose another name")
@@ -154,8 +266,6 @@ def save_user_model(name: str, model, info, *, overwrite: bool = False, notify: 
 
 def unique_model_name(base: str) -> str:
     """``base`` made a valid name that no shipped or user model has yet (``base-2``, ``base-3``, ...)."""
-    from napari_vdir.core.weights import shipped_models
-
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(base)).strip("-._")[:56] or "model"
     taken = set(shipped_models()) | {p.stem for p in user_models_dir().glob("*.safetensors")}
     if cleaned not in taken:
