@@ -28,7 +28,7 @@ LOGS = REPO / "training" / "logs"
 # shipped model -> its stages' logs, oldest first (as the recipes' headers name them)
 CHAINS = {
     "denoise-rgb": ("probe-unshuffle-fast", "denoise-rgb", "denoise-rgb-unshuffle-stage3",
-                    "denoise-rgb-unshuffle-stage4"),
+                    "denoise-rgb-unshuffle-stage4", "denoise-rgb-varied-stage5"),
     "denoise-gray": ("denoise-gray", "denoise-gray-unshuffle-stage2"),
     "real-denoise-rgb": ("real-denoise-rgb-from-denoise",),
     "jpeg-rgb": ("jpeg-rgb-from-denoise", "jpeg-rgb-from-denoise-stage2", "jpeg-rgb-from-denoise-stage3"),
