@@ -16,7 +16,6 @@ from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from napari_vdir.plugin._qt import drops as _drops  # noqa: E402
 from napari_vdir.plugin._qt import restore_dock as _widget  # noqa: E402
-from tests.plugin.test_restore_dock import notes  # noqa: E402, F401  (the widget-notification fixture the dock tests share)
 
 PLUGIN = "napari-vdir"
 TIMEOUT_MS = 60_000
@@ -255,16 +254,9 @@ def test_text_is_split_into_layer_names_with_spaces():
 
 
 @pytest.fixture
-def finetune(make_napari_viewer, tmp_path, monkeypatch, tiny_weights):
-    import shutil
-
-    from napari_vdir.core import models
+def finetune(make_napari_viewer, models_dir):
     from napari_vdir.plugin._qt.finetune_dock import FineTuneDock
 
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv(models.ENV_VAR, str(folder))
-    shutil.copy(tiny_weights[("denoise", 1, 1)], folder / "tiny-start.safetensors")
     viewer = make_napari_viewer()
     for i, name in enumerate(["noisy a", "noisy b", "clean a"]):
         viewer.add_image(gray(i), name=name)

@@ -3,8 +3,6 @@ fills, Cancel saves nothing, and the dock does not grow."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -25,16 +23,6 @@ def noisy_stack(rng, planes: int = 3, size: int = 48) -> np.ndarray:
             clean[z] += 0.5 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
     noisy = rng.poisson(clean * 12) / 12 + rng.normal(0, 0.03, clean.shape)
     return np.clip(np.rint(noisy * 4000 + 100), 0, 65535).astype(np.uint16)
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch, tiny_weights):
-    """A private user models folder holding a tiny gray denoiser to start from (fast; quality is not tested)."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setenv(models.ENV_VAR, str(folder))
-    shutil.copy(tiny_weights[("denoise", 1, 1)], folder / "tiny-start.safetensors")
-    return folder
 
 
 @pytest.fixture
@@ -115,11 +103,11 @@ def test_cancel_stops_training_and_saves_nothing(dock, models_dir, qtbot):
 
 
 def test_a_second_run_is_refused_while_one_runs_and_errors_are_notifications(dock, qtbot, monkeypatch, rng):
-    from napari_vdir.plugin._qt import finetune_dock as _finetune_widget
+    from napari_vdir.plugin._qt import worker
 
     messages = []
-    monkeypatch.setattr(_finetune_widget, "show_error", messages.append)
-    monkeypatch.setattr(_finetune_widget, "show_info", messages.append)
+    monkeypatch.setattr(worker, "show_error", messages.append)
+    monkeypatch.setattr(worker, "show_info", messages.append)
     dock._viewer.add_image(noisy_stack(rng, planes=3, size=40), name="clean of another size")
     dock.clean.value = dock._viewer.layers["clean of another size"]
     dock.name.value = "mismatched"
@@ -217,10 +205,10 @@ def test_a_two_channel_layer_trains_on_its_channels(dock, models_dir):
 
 def test_a_models_folder_that_cannot_take_the_result_is_refused_before_training(dock, qtbot, monkeypatch, tmp_path):
     """Issue 31 item 4: the dock trained every step, then failed to save. Now Run is refused up front."""
-    from napari_vdir.plugin._qt import finetune_dock as _finetune_widget
+    from napari_vdir.plugin._qt import worker
 
     messages = []
-    monkeypatch.setattr(_finetune_widget, "show_error", messages.append)
+    monkeypatch.setattr(worker, "show_error", messages.append)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
     monkeypatch.setenv(models.ENV_VAR, str(blocker))

@@ -16,16 +16,6 @@ PLUGIN = "napari-vdir"
 TIMEOUT_MS = 60_000
 
 
-@pytest.fixture
-def notes(monkeypatch):
-    """Collect the widget's error/info notifications."""
-    seen = {"error": [], "info": [], "warning": []}
-    monkeypatch.setattr(_widget, "show_error", lambda msg: seen["error"].append(str(msg)))
-    monkeypatch.setattr(_widget, "show_info", lambda msg: seen["info"].append(str(msg)))
-    monkeypatch.setattr(_widget, "show_warning", lambda msg: seen["warning"].append(str(msg)))
-    return seen
-
-
 def dock(viewer, name):
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
     return widget

@@ -107,6 +107,13 @@ def snapshot(layer) -> LayerSnapshot:
         colormap=layer.colormap, blending=str(layer.blending), opacity=float(layer.opacity), overview=overview)
 
 
+def image_layers(viewer) -> list:
+    """The viewer's image layers, top of the layer list first (as napari shows them): what the docks offer."""
+    from napari.layers import Image
+
+    return [layer for layer in reversed(viewer.layers) if isinstance(layer, Image)]
+
+
 def layer_array(layer):
     """The full-resolution data of an image layer, checked for what the widgets cannot handle."""
     return snapshot(layer).data

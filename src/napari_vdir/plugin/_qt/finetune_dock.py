@@ -15,9 +15,6 @@ A drop only chooses: nothing trains until Run.
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from dataclasses import dataclass
 
 from magicgui.widgets import (
     CheckBox,
@@ -31,8 +28,6 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QPointF, QRectF, QSize, Qt
 from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
@@ -40,6 +35,7 @@ from superqt import QCollapsible
 from superqt.utils import ensure_main_thread
 
 from napari_vdir.plugin._qt.drops import DropZone
+from napari_vdir.plugin._qt.worker import WorkerDock, reported
 
 TITLE = "Fine-tune (VDIR)"
 NO_CLEAN = "none: noisy images only (self-supervised)"
@@ -47,15 +43,6 @@ METHOD_LABELS = {"Neighbor2Neighbor (recommended)": "neighbor2neighbor", "blind-
 SELF_SUPERVISED_TASKS = ("denoise", "real-denoise")
 METRIC_LABELS = {"val_loss": "held-out loss", "val_psnr": "validation PSNR (dB)"}
 PROGRESS_TICKS = 1000  # the dock's bar in a run with a time budget: its share of the time
-
-
-@dataclass
-class _Outcome:
-    """What the worker returns; it never raises, so every failure becomes a notification."""
-
-    result: object | None = None  # session.FineTuneResult
-    error: Exception | None = None
-    cancelled: bool = False
 
 
 def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
@@ -77,37 +64,21 @@ def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
     return dict(noisy=noisy, clean=clean, intensity_range=ranges, channel_axis=channel_axis)
 
 
-def fine_tune_vdir(settings: dict, cancel: threading.Event):
-    """The worker: runs the session in a thread of its own and yields its step records as they come.
+def fine_tune_vdir(settings: dict, cancel=None):
+    """The worker: runs the session in a thread of its own and yields its step records as they come
+    (:func:`~napari_vdir.plugin._qt.worker.reported`); returns its outcome (a ``FineTuneResult``).
 
-    A generator worker advances napari's activity-list progress bar once per record; the records reach
-    the dock through ``yielded`` on the main thread. ``settings`` holds layer snapshots (``noisy_snaps``,
-    ``clean_snap``), prepared here by :func:`training_inputs`, and ``finetune``'s other arguments.
+    ``settings`` holds layer snapshots (``noisy_snaps``, ``clean_snap``), prepared here by
+    :func:`training_inputs`, and ``finetune``'s other arguments.
     """
     from napari_vdir.training.session import TrainingCancelled, finetune
 
-    records: queue.Queue = queue.Queue()
-    done = object()
-    outcome = _Outcome()
+    def train(report):
+        options = dict(settings)
+        options.update(training_inputs(options.pop("noisy_snaps"), options.pop("clean_snap")))
+        return finetune(**options, callback=report, cancel=cancel, notify=False)
 
-    def train():
-        try:
-            options = dict(settings)
-            options.update(training_inputs(options.pop("noisy_snaps"), options.pop("clean_snap")))
-            outcome.result = finetune(**options, callback=records.put, cancel=cancel, notify=False)
-        except TrainingCancelled:
-            outcome.cancelled = True
-        except Exception as exc:  # noqa: BLE001 - reported by the dock
-            outcome.error = exc
-        finally:
-            records.put(done)
-
-    thread = threading.Thread(target=train, name="napari-vdir fine-tune", daemon=True)
-    thread.start()
-    while (record := records.get()) is not done:
-        yield record
-    thread.join()
-    return outcome
+    return (yield from reported(train, TrainingCancelled, thread_name="napari-vdir fine-tune"))
 
 
 def outcome_text(result) -> str:
@@ -253,8 +224,12 @@ class LossPlot(QWidget):
             p.drawText(QPointF(x, y), label)
 
 
-class FineTuneDock(Container):
+class FineTuneDock(WorkerDock):
     """Fine-tune a shipped or user model on image layers; the result becomes a user model."""
+
+    title = TITLE
+    job_name = "a fine-tune"
+    cancelled_text = "cancelled; nothing saved"
 
     def __init__(self, napari_viewer):
         from napari_vdir.training.session import (  # torch loads with the dock
@@ -264,12 +239,8 @@ class FineTuneDock(Container):
             DEFAULT_STEPS,
         )
 
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._worker = None
-        self._cancel_event: threading.Event | None = None
+        super().__init__(napari_viewer)
         self._auto_name = ""
-        self.last_result = None
 
         self.noisy = Select(label="noisy layers", choices=self._image_layers,
                             tooltip="the images to learn from: their noise is what the model learns to remove")
@@ -334,11 +305,6 @@ class FineTuneDock(Container):
         self.drop_zone = DropZone(self.native, self._viewer, take=self.take_noisy, status=self.status)
 
     # ------------------------------------------------------------------ choices
-
-    def _image_layers(self, *_) -> list:
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in reversed(self._viewer.layers) if isinstance(layer, Image)]
 
     def _clean_choices(self, *_) -> list:
         return [(NO_CLEAN, None), *self._image_layers()]
@@ -457,10 +423,6 @@ class FineTuneDock(Container):
 
     # ------------------------------------------------------------------ running
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     def settings(self) -> dict:
         """What the worker needs, read from the layers here on the main thread: layer snapshots (plain data,
         no napari object) and ``session.finetune``'s other arguments. Raises with a user-facing message."""
@@ -499,40 +461,29 @@ class FineTuneDock(Container):
 
     def run(self, *_):
         """Start a fine-tune on a worker thread; returns the worker (None when refused)."""
-        if self.running:
-            show_info(f"{TITLE}: a fine-tune is already running; wait for it or press Cancel")
+        if self.refuse_second_run():
             return None
         try:
             settings = self.settings()
         except Exception as exc:  # noqa: BLE001 - one line for the user
-            show_error(f"{TITLE}: {exc}")
+            self.notify_error(exc)
             return None
         from napari_vdir.training.session import metric_of
 
         metric = metric_of(settings["clean_snap"])
-        self._cancel_event = threading.Event()
         steps, minutes = settings.get("steps"), settings.get("minutes")
         self.plot.reset(steps, metric, minutes)
         # napari's activity list counts the records of a run of known steps (step 0 and each step); a run with
         # a time budget shows there as busy, and in the dock's own bar as its share of the time
-        worker = create_worker(fine_tune_vdir, settings, self._cancel_event, _start_thread=False,
-                               _progress={"total": steps + 1 if steps else 0, "desc": TITLE})
+        worker = self.start_worker(fine_tune_vdir, settings,
+                                   _progress={"total": steps + 1 if steps else 0, "desc": TITLE})
         worker.yielded.connect(self._on_record)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
         worker.aborted.connect(self._on_aborted)  # stopped from outside (napari's task list)
-        self._worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.max, self.progress.value = steps or PROGRESS_TICKS, 0
         length = f"{steps} steps" if steps else f"{minutes:g} min"
         self.status.value = f"training {settings['name']} from {settings['init']} ({length})…"
         worker.start()
         return worker
-
-    def cancel(self, *_):
-        if self._cancel_event is not None:
-            self._cancel_event.set()
-            self.status.value = "cancelling…"
 
     def _on_aborted(self, *_):
         """The worker was quit before training ended: stop training too; nothing is saved."""
@@ -541,8 +492,7 @@ class FineTuneDock(Container):
 
     def _on_destroyed(self, *_):
         """Closing the dock (or the viewer) mid-run stops training at the next step."""
-        if self._cancel_event is not None:
-            self._cancel_event.set()
+        super()._on_destroyed()
         self._unsubscribe()
 
     def _on_record(self, record):
@@ -562,31 +512,23 @@ class FineTuneDock(Container):
             self.status.value = (f"{where} · loss {record.loss:.4g}"
                                  + (f" · {metric} {val:.4g}" if val is not None else ""))
 
-    def _on_returned(self, outcome: _Outcome):
-        if outcome.cancelled or (self._cancel_event is not None and self._cancel_event.is_set()):
-            self.status.value = "cancelled; nothing saved"
-            return
-        if outcome.error is not None:
-            from napari_vdir.training.session import ModelNotSaved
+    def on_error(self, error: Exception):
+        from napari_vdir.training.session import ModelNotSaved
 
-            if isinstance(outcome.error, ModelNotSaved):  # trained, but kept outside the models folder
-                self.status.value = f"not saved; kept at {outcome.error.path}"
-            else:
-                self.status.value = "failed"
-            show_error(f"{TITLE}: {' '.join(str(outcome.error).split())}")
-            return
+        if isinstance(error, ModelNotSaved):  # trained, but kept outside the models folder
+            self.status.value = f"not saved; kept at {error.path}"
+        else:
+            self.status.value = "failed"
+        self.notify_error(" ".join(str(error).split()))
+
+    def on_result(self, res):
+        """A saved ``session.FineTuneResult``: announced, so every dock lists the new model."""
         from napari_vdir.core.models import notify_user_models_changed
 
-        res = outcome.result
         self.last_result = res
         self.progress.value = self.progress.max
         self.status.value = outcome_text(res)
         self._auto_name = self.name.value = ""  # a fresh name for the next run
         self._suggest_name()
         notify_user_models_changed()  # the Restore dock lists it now
-        show_info(f"{TITLE}: model {res.name!r} saved; choose it in the Restore dock")
-
-    def _on_finished(self):
-        self._worker = None
-        self._cancel_event = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.notify_info(f"model {res.name!r} saved; choose it in the Restore dock")

@@ -18,9 +18,6 @@ their task (:class:`DenoiseDock`, :class:`SuperResolveDock`, :class:`JpegDock`).
 
 from __future__ import annotations
 
-import threading
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -35,12 +32,11 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
 )
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
 from napari_vdir.plugin import layers as vl
 from napari_vdir.plugin._qt.drops import DropZone
+from napari_vdir.plugin._qt.worker import Outcome, WorkerDock, outcome_of
 
 AUTO_MODEL = "auto (shipped, by colour)"
 WEIGHTS_FILE = "weights file…"
@@ -69,35 +65,15 @@ def task_label(task: str) -> str:
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-@dataclass
-class _Outcome:
-    """What the worker hands back; it never raises, so errors reach the user as notifications."""
-
-    result: vl.LayerRestoration | None = None
-    error: Exception | None = None
-    cancelled: bool = False
-    warnings: list = field(default_factory=list)   # messages of the warnings the core raised
-
-
-def _run_job(kwargs: dict) -> _Outcome:
-    """Worker thread: restore a :class:`~napari_vdir.plugin.layers.LayerSnapshot` (never a napari layer)."""
+def _run_job(kwargs: dict, cancel=None) -> Outcome:
+    """Worker thread: restore a :class:`~napari_vdir.plugin.layers.LayerSnapshot` (never a napari layer) with
+    ``restore_layer(**kwargs)``; ``cancel`` (the run's event, else ``kwargs``' own) is checked before every tile
+    and between the network's blocks. The warnings the core raises come back in the outcome."""
     from napari_vdir.core.inference import RestorationCancelled
 
-    cancel = kwargs.get("cancel")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = vl.restore_layer(**kwargs)
-            if cancel is not None and cancel.is_set():  # pressed after the last check: still add nothing
-                outcome = _Outcome(cancelled=True)
-            else:
-                outcome = _Outcome(result=result)
-        except RestorationCancelled:
-            outcome = _Outcome(cancelled=True)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
-            outcome = _Outcome(error=exc)
-    outcome.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-    return outcome
+    if cancel is not None:
+        kwargs = {**kwargs, "cancel": cancel}
+    return outcome_of(lambda: vl.restore_layer(**kwargs), RestorationCancelled, record_warnings=True)
 
 
 def _device_choices() -> list[str]:
@@ -195,18 +171,16 @@ class _FlushAfterRemoval:
             getattr(self._events, name).disconnect(callback)
 
 
-class RestoreDock(Container):
+class RestoreDock(WorkerDock):
     """One dock for all tasks: layer, task, Run/Cancel, progress and the estimate; the rest under Advanced."""
 
     title = "Restore (VDIR)"
+    job_name = "a restoration"
+    cancelled_text = "cancelled; viewer unchanged"
 
     def __init__(self, napari_viewer, task: str = "denoise"):
-        super().__init__(labels=True)
-        self._viewer = napari_viewer
-        self._worker = None
-        self._cancel_event: threading.Event | None = None
+        super().__init__(napari_viewer)
         self._activity = None  # napari.utils.progress shown in the activity list while a run is in flight
-        self.last_result: vl.LayerRestoration | None = None
         self.queue: list = []  # dropped layers waiting for Run, after the one in the drop-down
         self._batch: list[int] | None = None  # [number, of] while Run works through the queue
         self._last_ok = False  # whether the last run added its result
@@ -322,12 +296,6 @@ class RestoreDock(Container):
 
     # ------------------------------------------------------------------ settings
 
-    def _image_layers(self, *_) -> list:
-        from napari.layers import Image
-
-        # top of the layer list first, as napari shows it
-        return [(layer.name, layer) for layer in reversed(self._viewer.layers) if isinstance(layer, Image)]
-
     @property
     def core_task(self) -> tuple[str, int | None]:
         return TASKS[self.task.value]
@@ -407,12 +375,12 @@ class RestoreDock(Container):
             info = read_info(path)
         except WeightsError as exc:
             self.status.value = "bad weights file"
-            show_error(f"{self.title}: {exc}")
+            self.notify_error(exc)
             return
         task, _ = self.core_task
         if info.task != task:
             self.status.value = "weights file for another task"
-            show_error(f"{self.title}: {path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
+            self.notify_error(f"{path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
             return
         self.status.value = f"weights: {info.name} ({info.task}, {'RGB' if info.channels == 3 else 'gray'})"
 
@@ -497,10 +465,6 @@ class RestoreDock(Container):
 
     # ------------------------------------------------------------------ running
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     def job(self, layer) -> dict:
         """The keyword arguments for ``restore_layer``, read on the main thread (the worker gets a snapshot
         of the layer, never the layer); raises with a user-facing message."""
@@ -521,8 +485,7 @@ class RestoreDock(Container):
         """Start a restoration of ``layer`` (default: the chosen input layer) on a worker thread."""
         from napari.utils import progress
 
-        if self.running:
-            show_info(f"{self.title}: a restoration is already running; wait for it or press Cancel")
+        if self.refuse_second_run():
             return None
         if layer is None and self.queue and self._batch is None:  # Run: the image, then the queue
             self._batch = [1, 1 + len(self.queue)]
@@ -530,33 +493,23 @@ class RestoreDock(Container):
         try:
             kwargs = self.job(layer)
         except Exception as exc:  # noqa: BLE001
-            show_error(f"{self.title}: {exc}")
+            self.notify_error(exc)
             if self._batch is not None:
                 self._end_batch(f"stopped at {getattr(layer, 'name', layer)!r}")
             return None
         self._last_ok = False
-        self._cancel_event = threading.Event()
-        kwargs.update(progress=self._set_progress, cancel=self._cancel_event)
-        self._worker = create_worker(_run_job, kwargs, _start_thread=False)
-        self._worker.returned.connect(self._on_returned)
-        self._worker.finished.connect(self._on_finished)
+        kwargs.update(progress=self._set_progress)
+        worker = self.start_worker(_run_job, kwargs)
         self._activity = progress(total=0, desc=f"{self.task.value}: {kwargs['layer'].name}")
-        self.run_button.enabled, self.cancel_button.enabled = False, True
         self.progress.value, self.progress.max = 0, 1
         of = f" ({self._batch[0]} of {self._batch[1]}: {kwargs['layer'].name})" if self._batch else ""
         self.status.value = f"running{of} on {self.device_label.value}…"
-        self._worker.start()
-        return self._worker
-
-    def cancel(self, *_):
-        if self._cancel_event is not None:
-            self._cancel_event.set()
-            self.status.value = "cancelling…"
+        worker.start()
+        return worker
 
     def _on_destroyed(self, *_):
         """Closing the dock (or the viewer) mid-run stops the worker at the next tile."""
-        if self._cancel_event is not None:
-            self._cancel_event.set()
+        super()._on_destroyed()
         if self._unsubscribe_models is not None:
             self._unsubscribe_models()
         try:
@@ -573,18 +526,10 @@ class RestoreDock(Container):
             self._activity.total = max(int(total), 1)
             self._activity.update(int(done) - self._activity.n)
 
-    def _on_returned(self, outcome: _Outcome):
-        for message in outcome.warnings:
-            show_warning(f"{self.title}: {message}")
-        if outcome.cancelled or (self._cancel_event is not None and self._cancel_event.is_set()):
-            self.status.value = "cancelled; viewer unchanged"
-            self.progress.value = 0
-            return
-        if outcome.error is not None:
-            self.status.value = "failed"
-            show_error(f"{self.title}: {outcome.error}")
-            return
-        res = outcome.result
+    def on_cancelled(self):
+        self.progress.value = 0
+
+    def on_result(self, res: vl.LayerRestoration):
         for layer_data in res.layers:
             vl.add_or_update(self._viewer, layer_data)
         vl.remove_stale(self._viewer, res)
@@ -595,12 +540,10 @@ class RestoreDock(Container):
         self.status.value = f"done{of}: {res.model} on {res.device}" + (f" ({res.backend})" if res.backend else "")
 
     def _on_finished(self):
-        self._worker = None
-        self._cancel_event = None
+        super()._on_finished()
         if self._activity is not None:
             self._activity.close()
             self._activity = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
         if self._batch is not None:
             if self._last_ok:
                 self._next_in_queue()
