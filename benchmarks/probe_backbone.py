@@ -167,11 +167,9 @@ def read_curve(log: Path) -> list[dict]:
 
 
 def arch_of(candidate: str):
-    from napari_vdir.core.nets import ArchConfig
     from napari_vdir.training.config import load_recipe
 
-    r = load_recipe(recipe_path(candidate))
-    return ArchConfig(channels=r.channels, scale=r.scale or 1, estimate_dims=r.estimate_dims, **r.arch.model_dump())
+    return load_recipe(recipe_path(candidate)).arch_config()
 
 
 def describe(candidate: str) -> dict:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-TASKS = ("denoise", "real-denoise", "sr", "jpeg")
+Task = Literal["denoise", "real-denoise", "sr", "jpeg"]  # recipes and options are validated against it
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from napari_vdir.core.tasks import TASKS
+
 EPILOG = """\
 examples:
   # fine-tune the shipped denoiser on a folder of your own clean images (noise is added on the fly)
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m napari_vdir.training", description=__doc__, epilog=EPILOG,
                                 formatter_class=HelpFormatter)
     p.add_argument("--recipe", help="YAML recipe (see training/*.yaml); flags below override its values")
-    p.add_argument("--task", choices=["denoise", "real-denoise", "sr", "jpeg"])
+    p.add_argument("--task", choices=TASKS)
     p.add_argument("--data", action="append",
                    help="folder or glob pattern of training images (repeatable): clean ones, or noisy ones with "
                         "--self-supervised / --pairs-from")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer, model_validator
 
 from napari_vdir.core.degradations import DEFAULT_RANGES
-from napari_vdir.core.nets import ARCH_LIMITS, ArchConfig
-from napari_vdir.core.tasks import ESTIMATES, check_task
+from napari_vdir.core.nets import ARCH_CHOICES, ARCH_LIMITS, ArchConfig
+from napari_vdir.core.tasks import ESTIMATES, Task, check_task
 
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
 # sr: "sr-mix" is how low-resolution images are really made (binning, resizes, blurs; pixel-centred grid);
@@ -23,30 +23,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-_PAPER = ArchConfig()
+# A recipe sets the network's size: these fields of nets.ArchConfig, with its defaults (the paper's) and its bounds
+# (nets.ARCH_LIMITS and ARCH_CHOICES, those a weights file may declare), so every recipe trains a loadable model.
+# The other fields follow from the recipe: channels, scale and estimate_dims (Recipe.arch_config).
+RECIPE_ARCH = ("width", "rir_blocks", "res_blocks", "encoder_width", "trunk")
+MIN_WIDTH = 4  # a recipe's layers are at least this wide (a weights file may declare narrower ones)
+_DEFAULT = ArchConfig()
 
 
-class ArchSpec(Strict):
-    """Width and depth of the network; the defaults are the paper's (``nets.ArchConfig``), the upper bounds
-    those a weights file may declare (``nets.ARCH_LIMITS``), so every recipe trains a loadable model."""
-
-    width: int = Field(_PAPER.width, ge=4, le=ARCH_LIMITS["width"][1])
-    rir_blocks: int = Field(_PAPER.rir_blocks, ge=1, le=ARCH_LIMITS["rir_blocks"][1])
-    res_blocks: int = Field(_PAPER.res_blocks, ge=1, le=ARCH_LIMITS["res_blocks"][1])
-    encoder_width: int = Field(_PAPER.encoder_width, ge=4, le=ARCH_LIMITS["encoder_width"][1])
-    trunk: Literal["full", "unshuffle", "unet"] = Field(
-        _PAPER.trunk, description="'unshuffle': the restorer's body runs at half resolution on 2x2 cells "
-        "(nets.UnshuffleRestorer); 'unet': a three-level encoder-decoder on those cells (nets.UNetRestorer). Both for "
-        "restoration tasks only")
-
+class _Arch(Strict):
     @model_serializer(mode="wrap")
     def _default_trunk_unwritten(self, handler):
         """As ``ArchConfig.to_dict``: the default trunk is not written, so a full-trunk recipe dumps (and a
         checkpoint's stored recipe compares on resume) exactly as before the field existed."""
         values = handler(self)
-        if values.get("trunk") == _PAPER.trunk:
+        if values.get("trunk") == _DEFAULT.trunk:
             del values["trunk"]
         return values
+
+
+def _arch_field(name: str):
+    default = getattr(_DEFAULT, name)
+    if name in ARCH_CHOICES:
+        return Literal[ARCH_CHOICES[name]], Field(default)
+    low, high = ARCH_LIMITS[name]
+    return int, Field(default, ge=max(low, MIN_WIDTH) if name.endswith("width") else low, le=high)
+
+
+ArchSpec = create_model("ArchSpec", __base__=_Arch, __doc__="The network's size in a recipe: the fields "
+                        f"{', '.join(RECIPE_ARCH)} of nets.ArchConfig, with its defaults and bounds.",
+                        **{name: _arch_field(name) for name in RECIPE_ARCH})
 
 
 class DataSpec(Strict):
@@ -77,7 +83,7 @@ class LossWeights(Strict):
 
 class Recipe(Strict):
     name: str
-    task: Literal["denoise", "real-denoise", "sr", "jpeg"]
+    task: Task
     channels: Literal[1, 3] = 3
     scale: int | None = None
     degradation: Degradation | None = None
@@ -165,6 +171,11 @@ class Recipe(Strict):
         if self.self_supervised or self.losses.estimate <= 0:
             return 0
         return len(ESTIMATES[self.task])
+
+    def arch_config(self) -> ArchConfig:
+        """The network this recipe trains: ``arch`` with the channels, scale and estimator size the recipe implies."""
+        return ArchConfig(channels=self.channels, scale=self.scale or 1, estimate_dims=self.estimate_dims,
+                          **self.arch.model_dump())
 
 
 def load_recipe(path: str | Path, **overrides) -> Recipe:

@@ -433,3 +433,41 @@ def validation_set(recipe: Recipe, device) -> list[Batch]:
         out.append(Batch(batch.degraded.to(device), batch.clean.to(device),
                          None if batch.estimate_target is None else batch.estimate_target.to(device)))
     return out
+
+
+def training_data(recipe: Recipe, device, arrays: ArrayData | None = None) -> tuple:
+    """(training sampler, held-out noisy sampler or None, validation batches, what was read, in words) for a recipe.
+
+    ``arrays`` (in-memory planes, e.g. napari layers) replaces the recipe's files (:meth:`ArrayData.samplers`).
+    Otherwise: Noise2Noise reads groups of repeated frames; every other run reads images (clean ones, noisy ones
+    when self-supervised) and, where the recipe names them, their degraded twins. A self-supervised run without
+    clean references (no ``data.val``) holds out every tenth image or field of view for its validation loss.
+    """
+    if arrays is not None:
+        return arrays.samplers(recipe, device)
+    r, s = recipe, recipe.scale or 1
+    held_out = None
+    hold_out = bool(r.self_supervised) and r.data.val is None
+    if r.self_supervised == "noise2noise":
+        groups = load_frame_groups(r.data.train, r.channels, r.pairs_from, r.data.exclude, min_size=r.patch)
+        if hold_out and len(groups) >= 2:  # every tenth field of view
+            held_out = FramePairSampler(groups[::10], r.patch, device)
+            groups = [g for i, g in enumerate(groups) if i % 10]
+        sampler = FramePairSampler(groups, r.patch, device)
+        count = f"{len(groups)} fields of view ({sum(len(g) for g in groups)} frames)"
+    else:
+        clean = load_folder(r.data.train, r.channels, r.data.exclude, min_size=r.patch * s)
+        degraded = None
+        if r.data.degraded:
+            twins = load_folder(r.data.degraded, r.channels, r.data.exclude, min_size=r.patch)
+            degraded = pair_by_name(clean, twins, r.data.degraded)
+            for (n, c), d in zip(clean, degraded, strict=True):
+                if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
+                    raise ValueError(f"pair {n}: clean {c.shape[:2]} and degraded {d.shape[:2]} sizes do not match")
+        images = [x for _, x in clean]
+        if hold_out and len(images) >= 2:  # every tenth image
+            held_out = PatchSampler(images[::10], r.patch, device)
+            images = [x for i, x in enumerate(images) if i % 10]
+        sampler = PatchSampler(images, r.patch, device, degraded, s)
+        count = f"{len(images)} training images" + (" (noisy)" if r.self_supervised else "")
+    return sampler, held_out, validation_set(r, device), count

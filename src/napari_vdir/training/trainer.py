@@ -19,21 +19,11 @@ import torch.nn.functional as F
 from napari_vdir.core.devices import autocast_context, select_device
 from napari_vdir.core.io import written_then_renamed
 from napari_vdir.core.models import resolve_model
-from napari_vdir.core.nets import VDIR, ArchConfig, Decoder, Discriminator
+from napari_vdir.core.nets import VDIR, Decoder, Discriminator
 from napari_vdir.core.weights import ModelInfo, load_weights, save_weights
 from napari_vdir.training import losses, selfsupervised
 from napari_vdir.training.config import Recipe
-from napari_vdir.training.data import (
-    ArrayData,
-    Batch,
-    FramePairSampler,
-    PatchSampler,
-    degrade,
-    load_folder,
-    load_frame_groups,
-    pair_by_name,
-    validation_set,
-)
+from napari_vdir.training.data import ArrayData, Batch, degrade, training_data
 
 
 def critic_widths(patch: int) -> tuple[int, ...]:
@@ -146,8 +136,7 @@ class Trainer:
                                  f"cannot be fine-tuned for {r.task} with {r.channels} channel(s) x{r.scale or 1}"
                                  + hint)
             return model.train(), info
-        cfg = ArchConfig(channels=r.channels, scale=r.scale or 1, estimate_dims=r.estimate_dims,
-                         **r.arch.model_dump())
+        cfg = r.arch_config()
         model = VDIR(cfg).to(self.device)
         if not r.init_network:
             return model, None
@@ -165,38 +154,11 @@ class Trainer:
         return model.train(), info
 
     def load_data(self, arrays: ArrayData | None = None):
-        """Read the recipe's data; ``arrays`` (in-memory planes, e.g. napari layers) replaces its files."""
-        r = self.recipe
-        s = r.scale or 1
-        self.held_out = None  # self-supervised without clean references: noisy patches for a validation loss
-        hold_out = bool(r.self_supervised) and r.data.val is None
-        if arrays is not None:
-            self.sampler, self.held_out, array_val, count = arrays.samplers(r, self.device)
-        elif r.self_supervised == "noise2noise":
-            groups = load_frame_groups(r.data.train, r.channels, r.pairs_from, r.data.exclude, min_size=r.patch)
-            if hold_out and len(groups) >= 2:  # every tenth field of view
-                self.held_out = FramePairSampler(groups[::10], r.patch, self.device)
-                groups = [g for i, g in enumerate(groups) if i % 10]
-            self.sampler = FramePairSampler(groups, r.patch, self.device)
-            count = f"{len(groups)} fields of view ({sum(len(g) for g in groups)} frames)"
-        else:
-            clean = load_folder(r.data.train, r.channels, r.data.exclude, min_size=r.patch * s)
-            degraded = None
-            if r.data.degraded:
-                twins = load_folder(r.data.degraded, r.channels, r.data.exclude, min_size=r.patch)
-                degraded = pair_by_name(clean, twins, r.data.degraded)
-                for (n, c), d in zip(clean, degraded, strict=True):
-                    if c.shape[0] != d.shape[0] * s or c.shape[1] != d.shape[1] * s:
-                        raise ValueError(f"pair {n}: clean {c.shape[:2]} and degraded {d.shape[:2]} sizes do not match")
-            images = [x for _, x in clean]
-            if hold_out and len(images) >= 2:  # every tenth image
-                self.held_out = PatchSampler(images[::10], r.patch, self.device)
-                images = [x for i, x in enumerate(images) if i % 10]
-            self.sampler = PatchSampler(images, r.patch, self.device, degraded, s)
-            count = f"{len(images)} training images" + (" (noisy)" if r.self_supervised else "")
-        if self.held_out is not None:
-            self.val_noisy = self.held_out.sample(max(8, r.batch), torch.Generator().manual_seed(1234))
-        self.val = array_val if arrays is not None else validation_set(r, self.device)
+        """Read the recipe's data (:func:`napari_vdir.training.data.training_data`); ``arrays`` (in-memory planes,
+        e.g. napari layers) replaces its files."""
+        self.sampler, self.held_out, self.val, count = training_data(self.recipe, self.device, arrays)
+        if self.held_out is not None:  # self-supervised without clean references: noisy patches for a validation loss
+            self.val_noisy = self.held_out.sample(max(8, self.recipe.batch), torch.Generator().manual_seed(1234))
         if self.rank == 0:
             self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
 
