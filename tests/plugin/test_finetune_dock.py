@@ -73,7 +73,7 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     assert len(dock.plot.val_points) >= 2 and dock.plot.val_points[0][0] == 0  # the start and later validations
     assert dock.progress.value == dock.progress.max
     assert worker.pbar.total == 11 and worker.pbar.n == 11  # napari's activity list: step 0 and 10 steps
-    from napari_vdir.plugin._qt.finetune_dock import outcome_text
+    from napari_vdir.plugin.finetune import outcome_text
 
     assert "cells-tuned" in dock.status.value and dock.status.value == outcome_text(dock.last_result)
     assert dock.name.value != "cells-tuned"  # a fresh name is offered for the next run
@@ -130,7 +130,7 @@ def test_layers_are_prepared_as_the_restore_dock_prepares_them(dock):
     """Contrast limits as wide as a hot pixel (or the dtype) are narrowed to the data's robust range and padded
     as for restoring; the hot pixel itself is clipped before training. A clean twin gets the noisy range."""
     from napari_vdir.plugin import layers
-    from napari_vdir.plugin._qt.finetune_dock import training_inputs
+    from napari_vdir.plugin.finetune import training_inputs
 
     layer = dock._viewer.layers["cells"]
     hot = layer.data.copy()
@@ -189,7 +189,7 @@ def test_the_start_model_follows_the_chosen_layers(make_napari_viewer, models_di
 
 def test_a_two_channel_layer_trains_on_its_channels(dock, models_dir):
     """Issue 31 item 11: a (H, W, 2) layer is two channels, as the Restore dock reads it (not 64 planes)."""
-    from napari_vdir.plugin._qt.finetune_dock import training_inputs
+    from napari_vdir.plugin.finetune import training_inputs
 
     layer = dock._viewer.add_image(np.moveaxis(noisy_stack(np.random.default_rng(1), planes=2), 0, -1),
                                    name="two channels")
@@ -243,7 +243,7 @@ def test_a_run_of_some_minutes_from_the_dock(dock, models_dir, qtbot):
     """Training time is the dock's setting (steps, under Advanced, replace it when set): a run of 0.05
     minutes trains about that long, the plot's x axis is that time, the start model's held-out loss is a
     line, and the status says whether the saved model beat the start."""
-    from napari_vdir.plugin._qt.finetune_dock import outcome_text
+    from napari_vdir.plugin.finetune import outcome_text
 
     assert not dock.minutes.enabled  # the fixture chose 10 steps, which replace the training time
     dock.by_steps.value = False  # the dock's default: the training time decides
@@ -307,7 +307,7 @@ def test_steps_replace_the_minutes_and_the_status_says_when_the_start_stayed_bes
 def test_the_status_after_a_run_says_whether_the_start_was_beaten():
     from pathlib import Path
 
-    from napari_vdir.plugin._qt.finetune_dock import outcome_text
+    from napari_vdir.plugin.finetune import outcome_text
     from napari_vdir.training.session import FineTuneResult
 
     def result(outcome, kept):

@@ -39,7 +39,7 @@ def test_manifest_validates_and_resolves():
 
 def test_plugin_modules_import_without_torch():
     code = ("import sys, napari_vdir, napari_vdir.plugin._qt.restore_dock, napari_vdir.plugin.sample_data, napari_vdir.plugin.layers, "
-            "napari_vdir.plugin.commands; "
+            "napari_vdir.plugin.commands, napari_vdir.plugin.finetune, napari_vdir.plugin._qt.finetune_dock; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,7 +1,9 @@
 """The "Fine-tune (VDIR)" dock: train a model on layers of the viewer, watch its curve, keep the result.
 
-The dock only gathers settings and calls :func:`napari_vdir.training.session.finetune` on a napari thread
-worker; nothing about training lives here. Everything the worker needs is read from the layers on the main
+The dock only gathers settings and calls :mod:`napari_vdir.plugin.finetune` (the start model, the checks of
+the chosen layers, and :func:`napari_vdir.training.session.finetune` on a napari thread worker, through
+:mod:`napari_vdir.plugin._qt.worker`); nothing about training lives here, and the loss plot is
+:mod:`napari_vdir.plugin._qt.plot`. Everything the worker needs is read from the layers on the main
 thread before it starts (the arrays and contrast limits), and everything it reports comes back as the
 worker's ``yielded`` records on the main thread: the worker never touches a napari or Qt object. The saved
 model is announced with :func:`napari_vdir.core.models.notify_user_models_changed` from the main thread,
@@ -13,8 +15,6 @@ A drop only chooses: nothing trains until Run.
 """
 
 from __future__ import annotations
-
-import math
 
 from magicgui.widgets import (
     CheckBox,
@@ -28,200 +28,28 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from qtpy.QtCore import QPointF, QRectF, QSize, Qt
-from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
-from qtpy.QtWidgets import QSizePolicy, QWidget
+from qtpy.QtWidgets import QSizePolicy
 from superqt import QCollapsible
 from superqt.utils import ensure_main_thread
 
+from napari_vdir.plugin import finetune as ft
 from napari_vdir.plugin._qt.drops import DropZone
+from napari_vdir.plugin._qt.plot import LossPlot
 from napari_vdir.plugin._qt.worker import WorkerDock, reported
 
 TITLE = "Fine-tune (VDIR)"
 NO_CLEAN = "none: noisy images only (self-supervised)"
 METHOD_LABELS = {"Neighbor2Neighbor (recommended)": "neighbor2neighbor", "blind-spot (Noise2Void)": "blind-spot"}
-SELF_SUPERVISED_TASKS = ("denoise", "real-denoise")
-METRIC_LABELS = {"val_loss": "held-out loss", "val_psnr": "validation PSNR (dB)"}
 PROGRESS_TICKS = 1000  # the dock's bar in a run with a time budget: its share of the time
 
 
-def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
-    """Layer snapshots -> ``finetune``'s ``noisy``, ``clean`` and ``intensity_range``, prepared as the Restore
-    dock prepares a layer (``layers.restore_layer``): the layer's range (contrast limits narrowed to the robust
-    range) padded by ``layers.RANGE_HEADROOM``, and far outliers (hot pixels) clipped. A clean layer gets its
-    noisy twin's range. No napari or Qt object: this runs in the worker."""
-    from napari_vdir.plugin.layers import guess_channel_axis, layer_intensity_range, prepare_for_model
-
-    axes = [guess_channel_axis(snap) for snap in noisy_snaps]  # as the Restore dock finds a layer's channels
-    layer_ranges = [layer_intensity_range(snap, axis) for snap, axis in zip(noisy_snaps, axes, strict=True)]
-    prepared = [prepare_for_model(snap.data, rng, snap.rgb, axis, snap.lazy)
-                for snap, rng, axis in zip(noisy_snaps, layer_ranges, axes, strict=True)]
-    noisy, ranges = [data for data, _ in prepared], [rng for _, rng in prepared]
-    clean = None
-    if clean_snap is not None:  # mapped by its noisy twin's range
-        clean = [prepare_for_model(clean_snap.data, layer_ranges[0], clean_snap.rgb, axes[0], clean_snap.lazy)[0]]
-    channel_axis = [False if axis is None else axis for axis in axes]  # False: no channels (never guessed again)
-    return dict(noisy=noisy, clean=clean, intensity_range=ranges, channel_axis=channel_axis)
-
-
 def fine_tune_vdir(settings: dict, cancel=None):
-    """The worker: runs the session in a thread of its own and yields its step records as they come
-    (:func:`~napari_vdir.plugin._qt.worker.reported`); returns its outcome (a ``FineTuneResult``).
+    """The worker: :func:`napari_vdir.plugin.finetune.train` in a thread of its own, its step records yielded as
+    they come (:func:`~napari_vdir.plugin._qt.worker.reported`); returns its outcome (a ``FineTuneResult``)."""
+    from napari_vdir.training.session import TrainingCancelled
 
-    ``settings`` holds layer snapshots (``noisy_snaps``, ``clean_snap``), prepared here by
-    :func:`training_inputs`, and ``finetune``'s other arguments.
-    """
-    from napari_vdir.training.session import TrainingCancelled, finetune
-
-    def train(report):
-        options = dict(settings)
-        options.update(training_inputs(options.pop("noisy_snaps"), options.pop("clean_snap")))
-        return finetune(**options, callback=report, cancel=cancel, notify=False)
-
-    return (yield from reported(train, TrainingCancelled, thread_name="napari-vdir fine-tune"))
-
-
-def outcome_text(result) -> str:
-    """The status after a run, the verdict first (a long name is cut at the end, not the verdict): whether the
-    saved model beat the model it started from, from ``FineTuneResult.start_kept`` and ``FineTuneResult.outcome``
-    (the saved weights are the best validated ones, the start's included, so the saved model is either better
-    than the start on the held-out data or the start itself), then its name and folder."""
-    where = f"{result.name} ({result.path.parent})"
-    if result.start_kept:
-        return f"not better than the start: {result.outcome or 'saved unchanged'} as {where}"
-    if result.outcome is None:  # nothing held out (a single plane): not compared
-        return f"saved {where}; not compared with the start (no held-out data)"
-    return f"better than the start: {result.outcome}; saved {where}"
-
-
-def _y_of(box: QRectF, value: float, low: float, high: float) -> float:
-    span = (high - low) or max(abs(high), 1e-12)
-    return box.bottom() - box.height() * (0.05 + 0.9 * (value - low) / span)
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class LossPlot(QWidget):
-    """A small live plot: training loss (grey) and the validation metric (orange), each on its own scale, with
-    the starting model's validation level as a dashed line (blue): the orange curve below it (held-out loss)
-    or above it (PSNR) is a model better than the start.
-
-    Its x axis is steps, or training seconds in a run with a time budget (``reset(minutes=...)``)."""
-
-    TRAIN, VAL, START = QColor(150, 150, 150), QColor(255, 140, 0), QColor(40, 120, 255)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.train_points: list[tuple[float, float]] = []  # (x, value): x a step, or seconds of training
-        self.val_points: list[tuple[float, float]] = []
-        self.start_level: float | None = None  # the starting model's validation (step 0)
-        self.steps = 1
-        self.minutes: float | None = None
-        self.metric = "val_loss"
-        # never wider than the dock gives it: the dock must not grow with what is drawn
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(160)
-
-    def sizeHint(self) -> QSize:
-        return QSize(240, 160)
-
-    def reset(self, steps: int | None, metric: str, minutes: float | None = None) -> None:
-        """A new run of ``steps`` steps, or of ``minutes`` of training (then x is seconds of training)."""
-        self.train_points, self.val_points, self.start_level = [], [], None
-        self.steps, self.minutes, self.metric = max(1, int(steps or 1)), minutes, metric
-        self.update()
-
-    @property
-    def extent(self) -> float:
-        """The x axis' end: the run's steps, or its budget in seconds."""
-        return 60 * self.minutes if self.minutes else self.steps
-
-    def add(self, record) -> None:
-        x = record.train_seconds if self.minutes else record.step
-        if record.loss is not None and math.isfinite(record.loss):
-            self.train_points.append((x, float(record.loss)))
-        if record.val is not None and math.isfinite(record.val):
-            self.val_points.append((x, float(record.val)))
-            if record.step == 0:
-                self.start_level = float(record.val)
-        self.update()
-
-    def plot_box(self) -> QRectF:
-        return QRectF(8, 18, max(10, self.width() - 16), max(10, self.height() - 40))
-
-    def _val_range(self) -> tuple[float, float]:
-        values = [v for _, v in self.val_points] + ([self.start_level] if self.start_level is not None else [])
-        return min(values), max(values)
-
-    def start_y(self) -> float | None:
-        """Where the start line is drawn (None before the start is validated)."""
-        if self.start_level is None:
-            return None
-        return _y_of(self.plot_box(), self.start_level, *self._val_range())
-
-    def paintEvent(self, event):  # noqa: N802 - Qt's name
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        text = self.palette().windowText().color()
-        box = self.plot_box()
-        p.setPen(QPen(text, 1))
-        p.drawRect(box)
-        p.setPen(self.TRAIN)
-        p.drawText(QPointF(box.left(), 13), "training loss")
-        p.setPen(self.VAL)
-        label = METRIC_LABELS.get(self.metric, self.metric)
-        p.drawText(QPointF(box.right() - p.fontMetrics().horizontalAdvance(label), 13), label)
-        y = self.start_y()
-        if y is not None:  # the starting model's level, on the validation curve's scale
-            p.setPen(QPen(self.START, 1.5, Qt.PenStyle.DashLine))
-            p.drawLine(QPointF(box.left(), y), QPointF(box.right(), y))
-            p.setPen(self.START)
-            below = y - box.top() < p.fontMetrics().ascent() + 4  # no room above the line
-            label_y = y + p.fontMetrics().ascent() + 2 if below else y - 3
-            p.drawText(QPointF(box.center().x() - p.fontMetrics().horizontalAdvance("start") / 2, label_y), "start")
-        self._series(p, box, self.train_points, self.TRAIN, "left")
-        if self.val_points:
-            self._series(p, box, self.val_points, self.VAL, "right", self._val_range())
-        p.setPen(text)
-        p.drawText(QPointF(box.left(), box.bottom() + 15), "0")
-        end = f"{self.minutes:g} min" if self.minutes else f"{self.steps} steps"
-        p.drawText(QPointF(box.right() - p.fontMetrics().horizontalAdvance(end), box.bottom() + 15), end)
-        p.end()
-
-    def _series(self, p: QPainter, box: QRectF, points, colour: QColor, side: str, limits=None) -> None:
-        if not points:
-            return
-        values = [v for _, v in points]
-        low, high = limits or (min(values), max(values))
-        extent = self.extent
-
-        def at(step, value):
-            x = box.left() + box.width() * min(step, extent) / extent
-            return QPointF(x, _y_of(box, value, low, high))
-
-        path = QPainterPath(at(*points[0]))
-        for step, value in points[1:]:
-            path.lineTo(at(step, value))
-        p.setPen(QPen(colour, 1.5))
-        p.drawPath(path)
-        if len(points) < 40:
-            p.setBrush(colour)
-            for step, value in points:
-                p.drawEllipse(at(step, value), 2.0, 2.0)
-            p.setBrush(Qt.BrushStyle.NoBrush)
-        backdrop = self.palette().window().color()
-        backdrop.setAlpha(200)  # the range labels stay readable over the curves
-        metrics = p.fontMetrics()
-        p.setPen(colour)
-        for value, y in ((high, box.top() + 12), (low, box.bottom() - 4)):
-            label = f"{value:.4g}"
-            width = metrics.horizontalAdvance(label)
-            x = box.left() + 4 if side == "left" else box.right() - 4 - width
-            p.fillRect(QRectF(x - 1, y - metrics.ascent(), width + 2, metrics.height()), backdrop)
-            p.drawText(QPointF(x, y), label)
+    return (yield from reported(lambda report: ft.train(settings, report, cancel), TrainingCancelled,
+                                thread_name="napari-vdir fine-tune"))
 
 
 class FineTuneDock(WorkerDock):
@@ -311,19 +139,7 @@ class FineTuneDock(WorkerDock):
 
     def _model_choices(self, *_) -> list[str]:
         """Shipped and user models; without a clean layer, only denoisers (self-supervised training)."""
-        from napari_vdir.core.models import available_models
-        from napari_vdir.core.weights import WeightsError, read_info
-
-        pairs = getattr(self, "clean", None) is not None and self.clean.value is not None
-        names = []
-        for name, path in available_models().items():
-            try:
-                task = read_info(path).task
-            except WeightsError:
-                continue
-            if pairs or task in SELF_SUPERVISED_TASKS:
-                names.append(name)
-        return names
+        return ft.start_models(pairs=getattr(self, "clean", None) is not None and self.clean.value is not None)
 
     def _refresh_layers(self, *_):
         self.noisy.reset_choices()
@@ -341,37 +157,12 @@ class FineTuneDock(WorkerDock):
             self.model.value = current
         self._suggest_model()
 
-    def _layers_rgb(self) -> bool | None:
-        """Whether the chosen noisy layers are RGB (None: none chosen)."""
-        layers = list(self.noisy.value) if getattr(self, "noisy", None) is not None else []
-        return any(bool(layer.rgb) for layer in layers) if layers else None
-
-    @staticmethod
-    def _model_channels(name) -> int | None:
-        from napari_vdir.core.models import available_models
-        from napari_vdir.core.weights import WeightsError, read_info
-
-        path = available_models().get(name)
-        try:
-            return read_info(path).channels if path is not None else None
-        except (WeightsError, OSError):
-            return None
-
     def _suggest_model(self, *_):
-        """The start model follows the chosen layers: RGB layers start from an RGB model (``denoise-rgb``), gray
-        and multichannel layers from a gray one (``denoise-gray``; their channels are trained one by one). A chosen
-        model that fits the layers is kept."""
-        rgb = self._layers_rgb()
-        choices = list(self.model.choices)
-        if rgb is None or not choices:
-            return
-        wanted = 3 if rgb else 1
-        if self._model_channels(self.model.value) == wanted:
-            return
-        default = "denoise-rgb" if rgb else "denoise-gray"
-        fitting = [default] if default in choices else [n for n in choices if self._model_channels(n) == wanted]
-        if fitting:
-            self.model.value = fitting[0]
+        """The start model follows the chosen layers (:func:`napari_vdir.plugin.finetune.suggested_start`)."""
+        layers = list(self.noisy.value) if getattr(self, "noisy", None) is not None else []
+        model = ft.suggested_start(layers, list(self.model.choices), self.model.value)
+        if model is not None:
+            self.model.value = model
 
     @ensure_main_thread
     def _on_user_models_changed(self):
@@ -424,40 +215,12 @@ class FineTuneDock(WorkerDock):
     # ------------------------------------------------------------------ running
 
     def settings(self) -> dict:
-        """What the worker needs, read from the layers here on the main thread: layer snapshots (plain data,
-        no napari object) and ``session.finetune``'s other arguments. Raises with a user-facing message."""
-        from napari_vdir.plugin.layers import snapshot
-        from napari_vdir.training.session import check_destination
-
-        noisy_layers = list(self.noisy.value)
-        if not noisy_layers:
-            raise ValueError("choose at least one noisy layer")
-        clean_layer = self.clean.value
-        if self.model.value is None:
-            raise ValueError("no model to start from")
-        rgb = {bool(layer.rgb) for layer in noisy_layers}
-        if len(rgb) > 1:
-            raise ValueError("the noisy layers mix RGB and gray images; choose one kind")
-        snaps = [snapshot(layer) for layer in noisy_layers]  # checks each layer
-        clean_snap = None
-        if clean_layer is not None:
-            if len(noisy_layers) != 1:
-                raise ValueError("with a clean layer, choose exactly one noisy layer (its noisy twin)")
-            if clean_layer in noisy_layers:
-                raise ValueError("the clean layer is also chosen as noisy; choose its noisy twin")
-            clean_snap = snapshot(clean_layer)
-        if rgb == {True} and self._model_channels(self.model.value) == 1:
-            raise ValueError(f"{self.model.value} is a gray model; choose an RGB model (e.g. denoise-rgb) for RGB layers")
-        try:  # the name, and a models folder that can take the result: before training, not after it
-            name = check_destination(self.name.value).stem
-        except FileExistsError:
-            raise ValueError(f"a model named {self.name.value.strip()!r} exists in your models folder; choose another "
-                             "name") from None
-        budget = dict(steps=int(self.steps.value)) if self.by_steps.value else dict(minutes=float(self.minutes.value))
-        return dict(noisy_snaps=snaps, clean_snap=clean_snap, name=name, init=self.model.value, **budget,
-                    method=METHOD_LABELS[self.method.value],
-                    batch=int(self.batch.value), lr=float(self.lr.value), rgb=rgb.pop(),
-                    labels=[layer.name for layer in noisy_layers])
+        """What the worker needs, read from the dock and its layers here on the main thread
+        (:func:`napari_vdir.plugin.finetune.training_settings`). Raises with a user-facing message."""
+        return ft.training_settings(self.noisy.value, self.clean.value, self.model.value, self.name.value,
+                                    steps=int(self.steps.value) if self.by_steps.value else None,
+                                    minutes=float(self.minutes.value), method=METHOD_LABELS[self.method.value],
+                                    batch=int(self.batch.value), lr=float(self.lr.value))
 
     def run(self, *_):
         """Start a fine-tune on a worker thread; returns the worker (None when refused)."""
@@ -502,13 +265,13 @@ class FineTuneDock(WorkerDock):
         if record.minutes:
             share = record.train_seconds / (60 * record.minutes)
             self.progress.value = min(round(share * PROGRESS_TICKS), self.progress.max)
-            where = f"{_clock(record.train_seconds)} of {_clock(60 * record.minutes)} · step {record.step}"
+            where = f"{ft.clock(record.train_seconds)} of {ft.clock(60 * record.minutes)} · step {record.step}"
         else:
             self.progress.value = min(record.step, self.progress.max)
             where = f"step {record.step}/{record.steps}"
         if record.loss is not None:
             val = self.plot.val_points[-1][1] if self.plot.val_points else None
-            metric = METRIC_LABELS.get(self.plot.metric, "")
+            metric = ft.METRIC_LABELS.get(self.plot.metric, "")
             self.status.value = (f"{where} · loss {record.loss:.4g}"
                                  + (f" · {metric} {val:.4g}" if val is not None else ""))
 
@@ -527,7 +290,7 @@ class FineTuneDock(WorkerDock):
 
         self.last_result = res
         self.progress.value = self.progress.max
-        self.status.value = outcome_text(res)
+        self.status.value = ft.outcome_text(res)
         self._auto_name = self.name.value = ""  # a fresh name for the next run
         self._suggest_name()
         notify_user_models_changed()  # the Restore dock lists it now
