@@ -112,8 +112,6 @@ INPUT_METHOD = {"awgn": "noisy", "real": "noisy", "jpeg": "jpeg"}
 ON_REQUEST = {"ours-x8", "ours-regrid"}
 # "ours-regrid" (SR, on request): the input is first resampled from the setting's grid to the grid the model was
 # trained on (a cubic-spline shift by the known phase difference, see regrid), i.e. ours told the grid.
-METRICS = {"awgn": ("psnr", "ssim"), "real": ("psnr", "ssim"), "sr": ("psnr", "ssim", "psnr_rgb"),
-           "jpeg": ("psnr", "ssim", "psnr_b")}
 CELL_NOTE = {"awgn": "PSNR / SSIM (RGB for colour sets)", "real": "PSNR / SSIM (RGB)",
              "sr": "PSNR / SSIM on Y, shave = scale; RGB PSNR",
              "jpeg": "PSNR / SSIM / PSNR-B on Y (gray for Classic5); LIVE1 adds RGB PSNR"}

@@ -266,16 +266,6 @@ The paper's protocol (:func:`blur_decimate`) is the one exception: it samples th
 """
 
 
-def lr_centre(i, scale: int):
-    """High-res coordinate of the centre of low-res pixel ``i`` (pixel-centred grid)."""
-    return scale * np.asarray(i, dtype=float) + (scale - 1) / 2
-
-
-def hr_centre(j, scale: int):
-    """Low-res coordinate of the centre of high-res pixel ``j`` (pixel-centred grid)."""
-    return (np.asarray(j, dtype=float) + 0.5) / scale - 0.5
-
-
 def sampling_origin(scale: int, grid: str = PIXEL_GRID) -> float:
     """High-res coordinate that low-res pixel 0 samples: (s - 1) / 2 on the centred grid, 0 on the paper's
     corner grid."""
@@ -409,16 +399,6 @@ def equivalent_std(taps: np.ndarray, scale: int) -> float:
     f = 1.0 / (2 * scale)
     response = float(np.sum(taps * np.cos(2 * math.pi * f * t)))
     return float(math.sqrt(max(-math.log(min(max(response, 1e-6), 1.0)), 0.0) / (2 * math.pi ** 2 * f * f)))
-
-
-def resize_down(x: torch.Tensor, scale: int, name: str = "bicubic", border: str = "symmetric") -> torch.Tensor:
-    """Integer-factor downscale of a (N, C, H, W) batch as the resize libraries do it (pixel-centred).
-
-    ``border="renormalise"`` matches Pillow's ``Image.resize``, ``"symmetric"`` MATLAB's ``imresize``
-    (``name="bicubic"``: MATLAB's default). The size is ``H // s`` x ``W // s``.
-    """
-    taps = skimage_taps(scale) if name == "skimage" else resize_taps(name, scale)
-    return blur_sample(x, separable(taps), scale, border=border)
 
 
 def matlab_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
