@@ -9,14 +9,13 @@ Outputs appear whole or not at all (written beside their name, then renamed).
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from napari_vdir import __version__
+from napari_vdir.core.errors import OptionProblem, Words
 from napari_vdir.core.io import IMAGE_SUFFIXES, ImageFileError, list_images, read_image_file, write_image
 from napari_vdir.core.tasks import TASKS
 
@@ -47,7 +46,7 @@ def _run(args) -> int:
         if not isinstance(err, (CliError, ImageFileError, WeightsError, RestorationCancelled, ValueError,
                                 TypeError, OSError)):
             raise
-        _error(err if isinstance(err, (CliError, ImageFileError, OSError)) else cli_words(str(err)))
+        _error(err.render(CLI_WORDS) if isinstance(err, OptionProblem) else err)
         return 1
 
 
@@ -116,9 +115,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- restore
 
 def cmd_restore(args) -> int:
-    from napari_vdir.core.api import restore
+    from napari_vdir.core.request import RestoreOptions, prepare
 
-    check_options(args)
+    options = RestoreOptions(args.task, scale=args.scale, model=args.model, device=args.device,
+                             tile_size=args.tile_size, ensemble=args.ensemble, samples=args.samples,
+                             strength=args.strength, precision=args.precision, backend=args.backend)
+    check_model_file(args)
     suffix = f"_{args.task}" if args.suffix is None else args.suffix
     inputs = collect_inputs(args.inputs, skip_suffix=suffix)
     jobs = plan_outputs(inputs, args.output, suffix, args.overwrite)
@@ -134,11 +136,8 @@ def cmd_restore(args) -> int:
                 continue
             start = time.perf_counter()
             with TileProgress(src.name) as progress:
-                result = restore(image, args.task, scale=args.scale, model=args.model,
-                                 channel_axis=layout.channel_axis, alpha=layout.alpha, device=args.device,
-                                 tile_size=args.tile_size,
-                                 ensemble=args.ensemble, samples=args.samples, strength=args.strength,
-                                 precision=args.precision, progress=progress, backend=args.backend)
+                result = prepare(image, options.replace(channel_axis=layout.channel_axis, alpha=layout.alpha,
+                                                        progress=progress)).run()
             write_image(dst, result, layout)
             print(f"{src} -> {dst}  {_shape(image)} -> {_shape(result)} {result.dtype}, "
                   f"{time.perf_counter() - start:.1f} s")
@@ -149,27 +148,15 @@ def cmd_restore(args) -> int:
     return 1 if failed else 0
 
 
-DEVICE_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# restore()'s keywords as this command line's flags: the core's option messages are shown in these words
+CLI_WORDS = Words(flags={"task": "--task", "scale": "--scale", "model": "--model", "device": "--device",
+                         "tile_size": "--tile-size", "ensemble": "--ensemble", "samples": "--samples",
+                         "strength": "--strength", "precision": "--precision", "backend": "--backend"},
+                  quote_choices=False)
 
 
-def check_options(args) -> None:
-    """Refuse option values restore() would refuse, in the command line's words, before any work."""
-    if args.task == "sr" and args.scale is None:
-        raise CliError("--task sr needs --scale 2 or --scale 4")
-    if args.task != "sr" and args.scale is not None:
-        raise CliError(f"--scale only applies to --task sr, not --task {args.task}")
-    if args.samples < 1:
-        raise CliError(f"--samples must be at least 1, got {args.samples}")
-    if args.tile_size is not None and args.tile_size < 16:
-        raise CliError(f"--tile-size must be at least 16 pixels, got {args.tile_size}")
-    if not math.isfinite(args.strength):
-        raise CliError(f"--strength must be a finite number (1: plain result), got {args.strength}")
-    check_model_device(args)
-
-
-def check_model_device(args) -> None:
-    if not DEVICE_NAMES.fullmatch(args.device):
-        raise CliError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {args.device!r}")
+def check_model_file(args) -> None:
+    """A training checkpoint given as ``--model`` gets its own message (the core would call it unreadable)."""
     from napari_vdir.core.models import looks_like_path
 
     if args.model is not None and looks_like_path(args.model) and Path(args.model).is_file():
@@ -186,18 +173,6 @@ def check_not_checkpoint(path: Path) -> None:
     use = (f"use the weights training exported beside it, {exported[0]}" if len(exported) == 1 else
            "use the <name>.safetensors file that training exports beside it")
     raise CliError(f"{path}: this is a training checkpoint (for --resume), not a weights file; {use}")
-
-
-# restore()'s keyword names -> this command line's flags, for messages that come from the API
-API_WORDS = {"scale": "--scale", "tile_size": "--tile-size", "samples": "--samples", "strength": "--strength",
-             "device": "--device", "precision": "--precision", "model": "--model", "ensemble": "--ensemble",
-             "backend": "--backend"}
-
-
-def cli_words(message: str) -> str:
-    """``task 'sr' needs scale=2 or scale=4`` -> ``--task sr needs --scale 2 or --scale 4``."""
-    message = re.sub(r"\btask '([\w-]+)'", r"--task \1", message)
-    return re.sub(r"\b(" + "|".join(API_WORDS) + r")=(?!=)", lambda m: API_WORDS[m.group(1)] + " ", message)
 
 
 def collect_inputs(names: list[str], skip_suffix: str = "") -> list[Path]:
@@ -369,13 +344,14 @@ def demo_images(size: int = 256, sigma: float = 25.0, seed: int = 0):
 def cmd_demo(args) -> int:
     from skimage.metrics import peak_signal_noise_ratio as psnr
 
-    from napari_vdir.core.api import restore
+    from napari_vdir.core.request import RestoreOptions, prepare
 
-    check_model_device(args)
+    options = RestoreOptions("denoise", model=args.model, device=args.device, precision=args.precision,
+                             details=True, backend=args.backend)
+    check_model_file(args)
     clean, noisy = demo_images(args.size, args.sigma, args.seed)
     start = time.perf_counter()
-    res = restore(noisy, "denoise", model=args.model, device=args.device, precision=args.precision, details=True,
-                  backend=args.backend)
+    res = prepare(noisy, options).run()
     elapsed = time.perf_counter() - start
     before, after = psnr(clean, noisy), psnr(clean, res.image)
     print(f"{PROG} demo: blind denoising of a generated sample (nothing downloaded)")

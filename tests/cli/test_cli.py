@@ -320,18 +320,23 @@ def test_bad_option_one_line_in_cli_words(capsys, files, tmp_path, tiny_weights,
 
 
 def test_api_messages_are_put_in_cli_words(capsys, monkeypatch, files, tmp_path, tiny_weights):
-    from napari_vdir.cli import cli_words
-    from napari_vdir.core import api
+    from napari_vdir.cli import CLI_WORDS
+    from napari_vdir.core import request
+    from napari_vdir.core.errors import OptionTypeError, OptionValueError
 
-    assert cli_words("task 'sr' needs scale=2 or scale=4, got None") == "--task sr needs --scale 2 or --scale 4, got None"
-    assert cli_words("tile_size=8 is too small; strength=nan") == "--tile-size 8 is too small; --strength nan"
+    scale = OptionValueError("scale", "{task='sr'} needs {scale=2} or {scale=4}, got {value}", None)
+    assert str(scale) == "task='sr' needs scale=2 or scale=4, got None"  # one message: the API's words ...
+    assert scale.render(CLI_WORDS) == "--task sr needs --scale 2 or --scale 4, got None"  # ... and the CLI's
+    tile = OptionValueError("tile_size", "{tile_size=} is too small; {strength=4.5}", 8)
+    assert str(tile) == "tile_size=8 is too small; strength=4.5"
+    assert tile.render(CLI_WORDS) == "--tile-size 8 is too small; --strength 4.5"
 
     def refuse(*args, **kwargs):
-        raise ValueError("samples=2.5: samples must be a whole number")
-    monkeypatch.setattr(api, "restore", refuse)
+        raise OptionTypeError("samples", "{samples=}: {samples} must be a whole number", 2.5)
+    monkeypatch.setattr(request, "prepare", refuse)
     code, _, err = run(capsys, "restore", files / "photo.png", "--task", "denoise", "-o", tmp_path / "out",
                        "--model", tiny_weights[("denoise", 1, 3)])
-    assert code != 0 and one_line_error(err).endswith("--samples 2.5: samples must be a whole number")
+    assert code != 0 and one_line_error(err).endswith("--samples 2.5: --samples must be a whole number")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -403,7 +403,7 @@ def test_integer_extremes_never_wrap(denoise_gray, rng, dtype, top):
 
 
 def test_intensity_mapping_is_exact_for_wide_integers():
-    from napari_vdir.core.api import Intensity
+    from napari_vdir.core.intensity import Intensity
 
     image = np.array([[0, 1, 2 ** 40 + 3, 2 ** 53]], dtype=np.int64)
     m = Intensity.of(image, (0, 2 ** 53))
@@ -466,7 +466,7 @@ def test_hot_pixel_does_not_change_the_rest_of_a_uint16_image(denoise_gray, rng)
 
 
 def test_auto_range_maps_back_exactly_without_clipping(rng):
-    from napari_vdir.core.api import Intensity
+    from napari_vdir.core.intensity import Intensity
 
     image = rng.integers(100, 3000, (40, 40)).astype(np.uint16)
     image[0, 0], image[1, 1] = 65535, 0

@@ -534,15 +534,15 @@ def test_output_keeps_blending_and_colormap(make_napari_viewer_proxy, qtbot, tin
 def test_core_warnings_reach_the_user(make_napari_viewer_proxy, qtbot, tiny_weights, notes, monkeypatch):
     import warnings
 
-    from napari_vdir.core import api
+    from napari_vdir.core.request import Prepared
 
-    original = api.restore
+    original = Prepared.run
 
-    def warning_restore(*args, **kwargs):  # the core warns in the worker thread
+    def warning_run(self):  # the core warns in the worker thread
         warnings.warn("the core has something to say", UserWarning, stacklevel=2)
-        return original(*args, **kwargs)
+        return original(self)
 
-    monkeypatch.setattr(api, "restore", warning_restore)
+    monkeypatch.setattr(Prepared, "run", warning_run)
     viewer = make_napari_viewer_proxy()
     layer = viewer.add_image(np.random.default_rng(3).random((32, 32)).astype(np.float32), name="img")
     widget = dock(viewer, "Denoise")
@@ -604,8 +604,8 @@ def test_layer_commands_run_as_napari_runs_menu_items(make_napari_viewer, monkey
     layer = viewer.add_image(np.random.default_rng(5).integers(100, 3000, (48, 48)).astype(np.uint16),
                              name="cells", scale=(0.2, 0.2), colormap="magenta", blending="additive")
     viewer.layers.selection.active = layer
-    app = get_app_model()
-    assert _commands.add_layer_context_menu()
+    app = get_app_model()  # napari's test app (the plugin's on_activate finds the real one by its name)
+    assert _commands.add_layer_context_menu(app)
     in_context_menu = {getattr(item, "command", None) and item.command.id
                        for item in app.menus.get_menu(_commands.CONTEXT_MENU)}
     assert set(_commands.LAYER_COMMANDS) <= in_context_menu

@@ -6,37 +6,52 @@ import contextlib
 
 import torch
 
-DEVICE_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+from napari_vdir.core.errors import OptionTypeError, OptionValueError
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_device(preference: str | torch.device | None = "auto") -> torch.device | None:
+    """The device ``preference`` names (None for "auto"), without checking that it is there; a ``ValueError`` /
+    ``TypeError`` naming the choices for anything else."""
+    if isinstance(preference, torch.device):
+        device = preference
+    elif preference is None or preference == "auto":
+        return None
+    elif not isinstance(preference, str):
+        raise OptionTypeError("device", "{device} must be {choices} or a torch.device, got {value}", preference,
+                              DEVICES)
+    else:
+        try:
+            device = torch.device(preference.strip().lower())
+        except (RuntimeError, ValueError):
+            device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise OptionValueError("device", "{device} must be {choices}, got {value}", preference, DEVICES)
+    return device
 
 
 def select_device(preference: str | torch.device = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then CPU; 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device
     are checked for availability. Anything else raises a ``ValueError``/``TypeError`` naming the choices."""
-    if isinstance(preference, torch.device):
-        device = preference
-    elif preference is None or preference == "auto":
+    device = check_device(preference)
+    if device is None:
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    elif not isinstance(preference, str):
-        raise TypeError(f"device must be {DEVICE_CHOICES} or a torch.device, got {preference!r}")
-    else:
-        try:
-            device = torch.device(preference.strip().lower())
-        except (RuntimeError, ValueError) as err:
-            raise ValueError(f"device must be {DEVICE_CHOICES}, got {preference!r}") from err
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be {DEVICE_CHOICES}, got {preference!r}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {preference!r} was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+            raise OptionValueError("device", "{device} {value} was asked for but no CUDA GPU is available; use "
+                                   "{choices}", preference, ("auto", "cpu"))
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {preference!r}: there are only {torch.cuda.device_count()} CUDA GPU(s) "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise OptionValueError("device", f"{{device}} {{value}}: there are only {torch.cuda.device_count()} CUDA "
+                                   f"GPU(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})", preference)
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"device {preference!r} was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+        raise OptionValueError("device", "{device} {value} was asked for but Apple MPS is not available; use "
+                               "{choices}", preference, ("auto", "cpu"))
     return device
 
 
@@ -55,8 +70,8 @@ def cpu_supports_bf16() -> bool:
 
 def fast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype used for ``precision='auto'`` (None means plain float32)."""
-    if precision not in ("auto", "float32", "bfloat16", "float16"):
-        raise ValueError(f"precision must be 'auto', 'float32', 'bfloat16' or 'float16', got {precision!r}")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise OptionValueError("precision", "{precision} must be {choices}, got {value}", precision, PRECISIONS)
     if precision == "float32":
         return None
     if precision != "auto":

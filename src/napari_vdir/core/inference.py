@@ -11,7 +11,6 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 
 from napari_vdir.core.devices import autocast_context
@@ -230,7 +229,3 @@ def cached_model(path: str, device: str, mtime: float):
     if torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     return model, info
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

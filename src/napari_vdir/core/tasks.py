@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from napari_vdir.core.errors import OptionValueError
+
 Task = Literal["denoise", "real-denoise", "sr", "jpeg"]  # recipes and options are validated against it
 TASKS: tuple[str, ...] = get_args(Task)
 
@@ -30,11 +32,11 @@ ESTIMATES: dict[str, tuple[EstimateField, ...]] = {
 def check_task(task: str, scale: int | None) -> int:
     """Validate a task/scale pair and return the scale the model must have."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        raise OptionValueError("task", "unknown {task} {value}; choose {choices}", task, TASKS)
     if task == "sr":
         if scale not in (2, 4):
-            raise ValueError(f"task 'sr' needs scale=2 or scale=4, got {scale!r}")
+            raise OptionValueError("scale", "{task='sr'} needs {scale=2} or {scale=4}, got {value}", scale)
         return int(scale)
     if scale not in (None, 1):
-        raise ValueError(f"scale={scale!r} only applies to task 'sr'")
+        raise OptionValueError("scale", "{scale} only applies to {task='sr'}, got {scale=}", scale)
     return 1

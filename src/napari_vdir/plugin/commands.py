@@ -3,8 +3,9 @@
 Two kinds, for the two ways napari calls a command:
 
 * ``denoise`` / ``remove_jpeg_artefacts`` / ``super_resolve_x2`` take and return ``napari.types.ImageData``
-  (plain arrays): what scripts and napari-workflows call. RGB is a last axis of 3 (or 4, RGBA); integer
-  and float data other than uint8 are normalised by their robust 0.1-99.9 % range and mapped back exactly.
+  (plain arrays): what scripts and napari-workflows call. RGB is a last axis of 3 (or 4, RGBA); intensities
+  are mapped by the same policy as the Restore dock's (``intensity_range="layer"``,
+  :mod:`napari_vdir.core.intensity`), so an array gives what the dock gives for a layer of it.
 * ``denoise_layer`` / ``remove_jpeg_artefacts_layer`` / ``super_resolve_x2_layer`` take the active image
   layer (napari injects it) and return a ``LayerDataTuple`` that keeps the layer's metadata (scale,
   units, axis labels, colormap, blending, contrast limits; SR geometry), exactly as the Restore dock does.
@@ -32,11 +33,9 @@ LAYER_COMMANDS = {
 
 
 def _restore_array(image, task: str, scale: int | None = None):
-    from napari_vdir.core.api import restore
+    from napari_vdir.core.request import RestoreOptions, prepare
 
-    image = np.asarray(image)
-    intensity = None if image.dtype == np.uint8 else "auto"
-    return restore(image, task, scale=scale, intensity_range=intensity)
+    return prepare(np.asarray(image), RestoreOptions(task, scale=scale, intensity_range="layer")).run()
 
 
 def denoise(image):
@@ -70,13 +69,19 @@ def _restore_active_layer(layer, task: str, scale: int | None):
         return None
     data, meta, kind = result.layers[0]
     meta = dict(meta)
-    # napari's processor sets every key on a layer of the same name; 'rgb' cannot be set after creation
-    # and napari guesses it from the shape, so it is only passed where the guess would be wrong
-    from napari.layers.image._image_utils import guess_rgb
-
-    if bool(meta.get("rgb")) == guess_rgb(np.shape(data)):
+    # napari's processor sets every key on a layer of the same name, and 'rgb' may not be settable after a
+    # layer is created: it is only passed where napari's own guess for the data would be wrong
+    if bool(meta.get("rgb")) == _napari_guesses_rgb(np.shape(data)):
         meta.pop("rgb", None)
     return (data, meta, kind)
+
+
+def _napari_guesses_rgb(shape: tuple[int, ...]) -> bool:
+    """What napari (public ``napari.layers.Image``) makes of data of this shape without an ``rgb`` argument; asked
+    of a zero-strided stand-in, so nothing the size of the data is allocated or computed."""
+    from napari.layers import Image
+
+    return bool(Image(np.broadcast_to(np.zeros((), np.uint8), shape), contrast_limits=(0, 1)).rgb)
 
 
 def _annotate(func):
@@ -118,20 +123,22 @@ except ImportError:
     pass
 
 
-def add_layer_context_menu() -> bool:
+def add_layer_context_menu(app=None) -> bool:
     """Add the three layer commands to the layer list's right-click menu (image layers only).
 
-    Uses napari's app-model registry (``napari._app_model``; napari 0.9.2 has no manifest route to that
-    menu). Returns False, changing nothing, where that is not possible; safe to call more than once.
+    ``app``: napari's app-model application; by default the one app-model knows as ``"napari"``
+    (``app_model.Application.get_app``: public app-model API; napari 0.9.2 has no manifest route to that menu).
+    Returns False, changing nothing, where that is not possible; safe to call more than once.
     """
     try:
+        from app_model import Application
         from app_model.expressions import parse_expression
         from app_model.types import CommandRule, MenuItem
-        from napari._app_model import get_app_model
     except ImportError:
         return False
-    app = get_app_model()
-    if not all(cmd in app.commands for cmd in LAYER_COMMANDS):
+    if app is None:
+        app = Application.get_app("napari")
+    if app is None or not all(cmd in app.commands for cmd in LAYER_COMMANDS):
         return False
     present = {getattr(getattr(item, "command", None), "id", None) for item in app.menus.get_menu(CONTEXT_MENU)}
     if set(LAYER_COMMANDS) <= present:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_vdir.core.intensity import padded_range
+
 CHANNEL_LABELS = ("c", "ch", "channel", "channels")
 
 
@@ -114,32 +116,23 @@ def image_layers(viewer) -> list:
     return [layer for layer in reversed(viewer.layers) if isinstance(layer, Image)]
 
 
-def layer_array(layer):
-    """The full-resolution data of an image layer, checked for what the widgets cannot handle."""
-    return snapshot(layer).data
-
-
 # ---------------------------------------------------------------------------- axes
 
 def check_channel_axis(snap: LayerSnapshot, channel_axis) -> int | None:
-    """A valid channel axis (non-negative) or None; RGB layers have their colour axis already."""
-    if channel_axis is None or snap.rgb:
+    """A valid channel axis (non-negative, by the core's rule, :func:`napari_vdir.core.layout.check_channel_axis`)
+    or None; RGB layers have their colour axis already."""
+    from napari_vdir.core.layout import check_channel_axis as check_axis, check_layout_options
+
+    if channel_axis is None or channel_axis is False or snap.rgb:
         return None
-    ndim = snap.ndim
-    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
-        raise TypeError(f"channel axis must be None or an axis number, got {channel_axis!r}")
-    if not -ndim <= channel_axis < ndim:
-        raise ValueError(f"channel axis {channel_axis} is out of range for a {ndim}-D layer")
-    axis = int(channel_axis) % ndim
-    if ndim < 3 or not (axis == ndim - 1 or axis < ndim - 2):
-        raise ValueError(f"channel axis {axis} of a {ndim}-D layer: it must be the last axis or come before "
-                         "the two image axes")
-    return axis
+    check_layout_options(channel_axis, None)
+    return check_axis(snap.ndim, channel_axis)
 
 
 def guess_channel_axis(snap: LayerSnapshot) -> int | None:
-    """The axis labelled ``c``/``ch``/``channel`` (any case), else a last axis of length 2 or 4 (length 3 is
-    RGB, which napari's ``layer.rgb`` decides); None when there is no channel axis."""
+    """The axis labelled ``c``/``ch``/``channel`` (any case), else the core's rule for a layer that is not RGB
+    (a last axis of length 2 or 4; length 3 is RGB, which napari's ``layer.rgb`` decides); None when there is
+    no channel axis."""
     if snap.rgb or snap.ndim < 3:
         return None
     for axis, label in enumerate(snap.axis_labels):
@@ -148,7 +141,15 @@ def guess_channel_axis(snap: LayerSnapshot) -> int | None:
                 return check_channel_axis(snap, axis)
             except ValueError:
                 return None
-    return snap.ndim - 1 if snap.data.shape[-1] in (2, 4) else None
+    return layer_layout(snap, None).channel_axis
+
+
+def layer_layout(snap: LayerSnapshot, channel_axis: int | None):
+    """The core's :class:`~napari_vdir.core.layout.Layout` of the layer: napari's ``layer.rgb`` decides colour;
+    ``channel_axis`` None on a layer that is not RGB takes a last axis of 2 or 4 as channels."""
+    from napari_vdir.core.layout import Layout
+
+    return Layout.of(tuple(snap.data.shape), channel_axis, rgb=snap.rgb)
 
 
 def spatial_axes(snap: LayerSnapshot, channel_axis: int | None) -> tuple[int, int]:
@@ -186,95 +187,34 @@ def _plane_index(snap: LayerSnapshot, axes: tuple[int, ...], plane) -> tuple:
 
 # ---------------------------------------------------------------------------- intensities
 
-# The shipped models were trained on [0, 1] intensities: a margin of RANGE_HEADROOM x the range on each
-# side keeps background and highlights off those edges, where the network is biased (a 200-count
-# background on a 200-30000 channel rose by ~50 % without it; with it the means hold, test_layers_intensity).
-RANGE_HEADROOM = 0.1
-# Values more than OUTLIER_CLIP x the range beyond the padded range (hot or dead pixels) are clipped to it
-# before restoring: one 65535 pixel in a 100-3000 image otherwise upsets the degradation estimate for the
-# whole image (error 13 -> 57 counts).
-OUTLIER_CLIP = 0.5
-
 def layer_intensity_range(snap: LayerSnapshot, channel_axis: int | None, sample=None):
-    """How the widget maps the layer's values to the model's [0, 1] (``restore(intensity_range=...)``).
+    """The layer's range before its margins, by the one intensity policy's ``"layer"`` mode
+    (:func:`napari_vdir.core.intensity.layer_range`, the layer's contrast limits as the hint).
 
-    * uint8 (gray, RGB or channels): the dtype's 0-255, as the core does.
-    * One channel: the layer's contrast limits, narrowed to the data's robust range (0.1-99.9th
-      percentiles) where they are wider — so a hot pixel, which stretches napari's automatic limits to
-      the data's min-max, cannot squeeze the signal, while limits the user narrowed are kept.
-      :func:`restore_layer` then pads it (:data:`RANGE_HEADROOM`) and clips far outliers (:data:`OUTLIER_CLIP`).
-    * Several channels in one layer (``channel_axis``): each channel its own robust range (the layer has
-      one pair of contrast limits for all of them). RGB of other dtypes: one joint robust range.
-
-    The robust range is read from the whole array for numpy layers, from the smallest level of a
-    multiscale layer, and otherwise (dask, zarr) from ``sample`` — the plane being restored or shown —
-    so lazy data is never read whole. Values outside the range are restored and mapped back exactly.
+    It is read from the whole array for numpy layers, from the smallest level of a multiscale layer, and
+    otherwise (dask, zarr) from ``sample`` — the plane being restored or shown — so lazy data is never read whole.
     """
-    from napari_vdir.core.intensity import robust_range
+    from napari_vdir.core.intensity import layer_range
 
-    dtype = np.dtype(snap.data.dtype)
-    if dtype == np.uint8:
-        return None
     if sample is None:
         sample = snap.overview if snap.overview is not None else snap.data
-    if snap.rgb:
-        colour = sample[..., :3] if sample.shape[-1] == 4 else sample
-        return robust_range(colour)
-    if channel_axis is not None:
-        return robust_range(sample, channel_axis=channel_axis)
-    low, high = robust_range(sample)
-    c_low, c_high = snap.contrast_limits
-    narrowed = (max(low, c_low), min(high, c_high))
-    if narrowed[1] > narrowed[0]:
-        return narrowed
-    return (c_low, c_high) if c_high > c_low else (low, high)
-
-
-def padded_range(rng, headroom: float = RANGE_HEADROOM):
-    """``(low, high)`` or ``(C, 2)`` widened by ``headroom`` x its span on each side (None stays None)."""
-    if rng is None:
-        return None
-    r = np.asarray(rng, dtype=np.float64)
-    span = r[..., 1] - r[..., 0]
-    out = np.stack([r[..., 0] - headroom * span, r[..., 1] + headroom * span], axis=-1)
-    return (float(out[0]), float(out[1])) if out.ndim == 1 else out
-
-
-def clip_outliers(data, rng, channel_axis: int | None, margin: float = OUTLIER_CLIP):
-    """``data`` with values more than ``margin`` x the span beyond ``rng`` clipped to those bounds (numpy
-    or dask, lazily); the same array when nothing lies that far out. ``channel_axis``: where the per-channel
-    ranges of a ``(C, 2)`` ``rng`` apply."""
-    r = np.asarray(rng, dtype=np.float64)
-    span = r[..., 1] - r[..., 0]
-    low, high = r[..., 0] - margin * span, r[..., 1] + margin * span
-    dtype = np.dtype(data.dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        low = np.clip(np.ceil(low), info.min, info.max)
-        high = np.clip(np.floor(high), info.min, info.max)
-    if r.ndim == 2:
-        shape = [1] * data.ndim
-        shape[channel_axis] = -1
-        low, high = low.reshape(shape), high.reshape(shape)
-    low, high = np.asarray(low).astype(dtype), np.asarray(high).astype(dtype)
-    if isinstance(data, np.ndarray):
-        if not ((data < low).any() or (data > high).any()):
-            return data
-        return np.clip(data, low, high)
-    return _dask().clip(data, low, high)
+    layout = layer_layout(snap, False if channel_axis is None else channel_axis)
+    return layer_range(snap.data, layout, hint=snap.contrast_limits, sample=sample)
 
 
 def prepare_for_model(data, layer_range, rgb: bool, channel_axis: int | None, lazy: bool = False):
-    """``(data, range)`` as every path into the model prepares a layer (restoring or fine-tuning): the
-    layer's range (:func:`layer_intensity_range`) padded by :data:`RANGE_HEADROOM`, and ``data`` with far
-    outliers clipped to it (:func:`clip_outliers`; an RGBA layer's alpha is left as it is). ``lazy``: ``data``
-    is a dask array. A None range (uint8) leaves ``data`` unchanged."""
+    """``(data, range)`` as the ``"layer"`` policy prepares a layer for the model (restoring or fine-tuning):
+    ``layer_range`` (:func:`layer_intensity_range`) padded (:func:`napari_vdir.core.intensity.padded_range`), and
+    ``data`` with far outliers clipped to it (:func:`napari_vdir.core.intensity.clip_far_outliers`; an RGBA
+    layer's alpha is left as it is). A None range (uint8) leaves ``data`` unchanged."""
+    from napari_vdir.core.intensity import clip_far_outliers
+    from napari_vdir.core.layout import Layout
+
     rng = padded_range(layer_range)
     if rng is None:
         return data, None
-    if rgb and data.shape[-1] == 4:
-        return _concat(data, clip_outliers(data[..., :3], rng, None), data[..., 3:], lazy), rng
-    return clip_outliers(data, rng, -1 if rgb else channel_axis), rng
+    layout = Layout.of(tuple(data.shape), False if channel_axis is None else channel_axis, rgb=rgb)
+    return clip_far_outliers(data, rng, layout), rng
 
 
 # ---------------------------------------------------------------------------- results
@@ -336,19 +276,22 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
                   range_plane: tuple[int, ...] | None = None, tile_size: int | None = None,
                   ensemble: bool = False, samples: int = 1, latent: bool = False, uncertainty: bool = False,
                   strength: float = 1.0, progress=None, cancel=None) -> LayerRestoration:
-    """Restore an image layer (or its :class:`LayerSnapshot`) with :func:`napari_vdir.restore`.
+    """Restore an image layer (or its :class:`LayerSnapshot`) through the core's one request, as
+    :func:`napari_vdir.restore` does (:class:`~napari_vdir.core.request.RestoreOptions`, ``prepare``).
 
     ``plane``: indices along the plane axes (:func:`plane_axes`, e.g. from :func:`current_plane`) to restore
     only that plane — it is the only part of the data that is read; None restores the whole stack. A plane
     keeps its axes (size 1), translated to where it sits, so it overlays the input.
-    ``channel_axis``: "auto" (:func:`guess_channel_axis`), None or an axis; each channel is normalised on its
-    own. ``intensity_range``: "layer" (:func:`layer_intensity_range`) or anything ``restore`` accepts.
+    ``channel_axis``: "auto" (:func:`guess_channel_axis`), None or an axis; each channel is restored and
+    normalised on its own. ``intensity_range``: "layer" (the one intensity policy's mode for layers, the layer's
+    contrast limits as its hint: :func:`layer_intensity_range`) or anything ``restore`` accepts.
     ``range_plane``: for lazy (dask/zarr) layers, the plane the robust range is read from in a whole-stack
     run (default: the middle one), so that a plane run and a stack run from the same position agree.
     Lazy layers restored whole give a lazy result (each plane computed when napari shows it; no latent,
     uncertainty or estimate); numpy layers and single planes are computed here.
     """
-    from napari_vdir.core.api import check_image, restore
+    from napari_vdir.core.devices import device_label
+    from napari_vdir.core.request import RestoreOptions, prepare
 
     snap = snapshot(layer)
     if channel_axis == "auto":
@@ -368,46 +311,24 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
         sub = _as_dask(snap.data, axes)
     else:
         sub = snap.data
-    range_span = None
-    if isinstance(sub, np.ndarray):
-        check_image(sub)  # NaN, negative signed values, ...: the core's one-line reasons, before any range
-    if isinstance(intensity_range, str) and intensity_range == "layer":
-        sample = None
-        if snap.lazy and snap.overview is None:
-            if plane is not None:
-                sample = sub
-            else:
-                where = range_plane if range_plane is not None else tuple(snap.data.shape[a] // 2 for a in axes)
-                sample = np.asarray(snap.data[_plane_index(snap, axes, where)])
-                check_image(sample)
-        unpadded = layer_intensity_range(snap, ch, sample)
-        if unpadded is not None and np.ndim(unpadded) == 1:
-            range_span = float(unpadded[1] - unpadded[0])
-        sub, intensity_range = prepare_for_model(sub, unpadded, rgb, ch, lazy=lazy_whole)
-
-    alpha = None
-    if rgb and sub.shape[-1] == 4:  # RGBA: restore the colour, carry alpha along
-        sub, alpha = sub[..., :3], sub[..., 3:]
-    # napari already decided whether the layer is RGB; never let restore() guess from a length-3 axis
-    core_axis = -1 if rgb else (ch if ch is not None else False)
-    options = dict(scale=scale, model=model, channel_axis=core_axis, device=device, tile_size=tile_size,
-                   ensemble=ensemble, samples=samples, strength=strength, intensity_range=intensity_range)
-    three_channels = ch is not None and sub.shape[ch] == 3  # the core would take them for RGB colours
+    layer_mode = isinstance(intensity_range, str) and intensity_range == "layer"
+    # napari already decided whether the layer is RGB: the core never guesses from a length-3 axis
+    options = RestoreOptions(task, scale=scale, model=model, channel_axis=False if ch is None else ch, rgb=rgb,
+                             device=device, tile_size=tile_size, ensemble=ensemble, samples=samples,
+                             strength=strength, intensity_range=intensity_range, intensity_hint=snap.contrast_limits,
+                             details=not lazy_whole, progress=progress, cancel=cancel)
+    job = prepare(sub, options, sample=_range_sample(snap, sub, axes, plane, range_plane) if layer_mode else None)
     if lazy_whole:
-        image = (_restore_channels_apart(sub, ch, task, options, lazy=True) if three_channels
-                 else restore(sub, task, **options))
-        res = None
-        info = _model_info(model, task, scale, 3 if rgb else 1)
-        s = info.scale
+        from napari_vdir.core.lazy import restore_dask
+
+        image, res = restore_dask(job), None
     else:
-        run = dict(details=True, progress=progress, cancel=cancel, **options)
-        res = _restore_channels_apart(sub, ch, task, run) if three_channels else restore(sub, task, **run)
-        image, info, s = res.image, res.model, res.model.scale
-    if alpha is not None:
-        a = alpha
-        if s > 1:
-            a = np.repeat(np.repeat(alpha, s, axis=-3), s, axis=-2)
-        image = (np if not lazy_whole else _dask()).concatenate([image, a.astype(image.dtype)], axis=-1)
+        res = job.run()
+        image = res.image
+    info, s = job.info, job.info.scale
+    range_span = job.intensity.span
+    if layer_mode:
+        intensity_range = job.intensity.intensity_range
 
     in_scale = np.asarray(snap.scale, dtype=float)
     in_translate = np.asarray(snap.translate, dtype=float).copy()
@@ -418,7 +339,7 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     common = {"units": snap.units, "axis_labels": snap.axis_labels, "rotate": snap.rotate, "shear": snap.shear,
               "affine": snap.affine}
     estimate = {} if res is None else res.estimate
-    device_used = res.device if res is not None else _device_text(device)
+    device_used = res.device if res is not None else device_label(job.device)
     out_meta = {"name": output_name(snap.name, task, plane), "scale": tuple(out_scale),
                 "translate": tuple(out_translate), "rgb": rgb, "contrast_limits": snap.contrast_limits,
                 "gamma": snap.gamma, "blending": snap.blending, "opacity": snap.opacity,
@@ -435,8 +356,9 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     if latent and res is not None:
         layers.append(_latent_layer(snap, res.latent, ch, axes, spatial, in_scale, in_translate, task, plane))
     if uncertainty and res is not None and res.uncertainty is not None:
-        unc = res.uncertainty.mean(axis=-1) if rgb else res.uncertainty
-        # an RGB layer's scale has no entry for the colour axis, so the mean over it fits the same geometry
+        # an RGB layer's scale has no entry for the colour axis, so the mean over it (alpha excluded) fits the
+        # same geometry
+        unc = res.uncertainty[..., :3].mean(axis=-1) if rgb else res.uncertainty
         layers.append((unc.astype(np.float32), {"name": uncertainty_name(snap.name, task, plane),
                                                 "scale": tuple(out_scale), "translate": tuple(out_translate),
                                                 "colormap": "inferno", "blending": "additive", **common},
@@ -447,39 +369,6 @@ def restore_layer(layer, task: str, *, scale: int | None = None, model=None, dev
     return LayerRestoration(layers, estimate, device_used, info.name, task, stale,
                             data_units=np.dtype(snap.data.dtype) != np.uint8, range_span=range_span, lazy=lazy_whole,
                             backend="" if res is None else res.backend)
-
-
-def _restore_channels_apart(sub, ch: int, task: str, options: dict, lazy: bool = False):
-    """Restore 3 channels of a multichannel (not RGB) layer one by one with the gray model, each with its
-    own range; ``restore`` would send exactly 3 channels through the colour model together."""
-    from dataclasses import replace
-
-    from napari_vdir.core.api import restore
-
-    ranges = options.get("intensity_range")
-    parts = []
-    for c in range(3):
-        part = dict(options)
-        if ranges is not None and np.ndim(ranges) == 2:
-            part["intensity_range"] = tuple(float(v) for v in np.asarray(ranges)[c])
-        parts.append(restore(_take(sub, c, ch), task, **part))
-    if lazy:
-        return _dask().concatenate(parts, axis=ch)
-    first = parts[0]
-    lead_ndim = first.latent.ndim - 3  # each part's latent: (*plane axes, 4, h/4, w/4)
-    estimate = {k: np.mean([p.estimate[k] for p in parts], axis=0) for k in first.estimate}
-    return replace(first, image=np.concatenate([p.image for p in parts], axis=ch),
-                   latent=np.stack([p.latent for p in parts], axis=lead_ndim),
-                   estimate={k: (float(v) if np.ndim(v) == 0 else v) for k, v in estimate.items()},
-                   uncertainty=None if first.uncertainty is None else np.concatenate(
-                       [p.uncertainty for p in parts], axis=ch))
-
-
-def _take(a, index: int, axis: int):
-    """``a`` restricted to ``index`` along ``axis``, keeping the axis (numpy or dask)."""
-    key = [slice(None)] * a.ndim
-    key[axis] = slice(index, index + 1)
-    return a[tuple(key)]
 
 
 def _latent_layer(snap, lat, ch, axes, spatial, in_scale, in_translate, task, plane):
@@ -498,10 +387,6 @@ def _latent_layer(snap, lat, ch, axes, spatial, in_scale, in_translate, task, pl
                   "colormap": "magma", "opacity": 0.6, "blending": "translucent"}, "image")
 
 
-def _concat(_, colour, alpha, lazy):
-    return (_dask() if lazy else np).concatenate([colour, alpha], axis=-1)
-
-
 def _dask():
     import dask.array as da
 
@@ -515,18 +400,22 @@ def _as_dask(data, axes):
     return x.rechunk({a: 1 for a in axes}) if axes else x
 
 
-def _model_info(model, task, scale, channels):
-    from napari_vdir.core.models import resolve_model
-    from napari_vdir.core.tasks import check_task
-    from napari_vdir.core.weights import read_info
+def _range_sample(snap: LayerSnapshot, sub, axes, plane, range_plane):
+    """Where the "layer" range of a run is read: the smallest level of a multiscale layer, the whole array of a
+    numpy layer (a plane run and a stack run agree), else (dask, zarr) the plane being restored or, for a
+    whole-stack run, ``range_plane`` (default: the middle one) — lazy data is never read whole."""
+    if snap.overview is not None:
+        return snap.overview
+    if not snap.lazy:
+        return snap.data
+    if plane is not None:
+        return sub
+    from napari_vdir.core.layout import check_image
 
-    return read_info(resolve_model(model, task, channels, check_task(task, scale)))
-
-
-def _device_text(device) -> str:
-    from napari_vdir.core.devices import device_label, select_device
-
-    return device_label(select_device(device))
+    where = range_plane if range_plane is not None else tuple(snap.data.shape[a] // 2 for a in axes)
+    sample = np.asarray(snap.data[_plane_index(snap, axes, where)])
+    check_image(sample)
+    return sample
 
 
 def backend_label(device="auto") -> str:

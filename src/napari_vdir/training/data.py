@@ -21,20 +21,22 @@ def to_unit(image: np.ndarray, intensity_range=None) -> np.ndarray:
     """A whole file's array -> float32 model intensity, by the same mapping as ``napari_vdir.restore``.
 
     A fine-tuned model thus sees its training data on the scale it will see at inference (uint8 /255, other
-    integers by ``api.Intensity``'s range of the whole file, floats as they are). ``intensity_range`` is
-    ``restore``'s option of that name (e.g. a napari layer's contrast limits).
+    integers by the robust range of the whole file, floats as they are:
+    :func:`napari_vdir.core.intensity.plan_intensity`). ``intensity_range`` is ``restore``'s option of that name
+    (e.g. a napari layer's contrast limits).
     """
-    from napari_vdir.core.api import Intensity
+    from napari_vdir.core.intensity import Intensity
 
     return Intensity.of(image, intensity_range).forward(image)
 
 
 def check_training_image(image, intensity_range=None) -> None:
-    """Refuse what ``restore`` refuses (:func:`napari_vdir.core.api.check_image`: NaN/inf, bool, negative signed
+    """Refuse what ``restore`` refuses (:func:`napari_vdir.core.layout.check_image`: NaN/inf, bool, negative signed
     integers, ...), and floats far outside the [0, 1] intensity they are taken as when no ``intensity_range``
     maps them (``restore`` warns about those; a model trained on them learns the wrong scale or diverges).
     One-line ``TypeError``/``ValueError``, before any training."""
-    from napari_vdir.core.api import check_image, float_span_off_scale
+    from napari_vdir.core.intensity import float_span_off_scale
+    from napari_vdir.core.layout import check_image
 
     check_image(image)
     span = float_span_off_scale(image) if intensity_range is None else None
@@ -67,28 +69,18 @@ def planes_of(path: Path) -> list[np.ndarray]:
 
 
 def array_layout(shape: tuple[int, ...], rgb: bool | None = None, channel_axis=None) -> tuple[int | None, bool]:
-    """``(channel axis or None, whether it is RGB colour)`` of an image, by ``restore``'s rule (:class:`api.Layout`).
+    """``(channel axis or None, whether it is RGB colour)`` of an image, by the one layout rule
+    (:meth:`napari_vdir.core.layout.Layout.of`).
 
     ``rgb`` None: ``restore``'s default rule (with 3+ dimensions a last axis of 3 is RGB, of 4 RGBA, of 2 two
     channels), or ``channel_axis`` as ``restore`` takes it. ``rgb`` True: the last axis is colour (3, or 4 with
     alpha). ``rgb`` False (napari's ``layer.rgb``): no colour; ``channel_axis`` None takes a last axis of 2 or 4
     as channels, as the Restore dock reads such a layer. Channels that are not colour are planes of their own.
     """
-    from napari_vdir.core.api import Layout
+    from napari_vdir.core.layout import Layout
 
-    ndim = len(shape)
-    if rgb:
-        if ndim < 3 or shape[-1] not in (3, 4):
-            raise ValueError(f"an RGB image needs a last axis of 3 (or 4 with alpha), got shape {tuple(shape)}")
-        return ndim - 1, True
-    if rgb is None:
-        layout = Layout.of(shape, channel_axis)
-        if layout.channel_axis is None:
-            return None, False
-        return layout.channel_axis, layout.colour_channels(shape) == 3
-    if channel_axis is None:
-        channel_axis = ndim - 1 if ndim >= 3 and shape[-1] in (2, 4) else False
-    return Layout.of(shape, channel_axis, alpha=False).channel_axis, False
+    layout = Layout.of(shape, channel_axis, alpha=False if rgb is False else None, rgb=rgb)
+    return layout.channel_axis, layout.colour
 
 
 def _arranged(image, rgb, channel_axis):
@@ -117,7 +109,8 @@ def array_range(image, *, rgb: bool | None = None, channel_axis=None, intensity_
     a ``(C, 2)`` array with one row per channel for channels that are not colour (each its own range, as restore
     normalises channels one by one). Passed back as ``intensity_range``, it maps another array (a clean twin) the
     same way."""
-    from napari_vdir.core.api import Intensity, Layout
+    from napari_vdir.core.intensity import Intensity
+    from napari_vdir.core.layout import Layout
 
     image = np.asarray(image)
     data, has_axis, colour = _arranged(image, rgb, channel_axis)
@@ -127,7 +120,7 @@ def array_range(image, *, rgb: bool | None = None, channel_axis=None, intensity_
         if all(m.identity for m in maps):
             return None
         return np.array([[float(m.low), float(m.high)] for m in maps])
-    layout = Layout(data.ndim - 1, data.ndim) if colour else None
+    layout = Layout(data.ndim - 1, data.ndim, colour=True) if colour else None
     m = Intensity.of(data, intensity_range, layout)
     if m.identity:
         return None
@@ -142,14 +135,15 @@ def array_planes(image, channels: int | None, *, rgb: bool | None = None, channe
     (H, W, channels) in model intensity, by ``restore``'s mapping (:func:`array_range`). Channels are found as
     :func:`array_layout` finds them: RGB planes stay colour (alpha dropped); every other channel is a gray plane
     of its own, so an ``(H, W, 2)`` image gives two planes. ``channels`` None keeps 1 (gray) or 3 (RGB)."""
-    from napari_vdir.core.api import Intensity, Layout
+    from napari_vdir.core.intensity import Intensity
+    from napari_vdir.core.layout import Layout
 
     image = np.asarray(image)
     if image.ndim < 2:
         raise ValueError(f"an image of shape {image.shape} has no 2-D planes")
     data, has_axis, colour = _arranged(image, rgb, channel_axis)
     if colour:
-        unit = Intensity.of(data, intensity_range, Layout(data.ndim - 1, data.ndim)).forward(data)
+        unit = Intensity.of(data, intensity_range, Layout(data.ndim - 1, data.ndim, colour=True)).forward(data)
         planes = unit.reshape(-1, *unit.shape[-3:])
     elif has_axis:
         count = data.shape[-1]
