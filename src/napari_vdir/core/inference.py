@@ -1,7 +1,7 @@
 """Restoring whole images: padding, tiling, self-ensemble, Monte-Carlo samples, latent steering.
 
 Everything here works on one 2-D plane as a (C, H, W) float32 tensor in [0, 1]-ish intensity;
-``api.restore`` handles layouts, dtypes and stacks around it.
+:mod:`napari_vdir.core.request` handles layouts, dtypes and stacks around it.
 """
 
 from __future__ import annotations
@@ -92,15 +92,12 @@ class PlaneRestorer:
 
     ``cancel`` is checked before every tile and, inside a tile's pass, between the network's blocks
     (``VDIR.forward(between_blocks=...)``), so even a plane that runs as one tile stops within one block.
+    The settings arrive checked (:class:`napari_vdir.core.request.RestoreOptions`).
     """
 
     def __init__(self, model: VDIR, device: torch.device, precision: str = "auto", tile_size: int | None = None,
                  ensemble: bool = False, samples: int = 1, strength: float = 1.0, seed: int = 0,
                  progress=None, cancel=None):
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        if tile_size is not None and tile_size < 16:
-            raise ValueError(f"tile_size must be at least 16 pixels, got {tile_size}")
         self.model, self.device, self.precision = model, device, precision
         self.tile_size, self.ensemble, self.samples = tile_size, ensemble, samples
         self.strength, self.seed = float(strength), seed
