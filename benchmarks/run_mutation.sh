@@ -19,7 +19,7 @@ grep -q '^\[tool.mutmut\]' pyproject.toml || cat >> pyproject.toml <<'EOF'
 
 [tool.mutmut]
 source_paths = ["src/"]
-only_mutate = ["src/napari_vdir/core/api.py", "src/napari_vdir/core/inference.py", "src/napari_vdir/core/weights.py", "src/napari_vdir/cli.py", "src/napari_vdir/core/lazy.py"]
+only_mutate = ["src/napari_vdir/core/request.py", "src/napari_vdir/core/layout.py", "src/napari_vdir/core/intensity.py", "src/napari_vdir/core/inference.py", "src/napari_vdir/core/weights.py", "src/napari_vdir/cli.py", "src/napari_vdir/core/lazy.py"]
 also_copy = ["models/", "README.md", "benchmarks/", "training/", "examples/"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:xvfb", "-o", "addopts=", "-q", "-m", "not slow and not gui"]
 pytest_add_cli_args_test_selection = ["tests/core/test_restore_values.py", "tests/cli/test_cli_values.py", "tests/core/test_restore.py", "tests/core/test_weights_format.py", "tests/cli/test_cli.py", "tests/core/test_restore_dask.py", "tests/core/test_shipped_models.py", "-k", "not paper_size and not distributed and not readme and not python_dash_m"]
@@ -31,8 +31,8 @@ run() {
 }
 run "napari_vdir.core.inference.xǁPlaneRestorerǁrestore_plane*" "napari_vdir.core.inference.x_tile_margin*" \
     "napari_vdir.core.inference.x__forward*" "napari_vdir.core.inference.x__inverse*" "napari_vdir.core.inference.x_plan_tiles*"
-run "napari_vdir.core.api.xǁIntensityǁ*" "napari_vdir.core.api.xǁLayoutǁ*" "napari_vdir.core.api.x_check_image*" \
-    "napari_vdir.core.api.x__steer_degradation*" "napari_vdir.core.api.x_resolve_range*"
+run "napari_vdir.core.intensity.xǁIntensityǁ*" "napari_vdir.core.layout.xǁLayoutǁ*" "napari_vdir.core.layout.x_check_image*" \
+    "napari_vdir.core.request.x__steer_degradation*" "napari_vdir.core.intensity.x_resolve_range*"
 run "napari_vdir.core.weights.x_check_tensors*" "napari_vdir.core.weights.x_load_weights*" "napari_vdir.core.weights.xǁModelInfoǁfrom_metadata*"
 run "napari_vdir.cli.x_plan_outputs*" "napari_vdir.cli.x_cmd_restore*"
 run "napari_vdir.core.lazy.x_spatial_chunks*" "napari_vdir.core.lazy.x_restore_dask*"
