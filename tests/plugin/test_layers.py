@@ -45,3 +45,24 @@ def test_backend_label_says_what_restore_auto_runs(monkeypatch, ort, bf16, expec
 
     used = backends.resolve_backend("auto", torch.device("cpu"), "auto")
     assert expected.startswith(used)
+
+
+def test_what_the_restore_dock_offers(tiny_weights, tmp_path, monkeypatch):
+    """The dock's choices come from here: the axes that can hold channels, the models of a task (shipped, then the
+    user's), the devices."""
+    import shutil
+
+    from napari_vdir.core import models
+
+    stack = Image(np.zeros((2, 5, 16, 16), np.float32), axis_labels=("c", "z", "y", "x"))
+    choices = vl.channel_choices(stack)  # which axes qualify is the core's rule (core.layout)
+    assert choices[0] == ("none", None) and {("axis 0 (c, 2)", 0), ("axis 1 (z, 5)", 1)} <= set(choices)
+    assert vl.channel_choices(Image(np.zeros((16, 16, 3), np.uint8), rgb=True)) == [("RGB colours", None)]
+    assert vl.channel_choices(None) == [("none", None)]
+
+    monkeypatch.setenv(models.ENV_VAR, str(tmp_path))
+    shutil.copy(tiny_weights[("sr", 4, 3)], tmp_path / "mine-x4.safetensors")
+    sr4 = vl.models_for("sr", 4)
+    assert sr4[-1] == "mine-x4" and "sr-x4-rgb" in sr4 and "sr-x2-rgb" not in sr4
+    assert "mine-x4" not in vl.models_for("sr", 2) and "mine-x4" not in vl.models_for("denoise", None)
+    assert vl.device_choices()[:2] == ["auto", "cpu"]

@@ -116,6 +116,56 @@ def image_layers(viewer) -> list:
     return [layer for layer in reversed(viewer.layers) if isinstance(layer, Image)]
 
 
+def channel_choices(layer) -> list[tuple[str, int | None]]:
+    """(label, axis) of each axis of ``layer`` that can hold its channels, after ("none", None); an RGB layer's
+    channels are its colours, and something that is not an image layer has none."""
+    choices = [("none", None)]
+    try:
+        snap = snapshot(layer)
+    except (TypeError, ValueError):
+        return choices
+    if snap.rgb:
+        return [("RGB colours", None)]
+    for axis in range(snap.ndim):
+        try:
+            check_channel_axis(snap, axis)
+        except ValueError:
+            continue
+        choices.append((f"axis {axis} ({snap.axis_labels[axis]}, {snap.data.shape[axis]})", axis))
+    return choices
+
+
+def models_for(task: str, scale: int | None) -> list[str]:
+    """The names of the models that restore ``task`` (and, for SR, ``scale``): shipped, then the user's."""
+    from napari_vdir.core.models import list_user_models, shipped_models
+    from napari_vdir.core.weights import WeightsError, read_info
+
+    names = []
+    candidates = dict(shipped_models())
+    for name, path in list_user_models().items():
+        candidates.setdefault(name, path)
+    for name, path in candidates.items():
+        try:
+            info = read_info(path)
+        except WeightsError:
+            continue
+        if info.task == task and (scale is None or info.scale == scale):
+            names.append(name)
+    return names
+
+
+def device_choices() -> list[str]:
+    """The devices a restoration can be asked to run on here: auto and cpu, then cuda and mps where torch has them."""
+    import torch
+
+    choices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        choices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        choices.append("mps")
+    return choices
+
+
 # ---------------------------------------------------------------------------- axes
 
 def check_channel_axis(snap: LayerSnapshot, channel_axis) -> int | None:

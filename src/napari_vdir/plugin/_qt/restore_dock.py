@@ -2,7 +2,9 @@
 
 The dock only gathers settings and calls the core through :func:`napari_vdir.plugin.layers.restore_layer` on a
 napari thread worker. Everything the worker needs is read from the layer on the main thread first
-(:func:`napari_vdir.plugin.layers.snapshot`): the worker never touches a napari layer or a Qt object. Progress
+(:func:`napari_vdir.plugin.layers.snapshot`): the worker never touches a napari layer or a Qt object. What the
+dock offers (the image layers, the models of a task, the channel axes, the devices) comes from the layer logic too,
+and the run goes through the worker base both docks share (:mod:`napari_vdir.plugin._qt.worker`). Progress
 comes back per tile (and plane) through ``ensure_main_thread`` and is shown in the dock and in napari's
 activity list; warnings the core raises in the worker are collected there and shown as notifications
 on the main thread. Cancel sets a ``threading.Event`` the core checks before every tile and between the
@@ -74,43 +76,6 @@ def _run_job(kwargs: dict, cancel=None) -> Outcome:
     if cancel is not None:
         kwargs = {**kwargs, "cancel": cancel}
     return outcome_of(lambda: vl.restore_layer(**kwargs), RestorationCancelled, record_warnings=True)
-
-
-def _device_choices() -> list[str]:
-    import torch
-
-    choices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        choices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        choices.append("mps")
-    return choices
-
-
-def _user_models() -> dict[str, Path]:
-    """The user's fine-tuned models (:func:`napari_vdir.core.models.list_user_models`)."""
-    from napari_vdir.core.models import list_user_models
-
-    return list_user_models()
-
-
-def _models_for(task: str, scale: int | None) -> list[str]:
-    """Shipped, then user, model names for a core task (and SR factor)."""
-    from napari_vdir.core.models import shipped_models
-    from napari_vdir.core.weights import WeightsError, read_info
-
-    names = []
-    candidates = dict(shipped_models())
-    for name, path in _user_models().items():
-        candidates.setdefault(name, path)
-    for name, path in candidates.items():
-        try:
-            info = read_info(path)
-        except WeightsError:
-            continue
-        if info.task == task and (scale is None or info.scale == scale):
-            names.append(name)
-    return names
 
 
 class _Text(Label):
@@ -210,7 +175,7 @@ class RestoreDock(WorkerDock):
                               tooltip="auto: the shipped model for the task and the image's colours; or a "
                                       "shipped / your fine-tuned model, or a .safetensors weights file")
         self.weights_path = FileEdit(label="weights file", filter="*.safetensors", visible=False)
-        self.device = ComboBox(label="device", choices=_device_choices(), value="auto")
+        self.device = ComboBox(label="device", choices=vl.device_choices(), value="auto")
         self.channel_axis = ComboBox(label="channels", choices=self._channel_choices,
                                      tooltip="the axis holding the channels of a multichannel layer; each channel "
                                              "is restored and normalised on its own")
@@ -301,24 +266,10 @@ class RestoreDock(WorkerDock):
         return TASKS[self.task.value]
 
     def _model_choices(self, *_) -> list[str]:
-        return [AUTO_MODEL, *_models_for(*self.core_task), WEIGHTS_FILE]
+        return [AUTO_MODEL, *vl.models_for(*self.core_task), WEIGHTS_FILE]
 
     def _channel_choices(self, *_) -> list:
-        layer = self.layer.value if hasattr(self, "layer") else None
-        choices = [("none", None)]
-        try:
-            snap = vl.snapshot(layer)
-        except (TypeError, ValueError):
-            return choices
-        if snap.rgb:
-            return [("RGB colours", None)]
-        for axis in range(snap.ndim):
-            try:
-                vl.check_channel_axis(snap, axis)
-            except ValueError:
-                continue
-            choices.append((f"axis {axis} ({snap.axis_labels[axis]}, {snap.data.shape[axis]})", axis))
-        return choices
+        return vl.channel_choices(self.layer.value if hasattr(self, "layer") else None)
 
     def _on_layer(self, layer):
         """New input layer: its channel axis guess, and 'this plane / all planes' only for stacks."""
