@@ -26,24 +26,51 @@ def datasets() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> dict:
-    """Randomly initialised, very small weights files for every task (fast tests of plumbing)."""
-    from napari_vdir.core.nets import VDIR, ArchConfig
-    from napari_vdir.core.tasks import ESTIMATES
-    from napari_vdir.core.weights import ModelInfo, save_weights
+class TinyVDIR:
+    """The tests' one tiny-model factory (the ``tiny_vdir`` fixture).
 
+    ``tiny_vdir(channels=3, scale=1, task="denoise", seed=0, **arch)``: a VDIR of width 8 with one block of one
+    residual block (fast; ``arch`` sets any other ``ArchConfig`` field), its estimator sized for ``task``,
+    initialised from ``seed`` (None: from torch's current random state), in eval mode.
+    ``tiny_vdir.save(model, path, task="denoise", half=False, **info)``: the model as a weights file named after
+    ``path`` (``info``: more ``ModelInfo`` fields).
+    """
+
+    ARCH = dict(width=8, rir_blocks=1, res_blocks=1, encoder_width=8)
+
+    def __call__(self, channels: int = 3, scale: int = 1, task: str = "denoise", seed: int | None = 0, **arch):
+        from napari_vdir.core.nets import VDIR, ArchConfig
+        from napari_vdir.core.tasks import ESTIMATES
+
+        if seed is not None:
+            torch.manual_seed(seed)
+        arch = {**self.ARCH, "estimate_dims": len(ESTIMATES[task]), **arch}
+        return VDIR(ArchConfig(channels=channels, scale=scale, **arch)).eval()
+
+    @staticmethod
+    def save(model, path, task: str = "denoise", half: bool = False, **info) -> Path:
+        from napari_vdir.core.weights import ModelInfo, save_weights
+
+        path = Path(path)
+        info = ModelInfo(**{"name": path.stem, "task": task, "arch": model.cfg, **info})
+        return save_weights(path, model, info, half=half)
+
+
+@pytest.fixture(scope="session")
+def tiny_vdir() -> TinyVDIR:
+    return TinyVDIR()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_vdir) -> dict:
+    """Randomly initialised, very small weights files for every task (fast tests of plumbing)."""
     out = tmp_path_factory.mktemp("weights")
     files = {}
     for task, scale in (("denoise", 1), ("real-denoise", 1), ("jpeg", 1), ("sr", 2), ("sr", 4)):
         for channels in (1, 3):
-            torch.manual_seed(0)
-            cfg = ArchConfig(channels=channels, scale=scale, width=8, rir_blocks=1, res_blocks=1,
-                             encoder_width=8, estimate_dims=len(ESTIMATES[task]))
-            model = VDIR(cfg)
             name = f"tiny-{task}-x{scale}-{channels}ch"
-            files[(task, scale, channels)] = save_weights(out / f"{name}.safetensors", model,
-                                                          ModelInfo(name=name, task=task, arch=cfg), half=False)
+            files[(task, scale, channels)] = tiny_vdir.save(tiny_vdir(channels, scale, task),
+                                                            out / f"{name}.safetensors", task)
     return files
 
 
@@ -67,15 +94,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def deep_rgb(tmp_path_factory):
+def deep_rgb(tmp_path_factory, tiny_vdir):
     """A small random RGB denoiser with 4 RIR groups, so "a quarter of the way" is a block boundary."""
-    from napari_vdir.core.nets import VDIR, ArchConfig
-    from napari_vdir.core.weights import ModelInfo, save_weights
-
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=3, width=8, rir_blocks=4, res_blocks=2, encoder_width=8, estimate_dims=1)
-    path = tmp_path_factory.mktemp("deep") / "deep.safetensors"
-    return save_weights(path, VDIR(cfg), ModelInfo(name="deep", task="denoise", arch=cfg), half=False)
+    model = tiny_vdir(rir_blocks=4, res_blocks=2)
+    return tiny_vdir.save(model, tmp_path_factory.mktemp("deep") / "deep.safetensors")
 
 
 @pytest.fixture(scope="session")

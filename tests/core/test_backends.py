@@ -160,14 +160,10 @@ def test_cancel_between_tiles_stops_at_the_same_tile(tiny_weights, rng):
     assert seen["torch"] == seen["onnxruntime"] == [1, 2]
 
 
-def test_cancel_stops_an_onnxruntime_pass_while_it_runs(tmp_path, rng):
+def test_cancel_stops_an_onnxruntime_pass_while_it_runs(tmp_path, rng, tiny_vdir):
     """A single-tile pass is stopped from the watcher thread (RunOptions.terminate), not after it ends."""
-    from napari_vdir.core.nets import VDIR, ArchConfig
-    from napari_vdir.core.weights import ModelInfo, save_weights
-
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=3, width=32, rir_blocks=2, res_blocks=2, encoder_width=16, estimate_dims=1)
-    path = save_weights(tmp_path / "mid.safetensors", VDIR(cfg), ModelInfo(name="mid", task="denoise", arch=cfg))
+    mid = tiny_vdir(width=32, rir_blocks=2, res_blocks=2, encoder_width=16)  # long enough a pass to stop
+    path = tiny_vdir.save(mid, tmp_path / "mid.safetensors", half=True)
     y = torch.rand(1, 3, 512, 512)
     model = backends.ort_model(path)
     start = time.perf_counter()
@@ -257,15 +253,6 @@ def _entry(path):
     return entries[0]
 
 
-def _twin(tmp_path, seed=1):
-    """A denoise RGB model with the tiny one's architecture and other weights (same graph signature)."""
-    from napari_vdir.core.nets import VDIR, ArchConfig
-    from napari_vdir.core.weights import ModelInfo, save_weights
-
-    torch.manual_seed(seed)
-    cfg = ArchConfig(channels=3, width=8, rir_blocks=1, res_blocks=1, encoder_width=8, estimate_dims=1)
-    return save_weights(tmp_path / f"twin{seed}.safetensors", VDIR(cfg),
-                        ModelInfo(name="twin", task="denoise", arch=cfg), half=False)
 
 
 def _same_as_torch(x, path, backend="onnxruntime", **kwargs):
@@ -299,8 +286,10 @@ def _damage(entry, other, how):
 
 
 @pytest.mark.parametrize("how", ["foreign", "foreign-entry", "flipped", "truncated", "empty"])
-def test_a_damaged_or_foreign_cached_graph_is_rebuilt_never_used(tiny_weights, rng, tmp_path, how):
-    path, twin = tiny_weights[("denoise", 1, 3)], _twin(tmp_path)
+def test_a_damaged_or_foreign_cached_graph_is_rebuilt_never_used(tiny_weights, rng, tmp_path, how, tiny_vdir):
+    # a denoise RGB model with the tiny one's architecture and other weights (same graph signature)
+    twin = tiny_vdir.save(tiny_vdir(seed=1), tmp_path / "twin1.safetensors", name="twin")
+    path = tiny_weights[("denoise", 1, 3)]
     x = rng.random((40, 48, 3)).astype(np.float32)
     _same_as_torch(x, path)
     _same_as_torch(x, twin)

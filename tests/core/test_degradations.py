@@ -244,15 +244,13 @@ def test_high_quality_weighted_jpeg_draws_make_near_lossless_twice_as_common():
     assert ((q == 1.0) | ((q >= 0.10) & (q <= 0.95))).all()
 
 
-def test_zero_estimator_targets_stay_finite_through_the_loss():
+def test_zero_estimator_targets_stay_finite_through_the_loss(tiny_vdir):
     """sigma = 0 (and quality 100) are honest targets: the EST head is an L1 on sigma / 255 (no log), and the
     whole objective and its gradients stay finite on a batch of clean images."""
-    from napari_vdir.core.nets import VDIR, ArchConfig, Decoder
+    from napari_vdir.core.nets import Decoder
     from napari_vdir.training import losses
 
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=3, width=8, rir_blocks=1, res_blocks=1, encoder_width=8, estimate_dims=1)
-    model, decoder = VDIR(cfg), Decoder(3, 8)
+    model, decoder = tiny_vdir().train(), Decoder(3, 8)
     clean = clean_batch(4, 32)
     sigma = torch.zeros(4)
     y = deg.add_gaussian_noise(clean, sigma, torch.Generator().manual_seed(0))

@@ -4,8 +4,6 @@ export, and training it."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -14,19 +12,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_vdir import restore
 from napari_vdir.core.inference import plan_tiles, tile_margin
 from napari_vdir.core.nets import ARCH_CHOICES, UNET_STRIDE, VDIR, ArchConfig, UNetRestorer
-from napari_vdir.core.weights import ModelInfo, load_weights, read_header, read_info, save_weights
 
 SMALL = dict(width=8, rir_blocks=1, res_blocks=1, encoder_width=8)
 PROBE_ARCH = dict(width=48, rir_blocks=4, res_blocks=2, encoder_width=64)  # training/stages/probe-unet-varied.yaml
 
 
-def unet_model(channels=3, seed=0, **kw) -> VDIR:
-    torch.manual_seed(seed)
-    return VDIR(ArchConfig(channels=channels, trunk="unet", **{**SMALL, **kw})).eval()
-
-
-def save(model: VDIR, path, task="denoise"):
-    return save_weights(path, model, ModelInfo(name=path.stem, task=task, arch=model.cfg), half=False)
+@pytest.fixture
+def unet_model(tiny_vdir):
+    """``unet_model(channels=3, seed=0, **arch)``: a tiny VDIR with the 'unet' trunk (conftest's factory)."""
+    return lambda channels=3, seed=0, **kw: tiny_vdir(channels, seed=seed, trunk="unet", **{**SMALL, **kw})
 
 
 def macs_per_pixel(model: VDIR, side: int = 128) -> float:
@@ -37,7 +31,7 @@ def macs_per_pixel(model: VDIR, side: int = 128) -> float:
 
 # ----------------------------------------------------------------------------- the network
 
-def test_the_trunk_is_chosen_by_the_config_and_is_for_restoration_only():
+def test_the_trunk_is_chosen_by_the_config_and_is_for_restoration_only(unet_model):
     assert "unet" in ARCH_CHOICES["trunk"]
     model = unet_model()
     assert isinstance(model.restorer, UNetRestorer)
@@ -57,21 +51,7 @@ def test_it_costs_less_per_pixel_than_the_shipped_trunk():
     assert unet <= 180e3 and unet < 0.6 * shipped, (unet, shipped)
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("size", [(8, 8), (4, 12), (1, 1), (5, 7), (36, 52), (64, 17)])
-def test_every_size_comes_back_as_it_went_in(channels, size):
-    model = unet_model(channels)
-    y = torch.rand(2, channels, *size)
-    with torch.no_grad():
-        out = model(y, with_estimate=True)
-        assert out.image.shape == y.shape and out.image.dtype == torch.float32
-        assert torch.isfinite(out.image).all()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = model(y).image
-        assert fast.shape == y.shape and torch.isfinite(fast).all()
-
-
-def test_the_latent_steers_the_coarse_levels():
+def test_the_latent_steers_the_coarse_levels(unet_model):
     """c enters twice: with y, and added to the 1/4 level. Changing c only at the 1/4 injection (up(c) held
     fixed) changes the result, so that path is wired in."""
     model = unet_model(seed=3)
@@ -84,30 +64,6 @@ def test_the_latent_steers_the_coarse_levels():
         model.restorer.latent_in.bias.zero_()
         b = model.restorer(y, c)
     assert (a - b).abs().max() > 1e-4
-
-
-def test_cancel_is_checked_between_the_blocks():
-    model = unet_model(rir_blocks=2, res_blocks=2)
-    calls = []
-    with torch.no_grad():
-        plain = model(torch.ones(1, 3, 16, 16)).image
-        checked = model(torch.ones(1, 3, 16, 16), between_blocks=lambda: calls.append(1)).image
-    assert len(calls) == 1 + 4 * 2 + 2  # after the encoder and after every block of every level
-    assert torch.equal(plain, checked)
-
-
-# ----------------------------------------------------------------------------- weights files
-
-def test_weights_round_trip_records_the_trunk(tmp_path):
-    model = unet_model()
-    path = save(model, tmp_path / "unet.safetensors")
-    assert json.loads(read_header(path)[0]["arch"])["trunk"] == "unet"
-    assert read_info(path).arch == model.cfg
-    loaded, _ = load_weights(path)
-    assert isinstance(loaded.restorer, UNetRestorer)
-    y = torch.rand(1, 3, 20, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(y).image, model(y).image, rtol=0, atol=0)
 
 
 # ----------------------------------------------------------------------------- tiling
@@ -126,10 +82,9 @@ def gradient_reach(model: VDIR, size: int) -> int:
 
 
 @pytest.mark.parametrize("rir_blocks,res_blocks", [(1, 1), (2, 1)])
-def test_receptive_radius_covers_the_gradient_support(rir_blocks, res_blocks):
-    torch.manual_seed(0)
-    model = VDIR(ArchConfig(channels=1, width=3, rir_blocks=rir_blocks, res_blocks=res_blocks, encoder_width=3,
-                            estimate_dims=0, trunk="unet")).double().eval()
+def test_receptive_radius_covers_the_gradient_support(rir_blocks, res_blocks, tiny_vdir):
+    model = tiny_vdir(1, width=3, rir_blocks=rir_blocks, res_blocks=res_blocks, encoder_width=3, estimate_dims=0,
+                      trunk="unet").double()
     radius = model.cfg.receptive_radius
     measured = gradient_reach(model, (2 * radius + 40) // 8 * 8)
     assert measured <= radius <= measured + 16, (measured, radius)  # covers it, and not far beyond
@@ -147,9 +102,9 @@ def test_tiles_start_on_the_deepest_grid():
 # images larger than a tile and both its margins (88 px for this network), so that inner tiles see only part
 # of the image and the windows of the later tiles start away from the image's origin
 @pytest.mark.parametrize("shape", [(328, 264, 3), (333, 277)])
-def test_tiled_restore_equals_one_pass(tmp_path, shape):
+def test_tiled_restore_equals_one_pass(tmp_path, shape, unet_model, tiny_vdir):
     channels = 3 if len(shape) == 3 else 1
-    path = save(unet_model(channels, seed=2), tmp_path / "u.safetensors")
+    path = tiny_vdir.save(unet_model(channels, seed=2), tmp_path / "u.safetensors")
     image = np.random.default_rng(0).random(shape, dtype=np.float32)
     whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
     tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=60)
@@ -157,12 +112,12 @@ def test_tiled_restore_equals_one_pass(tmp_path, shape):
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6)
 
 
-def test_tiles_on_the_latent_grid_alone_would_not_match(tmp_path):
+def test_tiles_on_the_latent_grid_alone_would_not_match(tmp_path, unet_model, tiny_vdir):
     """The 8-pixel grid is what makes tiled == whole: tiles started on multiples of 4 only (the old rule)
     give a different result, so the test above would catch a tiler that forgot the network's grid."""
     import napari_vdir.core.inference as inference
 
-    path = save(unet_model(seed=2), tmp_path / "u.safetensors")
+    path = tiny_vdir.save(unet_model(seed=2), tmp_path / "u.safetensors")
     image = np.random.default_rng(0).random((328, 264, 3), dtype=np.float32)
     whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
     original = inference.plan_tiles
@@ -175,9 +130,9 @@ def test_tiles_on_the_latent_grid_alone_would_not_match(tmp_path):
     assert np.abs(off_grid - whole).max() > 1e-4
 
 
-def test_dask_blocks_equal_one_pass(tmp_path):
+def test_dask_blocks_equal_one_pass(tmp_path, unet_model, tiny_vdir):
     da = pytest.importorskip("dask.array")
-    path = save(unet_model(seed=4), tmp_path / "u.safetensors")
+    path = tiny_vdir.save(unet_model(seed=4), tmp_path / "u.safetensors")
     image = np.random.default_rng(1).random((2, 404, 300), dtype=np.float32)
     whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
     lazy = restore(da.from_array(image, chunks=(1, 100, 100)), "denoise", model=path, device="cpu",
@@ -187,31 +142,16 @@ def test_dask_blocks_equal_one_pass(tmp_path):
 
 # ----------------------------------------------------------------------------- export and training
 
-def test_onnx_runtime_computes_the_unet_forward(tmp_path):
+def test_onnx_runtime_computes_the_unet_forward(tmp_path, unet_model, tiny_vdir):
     pytest.importorskip("onnxruntime")
     image = np.random.default_rng(1).random((52, 44, 3), dtype=np.float32)
-    path = save(unet_model(seed=5), tmp_path / "u.safetensors")
+    path = tiny_vdir.save(unet_model(seed=5), tmp_path / "u.safetensors")
     exact = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
     ort = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="onnxruntime")
     np.testing.assert_allclose(ort, exact, rtol=0, atol=1e-5)
 
 
-def test_a_recipe_trains_the_unet_trunk(tmp_path, image_folder):
-    from napari_vdir.training.config import Recipe
-    from napari_vdir.training.trainer import Trainer
-
-    recipe = Recipe.model_validate(dict(
-        name="u", task="denoise", data={"train": [str(image_folder)]}, steps=3, patch=32, batch=2,
-        arch={**{k: SMALL[k] for k in ("width", "rir_blocks", "res_blocks", "encoder_width")}, "trunk": "unet"},
-        losses={"gan": 0.0}, val_every=3, checkpoint_every=3))
-    with pytest.raises(ValueError, match="super-resolution uses 'full'"):
-        Recipe.model_validate({**recipe.model_dump(), "task": "sr", "scale": 2})
-    path = Trainer(recipe, tmp_path, device="cpu", precision="float32").fit()
-    info = read_info(path)
-    assert info.arch.trunk == "unet" and info.recipe["arch"]["trunk"] == "unet"
-
-
-def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path):
+def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path, unet_model, tiny_vdir):
     """The package declares sizes on the trunk's 8-pixel grid (minimum and step), so every size a consumer
     may give is one the exported graphs compute right; every weight format (ONNX, TorchScript,
     pytorch_state_dict built from nets.py's source with the arch kwargs) reproduces the test output."""
@@ -222,7 +162,7 @@ def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path):
     from napari_vdir.export.package import export_model
 
     model = unet_model(seed=6)
-    out = export_model(save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
+    out = export_model(tiny_vdir.save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
     rdf = yaml.safe_load((out / "rdf.yaml").read_text())
     assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unet"
     for axis in rdf["inputs"][0]["axes"][2:]:
@@ -236,25 +176,3 @@ def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path):
     reproduced = {tuple(d.loc)[1] for d in summary.details
                   if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
     assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
-
-
-def test_cli_onnx_export_of_the_unet_trunk_computes_the_torch_forward(tmp_path, capsys):
-    """``napari-vdir export --format onnx`` of a unet model: the graph equals torch's deterministic forward at
-    sizes on the 8-pixel grid (what restore pads every plane to), batch, height and width dynamic."""
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    from napari_vdir.cli import main
-
-    model = unet_model(seed=7)
-    path, out = save(model, tmp_path / "u.safetensors"), tmp_path / "u.onnx"
-    assert main(["export", str(path), "--format", "onnx", "-o", str(out)]) == 0
-    assert str(out) in capsys.readouterr().out
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(7)
-    for shape in ((1, 3, 64, 64), (2, 3, 40, 96), (1, 3, 8, 16), (1, 3, 184, 120)):
-        x = rng.random(shape, dtype=np.float32)
-        got = session.run(None, {"input": x})[0]
-        with torch.no_grad():
-            expect = model(torch.from_numpy(x)).image.numpy()
-        assert got.shape == shape
-        np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)

@@ -13,27 +13,25 @@ import torch
 
 from napari_vdir import restore
 from napari_vdir.core.inference import tile_margin
-from napari_vdir.core.nets import LATENT_STRIDE, VDIR, ArchConfig
+from napari_vdir.core.nets import LATENT_STRIDE, VDIR
 from napari_vdir.core.weights import ModelInfo, load_weights, save_weights
 
 EXACT = dict(precision="float32", device="cpu")
 
 
-def identity_weights(path, channels: int, task: str = "denoise"):
-    """A VDIR whose restorer tail is zero, so x = y + 0: restore() must hand the input back unchanged."""
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=channels, width=4, rir_blocks=1, res_blocks=1, encoder_width=4, estimate_dims=1)
-    model = VDIR(cfg)
-    with torch.no_grad():
-        model.restorer.tail.weight.zero_()
-        model.restorer.tail.bias.zero_()
-    return save_weights(path, model, ModelInfo(name=f"identity-{channels}ch", task=task, arch=cfg), half=False)
-
-
 @pytest.fixture(scope="module")
-def identity(tmp_path_factory):
+def identity(tmp_path_factory, tiny_vdir):
+    """VDIRs whose restorer tail is zero, so x = y + 0: restore() must hand the input back unchanged."""
     folder = tmp_path_factory.mktemp("identity")
-    return {c: identity_weights(folder / f"identity-{c}.safetensors", c) for c in (1, 3)}
+    files = {}
+    for channels in (1, 3):
+        model = tiny_vdir(channels, width=4, encoder_width=4)
+        with torch.no_grad():
+            model.restorer.tail.weight.zero_()
+            model.restorer.tail.bias.zero_()
+        files[channels] = tiny_vdir.save(model, folder / f"identity-{channels}.safetensors",
+                                         name=f"identity-{channels}ch")
+    return files
 
 
 def _gray(dtype, rng, shape=(37, 42)):
@@ -232,12 +230,10 @@ def measured_radius(model: VDIR, size: int) -> int:
 
 
 @pytest.mark.parametrize("rir_blocks,res_blocks", [(1, 1), (2, 2), (1, 4), (3, 1)])
-def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks):
-    torch.manual_seed(0)
-    cfg = ArchConfig(channels=1, width=3, rir_blocks=rir_blocks, res_blocks=res_blocks, encoder_width=3,
-                     estimate_dims=0)
-    model = VDIR(cfg)
-    radius = cfg.receptive_radius
+def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks, tiny_vdir):
+    model = tiny_vdir(1, width=3, encoder_width=3, rir_blocks=rir_blocks, res_blocks=res_blocks,
+                      estimate_dims=0).train()
+    radius = model.cfg.receptive_radius
     measured = measured_radius(model, size=(2 * radius + 40) // 4 * 4)
     assert measured <= radius <= measured + 4, (measured, radius)  # covers it, and not far beyond
     assert tile_margin(model) >= radius and tile_margin(model) % LATENT_STRIDE == 0
@@ -299,13 +295,13 @@ def test_dask_spatial_chunks():
 
 # ----------------------------------------------------------------------------- weights metadata
 
-def test_weights_metadata_round_trips_and_optional_keys_default(tmp_path):
+def test_weights_metadata_round_trips_and_optional_keys_default(tmp_path, tiny_vdir):
     from safetensors.torch import save_file
 
     from napari_vdir.core.weights import read_info
 
-    cfg = ArchConfig(channels=1, width=4, rir_blocks=1, res_blocks=1, encoder_width=4, estimate_dims=1)
-    model = VDIR(cfg)
+    model = tiny_vdir(1, width=4, encoder_width=4)
+    cfg = model.cfg
     info = ModelInfo(name="m", task="denoise", arch=cfg, description="a test model", recipe={"steps": 5, "lr": 0.01},
                      quality={"val_psnr": 31.5}, trained_steps=11)
     back = read_info(save_weights(tmp_path / "m.safetensors", model, info))

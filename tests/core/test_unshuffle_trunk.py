@@ -11,26 +11,23 @@ import torch
 
 from napari_vdir import restore
 from napari_vdir.core.inference import tile_margin
-from napari_vdir.core.nets import ARCH_CHOICES, LATENT_STRIDE, VDIR, ArchConfig, Restorer, UnshuffleRestorer
-from napari_vdir.core.weights import ModelInfo, WeightsError, load_weights, read_header, read_info, save_weights
+from napari_vdir.core.nets import ARCH_CHOICES, LATENT_STRIDE, ArchConfig, Restorer, UnshuffleRestorer
+from napari_vdir.core.weights import WeightsError, load_weights, read_header, read_info
 
 SMALL = dict(width=8, rir_blocks=1, res_blocks=2, encoder_width=8)
 UNSHUFFLE_MODELS = {"denoise-rgb", "denoise-gray", "real-denoise-rgb", "jpeg-rgb", "jpeg-gray"}  # the shipped models retrained on the pixel-unshuffle trunk
 
 
-def unshuffle_model(channels=3, seed=0, **kw) -> VDIR:
-    torch.manual_seed(seed)
-    return VDIR(ArchConfig(channels=channels, trunk="unshuffle", **{**SMALL, **kw})).eval()
-
-
-def save(model: VDIR, path, task="denoise"):
-    return save_weights(path, model, ModelInfo(name=path.stem, task=task, arch=model.cfg), half=False)
+@pytest.fixture
+def unshuffle_model(tiny_vdir):
+    """``unshuffle_model(channels=3, seed=0, **arch)``: a tiny VDIR with the 'unshuffle' trunk (conftest's factory)."""
+    return lambda channels=3, seed=0, **kw: tiny_vdir(channels, seed=seed, trunk="unshuffle", **{**SMALL, **kw})
 
 
 # ----------------------------------------------------------------------------- the network
 
-def test_the_trunk_is_chosen_by_the_config_and_bounded():
-    assert isinstance(VDIR(ArchConfig(**SMALL)).restorer, Restorer)  # the default stays the paper's trunk
+def test_the_trunk_is_chosen_by_the_config_and_bounded(unshuffle_model, tiny_vdir):
+    assert isinstance(tiny_vdir(**SMALL).restorer, Restorer)  # the default stays the paper's trunk
     model = unshuffle_model()
     assert isinstance(model.restorer, UnshuffleRestorer)
     # the body runs on the 2x2 cells of [y, up(c)]: 4 x (3 + 4) channels in, 4 x 3 out
@@ -42,22 +39,6 @@ def test_the_trunk_is_chosen_by_the_config_and_bounded():
         ArchConfig(trunk=["unshuffle"])
     with pytest.raises(ValueError, match="scale 1"):
         ArchConfig(scale=2, trunk="unshuffle")
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("size", [(8, 8), (5, 7), (1, 1), (2, 3), (33, 64), (64, 17)])
-def test_every_size_and_dtype_comes_back_as_it_went_in(channels, size):
-    model = unshuffle_model(channels)
-    y = torch.rand(2, channels, *size)
-    with torch.no_grad():
-        out = model(y, with_estimate=True)
-        assert out.image.shape == y.shape and out.image.dtype == torch.float32
-        assert torch.isfinite(out.image).all()
-        double = model.double()(y.double()).image
-        assert double.dtype == torch.float64 and double.shape == y.shape
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # the CPU fast path
-            fast = model.float()(y).image
-        assert fast.shape == y.shape and torch.isfinite(fast).all()
 
 
 def test_an_odd_side_is_padded_at_its_end_so_the_cell_grid_stays_put():
@@ -78,38 +59,14 @@ def test_an_odd_side_is_padded_at_its_end_so_the_cell_grid_stays_put():
     assert not torch.allclose(odd[..., -1, :], whole[..., 46, :39])  # the border does see the padding
 
 
-def test_cancel_is_checked_between_the_blocks_of_the_half_resolution_body():
-    model = unshuffle_model(rir_blocks=2, res_blocks=3)
-    calls = []
-    with torch.no_grad():
-        plain = model(torch.ones(1, 3, 16, 16)).image
-        checked = model(torch.ones(1, 3, 16, 16), between_blocks=lambda: calls.append(1)).image
-    assert len(calls) == 1 + 2 * (3 + 1)  # after the encoder, after every block and group conv
-    assert torch.equal(plain, checked)
-
-
 # ----------------------------------------------------------------------------- weights files
 
-def test_weights_round_trip_records_the_trunk(tmp_path):
-    model = unshuffle_model()
-    path = save(model, tmp_path / "unshuffle.safetensors")
-    meta, _ = read_header(path)
-    assert json.loads(meta["arch"])["trunk"] == "unshuffle"
-    info = read_info(path)
-    assert info.arch == model.cfg and info.arch.trunk == "unshuffle"
-    loaded, _ = load_weights(path)
-    assert isinstance(loaded.restorer, UnshuffleRestorer)
-    y = torch.rand(1, 3, 20, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(y).image, model(y).image, rtol=0, atol=0)
 
-
-def test_full_trunk_files_read_as_before(tmp_path, tiny_weights):
+def test_full_trunk_files_read_as_before(tmp_path, tiny_weights, tiny_vdir):
     """The default trunk is not written, so a full-trunk file's metadata is what earlier versions wrote and
     read; files without the key (every shipped model not in UNSHUFFLE_MODELS) load as the full trunk."""
-    torch.manual_seed(0)
-    model = VDIR(ArchConfig(**SMALL))
-    meta, _ = read_header(save(model, tmp_path / "full.safetensors"))
+    model = tiny_vdir(**SMALL)
+    meta, _ = read_header(tiny_vdir.save(model, tmp_path / "full.safetensors"))
     assert "trunk" not in json.loads(meta["arch"])
     for path in tiny_weights.values():
         assert "trunk" not in json.loads(read_header(path)[0]["arch"])
@@ -130,10 +87,9 @@ def _with_arch(src, dst, arch: dict):
     return dst
 
 
-def test_a_file_whose_trunk_does_not_match_its_tensors_is_refused_before_anything_is_built(tmp_path, monkeypatch):
-    unshuffle = save(unshuffle_model(), tmp_path / "u.safetensors")
-    torch.manual_seed(0)
-    full = save(VDIR(ArchConfig(**SMALL)), tmp_path / "f.safetensors")
+def test_a_file_whose_trunk_does_not_match_its_tensors_is_refused_before_anything_is_built(tmp_path, monkeypatch, unshuffle_model, tiny_vdir):
+    unshuffle = tiny_vdir.save(unshuffle_model(), tmp_path / "u.safetensors")
+    full = tiny_vdir.save(tiny_vdir(**SMALL), tmp_path / "f.safetensors")
     says_full = _with_arch(unshuffle, tmp_path / "says-full.safetensors", ArchConfig(**SMALL).to_dict())
     says_unshuffle = _with_arch(full, tmp_path / "says-u.safetensors", ArchConfig(trunk="unshuffle", **SMALL).to_dict())
     says_other = _with_arch(unshuffle, tmp_path / "other.safetensors", {**ArchConfig(**SMALL).to_dict(), "trunk": "half"})
@@ -168,11 +124,10 @@ def gradient_reach(fn, channels: int, size: int) -> int:
 
 
 @pytest.mark.parametrize("rir_blocks,res_blocks", [(1, 1), (2, 2), (1, 3)])
-def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks):
-    torch.manual_seed(0)
+def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks, tiny_vdir):
     arch = dict(channels=1, width=3, rir_blocks=rir_blocks, res_blocks=res_blocks, encoder_width=3, estimate_dims=0)
-    unshuffle = VDIR(ArchConfig(trunk="unshuffle", **arch)).double().eval()
-    full = VDIR(ArchConfig(**arch)).double().eval()
+    unshuffle = tiny_vdir(trunk="unshuffle", **arch).double()
+    full = tiny_vdir(seed=None, **arch).double()
     radius = unshuffle.cfg.receptive_radius
     size = (2 * radius + 40) // 4 * 4
     measured = gradient_reach(lambda y: unshuffle(y).image, 1, size)
@@ -186,9 +141,9 @@ def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks):
 
 
 @pytest.mark.parametrize("shape", [(70, 54, 3), (45, 61)])
-def test_tiled_restore_equals_one_pass(tmp_path, shape):
+def test_tiled_restore_equals_one_pass(tmp_path, shape, unshuffle_model, tiny_vdir):
     channels = 3 if len(shape) == 3 else 1
-    path = save(unshuffle_model(channels, seed=2, rir_blocks=2, res_blocks=1), tmp_path / "u.safetensors")
+    path = tiny_vdir.save(unshuffle_model(channels, seed=2, rir_blocks=2, res_blocks=1), tmp_path / "u.safetensors")
     image = np.random.default_rng(0).random(shape, dtype=np.float32)
     whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
     tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=16)
@@ -198,23 +153,8 @@ def test_tiled_restore_equals_one_pass(tmp_path, shape):
 
 # ----------------------------------------------------------------------------- export
 
-def test_cli_onnx_export_computes_the_unshuffle_forward(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    from napari_vdir.cli import main
 
-    model = unshuffle_model()
-    out = tmp_path / "u.onnx"
-    assert main(["export", str(save(model, tmp_path / "u.safetensors")), "--format", "onnx", "-o", str(out)]) == 0
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    for shape in ((1, 3, 40, 56), (2, 3, 64, 36)):  # dynamic batch, height and width
-        x = np.random.default_rng(1).random(shape, dtype=np.float32)
-        with torch.no_grad():
-            expected = model(torch.from_numpy(x)).image.numpy()
-        np.testing.assert_allclose(session.run(None, {"input": x})[0], expected, rtol=0, atol=1e-5)
-
-
-def test_bioimageio_package_of_the_unshuffle_trunk_passes(tmp_path):
+def test_bioimageio_package_of_the_unshuffle_trunk_passes(tmp_path, unshuffle_model, tiny_vdir):
     """Every weight format of the package (ONNX, TorchScript, pytorch_state_dict built from nets.py's source
     with the arch kwargs) reproduces the test output, and the halo covers the receptive radius."""
     core = pytest.importorskip("bioimageio.core")
@@ -224,7 +164,7 @@ def test_bioimageio_package_of_the_unshuffle_trunk_passes(tmp_path):
     from napari_vdir.export.package import export_model
 
     model = unshuffle_model()
-    out = export_model(save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
+    out = export_model(tiny_vdir.save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
     rdf = yaml.safe_load((out / "rdf.yaml").read_text())
     assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unshuffle"
     assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
@@ -236,7 +176,7 @@ def test_bioimageio_package_of_the_unshuffle_trunk_passes(tmp_path):
     assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
 
 
-def test_bioimageio_architecture_source_builds_the_unshuffle_trunk():
+def test_bioimageio_architecture_source_builds_the_unshuffle_trunk(unshuffle_model):
     """The package's ``pytorch_state_dict`` architecture is nets.py itself, called with the arch's kwargs."""
     from napari_vdir.export.package import architecture_source
 
@@ -248,22 +188,3 @@ def test_bioimageio_architecture_source_builds_the_unshuffle_trunk():
     y = torch.rand(1, 3, 24, 32)
     with torch.no_grad():
         torch.testing.assert_close(net.eval()(y), model(y).image, rtol=0, atol=0)
-
-
-# ----------------------------------------------------------------------------- training
-
-def test_a_recipe_trains_and_exports_the_unshuffle_trunk(tmp_path, image_folder):
-    from napari_vdir.training.config import Recipe
-    from napari_vdir.training.trainer import Trainer
-
-    recipe = Recipe.model_validate(dict(
-        name="u", task="denoise", data={"train": [str(image_folder)]}, steps=3, patch=32, batch=2,
-        arch={**{k: SMALL[k] for k in ("width", "rir_blocks", "res_blocks", "encoder_width")}, "trunk": "unshuffle"},
-        losses={"gan": 0.0}, val_every=3, checkpoint_every=3))
-    assert recipe.model_dump()["arch"]["trunk"] == "unshuffle"
-    with pytest.raises(ValueError, match="super-resolution uses 'full'"):
-        Recipe.model_validate({**recipe.model_dump(), "task": "sr", "scale": 2})
-    path = Trainer(recipe, tmp_path, device="cpu", precision="float32").fit()
-    info = read_info(path)
-    assert info.arch.trunk == "unshuffle" and info.recipe["arch"]["trunk"] == "unshuffle"
-    assert "trunk" not in Recipe.model_validate({**recipe.model_dump(), "arch": {}}).model_dump()["arch"]

@@ -13,7 +13,6 @@ from napari_vdir import restore
 from napari_vdir.training.__main__ import main as training_main
 from napari_vdir.training.trainer import Trainer
 from napari_vdir.core.weights import load_weights, read_info
-from tests.training.test_training_tool import tiny_recipe  # the tiny denoise recipe the training tests share
 
 
 def rows_of(log) -> list[dict]:
@@ -30,7 +29,7 @@ def distance(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def start_model(image_folder, tmp_path_factory):
+def start_model(image_folder, tmp_path_factory, tiny_recipe):
     """A tiny denoiser trained a little, to fine-tune from."""
     out = tmp_path_factory.mktemp("start")
     return Trainer(tiny_recipe(image_folder, steps=30, val_every=30, checkpoint_every=30), out, device="cpu",
@@ -67,7 +66,7 @@ def test_without_keep_best_the_latest_weights_are_saved(image_folder, start_mode
     assert not same_weights(saved.state_dict(), start.state_dict())
 
 
-def test_a_fine_tune_that_improves_keeps_its_best_validation(image_folder, start_model, tmp_path):
+def test_a_fine_tune_that_improves_keeps_its_best_validation(image_folder, start_model, tmp_path, tiny_recipe):
     recipe = tiny_recipe(image_folder, init=str(start_model), arch={}, steps=12, val_every=3, lr=3e-4)
     trainer = Trainer(recipe, tmp_path, device="cpu", precision="float32")
     path = trainer.fit()
@@ -83,7 +82,7 @@ def test_a_fine_tune_that_improves_keeps_its_best_validation(image_folder, start
     assert trainer.outcome().startswith("validation PSNR +") or "stayed best" in trainer.outcome()
 
 
-def test_the_moving_average_follows_its_formula_and_is_exported_where_it_validates_better(image_folder, tmp_path):
+def test_the_moving_average_follows_its_formula_and_is_exported_where_it_validates_better(image_folder, tmp_path, tiny_recipe):
     decay = 0.8
     recipe = tiny_recipe(image_folder, steps=6, val_every=3, ema_decay=decay, lr=1e-2)  # steps large enough to tell apart
     trainer = Trainer(recipe, tmp_path, device="cpu", precision="float32")
@@ -105,7 +104,7 @@ def test_the_moving_average_follows_its_formula_and_is_exported_where_it_validat
     assert distance(saved, chosen) < 1e-3 and distance(saved, chosen) < 0.2 * distance(saved, other)
 
 
-def test_resume_keeps_the_average_and_the_best(image_folder, tmp_path):
+def test_resume_keeps_the_average_and_the_best(image_folder, tmp_path, tiny_recipe):
     recipe = tiny_recipe(image_folder, ema_decay=0.9, keep_best=True)
     straight = Trainer(recipe, tmp_path / "a", device="cpu", precision="float32")
     straight.fit()
@@ -120,7 +119,7 @@ def test_resume_keeps_the_average_and_the_best(image_folder, tmp_path):
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 1.5])
-def test_the_decay_is_checked(image_folder, value):
+def test_the_decay_is_checked(image_folder, value, tiny_recipe):
     with pytest.raises(ValueError, match="ema_decay"):
         tiny_recipe(image_folder, ema_decay=value)
 

@@ -14,11 +14,9 @@ import time
 
 import torch
 
-from napari_vdir.core.nets import VDIR, ArchConfig
 from napari_vdir.training.__main__ import main as training_main
-from napari_vdir.core.weights import ModelInfo, load_weights, read_info, save_weights
+from napari_vdir.core.weights import load_weights, read_info
 
-TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
@@ -33,13 +31,12 @@ def log_steps(path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(fh)]
 
 
-def test_fine_tune_starts_from_init(image_folder, tmp_path):
+def test_fine_tune_starts_from_init(image_folder, tmp_path, tiny_vdir):
     """The exported model has the --init architecture (not the from-scratch one), counts the init's steps,
     and with a negligible learning rate keeps the init's tensors."""
-    torch.manual_seed(3)
-    cfg = ArchConfig(channels=3, width=8, rir_blocks=1, res_blocks=2, encoder_width=8, estimate_dims=1)
-    start = save_weights(tmp_path / "start.safetensors", VDIR(cfg),
-                         ModelInfo(name="start", task="denoise", arch=cfg, trained_steps=7), half=False)
+    model = tiny_vdir(seed=3, res_blocks=2)
+    cfg = model.cfg
+    start = tiny_vdir.save(model, tmp_path / "start.safetensors", trained_steps=7)
     out = tmp_path / "run"
     assert training_main(["--task", "denoise", "--data", str(image_folder), "--init", str(start), "--steps", "2",
                           "--patch", "32", "--batch", "2", "--lr", "1e-9", "--out", str(out), "--quiet",
@@ -65,10 +62,10 @@ torch.save(state, f"{sys.argv[2]}/rank{trainer.rank}-of-{trainer.world}.pt")
 """
 
 
-def test_ddp_ranks_end_with_identical_parameters(image_folder, tmp_path):
+def test_ddp_ranks_end_with_identical_parameters(image_folder, tmp_path, tiny_vdir):
     """torchrun, two gloo processes on a free port: each rank sees other patches, DDP averages the gradients,
     so after training both ranks hold the very same parameters (and they did move)."""
-    recipe = dict(name="ddp", task="denoise", channels=3, arch=TINY_ARCH, steps=3, patch=32, batch=2, lr=1e-3,
+    recipe = dict(name="ddp", task="denoise", channels=3, arch=tiny_vdir.ARCH, steps=3, patch=32, batch=2, lr=1e-3,
                   val_every=3, checkpoint_every=3, data={"train": [str(image_folder)]})
     driver = tmp_path / "driver.py"
     driver.write_text(DDP_DRIVER)
@@ -84,8 +81,7 @@ def test_ddp_ranks_end_with_identical_parameters(image_folder, tmp_path):
         assert torch.equal(rank0[key], rank1[key]), key
     _, info = load_weights(out / "ddp.safetensors")
     assert info.trained_steps == 3
-    torch.manual_seed(0)  # the recipe's seed: the parameters both ranks started from
-    fresh = VDIR(ArchConfig(channels=3, estimate_dims=1, **TINY_ARCH)).state_dict()
+    fresh = tiny_vdir(seed=0).state_dict()  # the recipe's seed: the parameters both ranks started from
     moved = [k for k in fresh if not torch.equal(fresh[k], rank0[f"model.{k}"])]
     assert len(moved) > len(fresh) // 2
 

@@ -24,17 +24,6 @@ from napari_vdir.training.__main__ import main as training_main
 from napari_vdir.training.config import Recipe, load_recipe
 from napari_vdir.training.trainer import Trainer
 
-TINY_ARCH = {"width": 8, "rir_blocks": 1, "res_blocks": 1, "encoder_width": 8}
-
-
-def tiny_recipe(folder, **kw) -> Recipe:
-    values = dict(name="tiny", task="denoise", channels=3, arch=TINY_ARCH, steps=6, patch=32, batch=4,
-                  lr=1e-3, val_every=3, checkpoint_every=3, data={"train": [str(folder)], "val": str(folder),
-                                                                   "val_images": 2, "val_crop": 64})
-    values.update(kw)
-    return Recipe.model_validate(values)
-
-
 def test_loss_terms():
     mu, logvar = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8)
     assert losses.kl_divergence(mu, logvar) == 0
@@ -46,7 +35,7 @@ def test_loss_terms():
 
 @pytest.mark.parametrize("task,scale,degradation", [("denoise", None, "awgn+poisson"), ("sr", 2, "blur"),
                                                     ("jpeg", None, "jpeg"), ("real-denoise", None, "camera")])
-def test_every_term_finite_and_loss_falls(image_folder, tmp_path, task, scale, degradation):
+def test_every_term_finite_and_loss_falls(image_folder, tmp_path, task, scale, degradation, tiny_recipe):
     torch.manual_seed(0)
     recipe = tiny_recipe(image_folder, task=task, scale=scale, degradation=degradation, steps=40, lr=3e-3,
                          batch=8, data={"train": [str(image_folder)]})
@@ -60,7 +49,7 @@ def test_every_term_finite_and_loss_falls(image_folder, tmp_path, task, scale, d
     assert last < first
 
 
-def test_init_network_starts_another_task_from_a_models_network(image_folder, tmp_path, tiny_weights):
+def test_init_network_starts_another_task_from_a_models_network(image_folder, tmp_path, tiny_weights, tiny_recipe):
     """A JPEG restorer started from the denoiser's encoder and restorer; its EST head (a quality, not a sigma)
     starts fresh. A network of another shape, or both init keys at once, is refused in one line."""
     source, _ = load_weights(tiny_weights[("denoise", 1, 3)])
@@ -120,7 +109,7 @@ def test_warmup_steps_flag_ramps_the_learning_rate(image_folder, tmp_path):
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
 
 
-def test_resume_is_exact(image_folder, tmp_path):
+def test_resume_is_exact(image_folder, tmp_path, tiny_recipe):
     straight = Trainer(tiny_recipe(image_folder), tmp_path / "a", device="cpu", precision="float32")
     straight.fit()
     # stop after 3 steps (a checkpoint is written), then resume in a fresh trainer
@@ -135,7 +124,7 @@ def test_resume_is_exact(image_folder, tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_cpu_budget_clock_counts_cpu_time_not_wall_time(image_folder, tmp_path, monkeypatch):
+def test_cpu_budget_clock_counts_cpu_time_not_wall_time(image_folder, tmp_path, monkeypatch, tiny_recipe):
     """``budget_clock: cpu`` stops and anneals on the process's CPU seconds (equal compute for jobs that share
     cores). A fake CPU clock that advances 10 s per reading makes each step cost 10 CPU seconds while the wall
     time stays tiny: a 1-minute budget must end after 6 steps, with the cosine at its end, on that clock."""
@@ -198,7 +187,7 @@ def test_the_training_curve_report_follows_every_cpu_trained_model(tmp_path):
     assert summary["steps"] == 40 and summary["minutes"] == 4 and summary["late"] == pytest.approx(23 - 22)
 
 
-def test_bad_recipes_are_rejected(tmp_path, image_folder):
+def test_bad_recipes_are_rejected(tmp_path, image_folder, tiny_recipe):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"name: x\ntask: denoise\nsteps: 5\ndata: {{train: [{image_folder}]}}\nlearning_rate: 1\n")
     with pytest.raises(ValueError, match="learning_rate"):
@@ -249,12 +238,18 @@ def log_steps(path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(fh)]
 
 
-def recipe_file(path, folder, **kw) -> Path:
-    values = dict(name="tiny", task="denoise", channels=3, arch=TINY_ARCH, steps=2, patch=32, batch=2,
-                  val_every=1, checkpoint_every=1, data={"train": [str(folder)]})
-    values.update(kw)
-    path.write_text(yaml.safe_dump(values))
-    return path
+@pytest.fixture(scope="session")
+def recipe_file(tiny_vdir):
+    """``recipe_file(path, folder, **values)``: a two-step recipe of the tiny network, written as YAML."""
+
+    def write(path, folder, **kw) -> Path:
+        values = dict(name="tiny", task="denoise", channels=3, arch=dict(tiny_vdir.ARCH), steps=2, patch=32, batch=2,
+                      val_every=1, checkpoint_every=1, data={"train": [str(folder)]})
+        values.update(kw)
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    return write
 
 
 def one_error_line(err: str) -> str:
@@ -263,7 +258,7 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_patch_16_trains_with_the_critic_at_default_precision(image_folder, tmp_path):
+def test_patch_16_trains_with_the_critic_at_default_precision(image_folder, tmp_path, tiny_recipe):
     """The smallest accepted patch: the default critic halves 16 px to 1 px and its next stride-2 layer's
     gradient turned NaN under bf16 autocast (step 2-4). The critic now stops before that layer."""
     from napari_vdir.core.nets import Discriminator
@@ -279,7 +274,7 @@ def test_patch_16_trains_with_the_critic_at_default_precision(image_folder, tmp_
     assert all(math.isfinite(r["gan"]) and math.isfinite(r["disc"]) for r in rows)
 
 
-def test_exported_weights_are_atomic_with_ordinary_permissions(image_folder, tmp_path, monkeypatch):
+def test_exported_weights_are_atomic_with_ordinary_permissions(image_folder, tmp_path, monkeypatch, tiny_recipe):
     import safetensors.torch
 
     trainer = Trainer(tiny_recipe(image_folder, losses={"gan": 0.0}), tmp_path, device="cpu", precision="float32")
@@ -315,7 +310,7 @@ def test_bad_recipe_files_one_line(image_folder, tmp_path, capsys, text, message
 
 
 @pytest.fixture(scope="module")
-def checkpoint(image_folder, tmp_path_factory):
+def checkpoint(image_folder, tmp_path_factory, recipe_file):
     """A tiny denoise run's checkpoint (2 steps)."""
     out = tmp_path_factory.mktemp("ckpt")
     recipe = recipe_file(out / "recipe.yaml", image_folder)
@@ -331,7 +326,7 @@ def checkpoint(image_folder, tmp_path_factory):
     ("other-task", "checkpoint of another run: task denoise (this run: jpeg)"),
     ("other-channels", "channels 3 (this run: 1)"),
 ])
-def test_bad_checkpoints_one_line(image_folder, tmp_path, capsys, checkpoint, kind, message):
+def test_bad_checkpoints_one_line(image_folder, tmp_path, capsys, checkpoint, kind, message, tiny_vdir, recipe_file):
     bad = tmp_path / "checkpoint.pt"
     recipe = dict(steps=4)
     if kind == "zero-byte":
@@ -343,7 +338,7 @@ def test_bad_checkpoints_one_line(image_folder, tmp_path, capsys, checkpoint, ki
     elif kind == "not-a-dict":
         torch.save([1, 2, 3], bad)
     elif kind.startswith("other-arch"):
-        recipe["arch"] = dict(TINY_ARCH, width=12)
+        recipe["arch"] = dict(tiny_vdir.ARCH, width=12)
         state = torch.load(checkpoint, weights_only=True)
         if kind == "other-arch-no-recipe":  # an older checkpoint: the tensors themselves do not fit
             del state["recipe"]
@@ -357,7 +352,7 @@ def test_bad_checkpoints_one_line(image_folder, tmp_path, capsys, checkpoint, ki
     assert message in one_error_line(capsys.readouterr().err)
 
 
-def test_resume_after_a_kill_between_checkpoints(image_folder, tmp_path):
+def test_resume_after_a_kill_between_checkpoints(image_folder, tmp_path, tiny_recipe):
     """Killed at step 5 with the checkpoint at step 3: the log held steps 4-5 and the weights step 5; on
     resume both go back to the checkpoint, and the finished run logs every step once."""
     recipe = tiny_recipe(image_folder, steps=6, val_every=1, checkpoint_every=3, losses={"gan": 0.0},
@@ -386,7 +381,7 @@ def test_resume_after_a_kill_between_checkpoints(image_folder, tmp_path):
     assert read_info(tmp_path / "tiny.safetensors").trained_steps == 6
 
 
-def test_minimal_form_trains_without_the_critic_unless_asked(image_folder, tmp_path):
+def test_minimal_form_trains_without_the_critic_unless_asked(image_folder, tmp_path, recipe_file):
     common = ["--task", "denoise", "--data", str(image_folder), "--steps", "1", "--patch", "32", "--batch", "2",
               "--quiet", "--device", "cpu", "--threads", "1"]
     assert training_main([*common, "--out", str(tmp_path / "plain")]) == 0
@@ -427,7 +422,7 @@ def test_help_shows_defaults(capsys):
         assert expected in text, expected
 
 
-def test_diverged_run_ends_in_one_line(image_folder, tmp_path, capsys, monkeypatch):
+def test_diverged_run_ends_in_one_line(image_folder, tmp_path, capsys, monkeypatch, recipe_file):
     def diverge(self):
         raise FloatingPointError(f"loss is not finite at step {self.step + 1}: {{'total': nan}}")
     monkeypatch.setattr(Trainer, "train_step", diverge)
