@@ -66,3 +66,11 @@ def test_what_the_restore_dock_offers(tiny_weights, tmp_path, monkeypatch):
     assert sr4[-1] == "mine-x4" and "sr-x4-rgb" in sr4 and "sr-x2-rgb" not in sr4
     assert "mine-x4" not in vl.models_for("sr", 2) and "mine-x4" not in vl.models_for("denoise", None)
     assert vl.device_choices()[:2] == ["auto", "cpu"]
+
+    assert vl.chosen_model(None, "sr", 4) == (None, "sr", 4)  # auto: the core picks by the layer's colours
+    path, task, scale = vl.chosen_model("mine-x4", "sr", 4)
+    assert path.endswith("mine-x4.safetensors") and (task, scale) == ("sr", 4)
+    with pytest.raises(ValueError, match="is a 'sr' model; the task chosen is Denoise"):
+        vl.chosen_model(tmp_path / "mine-x4.safetensors", "denoise", None, task_label="Denoise")
+    with pytest.raises(ValueError, match="choose a .safetensors weights file"):
+        vl.chosen_model(tmp_path / "missing.safetensors", "sr", 4)

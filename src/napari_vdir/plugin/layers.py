@@ -166,6 +166,37 @@ def device_choices() -> list[str]:
     return choices
 
 
+def chosen_model(model, task: str, scale: int | None, task_label: str | None = None) -> tuple:
+    """(``restore_layer``'s ``model``, ``task``, ``scale``) for the model chosen for ``task``: None (auto: the shipped
+    model for the task and the layer's colours), a model's name (shipped or the user's) or a weights file (a
+    ``Path``). Raises ``ValueError`` when there is no such file, or the model restores another task."""
+    from pathlib import Path
+
+    from napari_vdir.core.models import resolve_model
+    from napari_vdir.core.weights import read_info
+
+    if model is None:
+        return None, task, scale
+    if isinstance(model, Path):
+        path = model
+        if not path.is_file():
+            raise ValueError("choose a .safetensors weights file")
+    else:
+        path = resolve_model(model, task, 1, scale or 1)
+    info = read_info(path)
+    check_model_task(path, info, task, task_label)
+    return str(path), info.task, (info.scale if info.task == "sr" else None)
+
+
+def check_model_task(path, info, task: str, task_label: str | None = None) -> None:
+    """Raise ``ValueError`` when the model at ``path`` (its ``ModelInfo`` ``info``) restores another task than
+    ``task`` (named ``task_label`` to the user)."""
+    from pathlib import Path
+
+    if info.task != task:
+        raise ValueError(f"{Path(path).name} is a {info.task!r} model; the task chosen is {task_label or task}")
+
+
 # ---------------------------------------------------------------------------- axes
 
 def check_channel_axis(snap: LayerSnapshot, channel_axis) -> int | None:

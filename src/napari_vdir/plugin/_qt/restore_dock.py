@@ -328,10 +328,11 @@ class RestoreDock(WorkerDock):
             self.status.value = "bad weights file"
             self.notify_error(exc)
             return
-        task, _ = self.core_task
-        if info.task != task:
+        try:
+            vl.check_model_task(path, info, self.core_task[0], self.task.value)
+        except ValueError as exc:
             self.status.value = "weights file for another task"
-            self.notify_error(f"{path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
+            self.notify_error(exc)
             return
         self.status.value = f"weights: {info.name} ({info.task}, {'RGB' if info.channels == 3 else 'gray'})"
 
@@ -349,24 +350,13 @@ class RestoreDock(WorkerDock):
             self.device_label.value = f"unavailable: {exc}"
 
     def _model_and_task(self) -> tuple[object, str, int | None]:
-        """(model argument for the core, task, scale) from the choosers."""
-        from napari_vdir.core.models import resolve_model
-        from napari_vdir.core.weights import read_info
-
-        task, scale = self.core_task
+        """(model argument for the core, task, scale) from the choosers (:func:`.layers.chosen_model`)."""
         choice = self.model.value
         if choice == AUTO_MODEL:
-            return None, task, scale
-        if choice == WEIGHTS_FILE:
-            path = Path(self.weights_path.value)
-            if not path.is_file():
-                raise ValueError("choose a .safetensors weights file")
-        else:
-            path = resolve_model(choice, task, 1, scale or 1)
-        info = read_info(path)
-        if info.task != task:
-            raise ValueError(f"{path.name} is a {info.task!r} model; the task chosen is {self.task.value}")
-        return str(path), info.task, (info.scale if info.task == "sr" else None)
+            choice = None
+        elif choice == WEIGHTS_FILE:
+            choice = Path(self.weights_path.value)
+        return vl.chosen_model(choice, *self.core_task, task_label=self.task.value)
 
     # ------------------------------------------------------------------ drops
 
