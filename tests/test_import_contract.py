@@ -1,7 +1,7 @@
 """The import contract in pyproject.toml ([tool.importlinter], issue 32): the parts import downwards only
-(plugin | cli -> training | export -> core), the core and training import no Qt or napari, the core no YAML.
-``lint-imports`` checks it here, so CI fails on a Qt import in the core or an upward import; the second test
-shows that it would."""
+(plugin | cli -> training | export -> core), the core and training import no Qt or napari, the core no YAML,
+and the core's modules import each other without circles. ``lint-imports`` checks it here, so CI fails on a
+Qt import in the core, an upward import or a circle; the second test shows that it would."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def test_the_parts_keep_the_import_contract():
 @pytest.mark.parametrize(("module", "line", "contract"), [
     ("core/devices.py", "import qtpy", "no Qt, napari or widget toolkit"),
     ("core/nets.py", "from napari_vdir.plugin import layers", "Parts:"),
+    ("core/tasks.py", "from napari_vdir.core import api", "without circles"),
 ])
 def test_a_broken_contract_fails(tmp_path, module, line, contract):
     """A copy of the package with one forbidden import planted: lint-imports names the broken contract."""
