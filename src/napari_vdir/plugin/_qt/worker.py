@@ -140,7 +140,10 @@ class WorkerDock(Container):
 
     @property
     def cancel_requested(self) -> bool:
-        return self._cancel_event is not None and self._cancel_event.is_set()
+        """Whether Cancel was pressed (or the dock closed) during this run: the core's one cancel test."""
+        from napari_vdir.core.inference import is_cancelled  # torch is loaded by then: a run has started
+
+        return is_cancelled(self._cancel_event)
 
     def _on_destroyed(self, *_):
         """Closing the dock (or the viewer) mid-run stops the job at its next cancel check."""
