@@ -132,7 +132,7 @@ def run_worker(path: Path, info, image_u8: np.ndarray, device: str) -> tuple[obj
     out = box.get("out")
     if isinstance(out, tuple):  # the fallback's (result, error)
         result, error = out
-    else:  # the dock's _Outcome
+    else:  # the docks' worker.Outcome
         if out.cancelled:
             raise RuntimeError("the worker reported the job cancelled")
         result, error = out.result, out.error

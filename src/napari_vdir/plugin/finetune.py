@@ -102,18 +102,18 @@ def training_settings(noisy_layers, clean_layer, model, name: str, *, method: st
 def training_inputs(noisy_snaps: list, clean_snap=None) -> dict:
     """Layer snapshots -> ``finetune``'s ``noisy``, ``clean`` and ``intensity_range``, prepared as the Restore
     dock prepares a layer (``layers.restore_layer``): the layer's range (contrast limits narrowed to the robust
-    range) padded by ``layers.RANGE_HEADROOM``, and far outliers (hot pixels) clipped. A clean layer gets its
+    range) padded by ``napari_vdir.core.intensity.RANGE_HEADROOM``, and far outliers (hot pixels) clipped. A clean layer gets its
     noisy twin's range. No napari or Qt object: this runs in the worker."""
     from napari_vdir.plugin.layers import guess_channel_axis, layer_intensity_range, prepare_for_model
 
     axes = [guess_channel_axis(snap) for snap in noisy_snaps]  # as the Restore dock finds a layer's channels
     layer_ranges = [layer_intensity_range(snap, axis) for snap, axis in zip(noisy_snaps, axes, strict=True)]
-    prepared = [prepare_for_model(snap.data, rng, snap.rgb, axis, snap.lazy)
+    prepared = [prepare_for_model(snap.data, rng, snap.rgb, axis)
                 for snap, rng, axis in zip(noisy_snaps, layer_ranges, axes, strict=True)]
     noisy, ranges = [data for data, _ in prepared], [rng for _, rng in prepared]
     clean = None
     if clean_snap is not None:  # mapped by its noisy twin's range
-        clean = [prepare_for_model(clean_snap.data, layer_ranges[0], clean_snap.rgb, axes[0], clean_snap.lazy)[0]]
+        clean = [prepare_for_model(clean_snap.data, layer_ranges[0], clean_snap.rgb, axes[0])[0]]
     channel_axis = [False if axis is None else axis for axis in axes]  # False: no channels (never guessed again)
     return dict(noisy=noisy, clean=clean, intensity_range=ranges, channel_axis=channel_axis)
 

@@ -8,7 +8,7 @@ Geometry (napari puts the centre of data pixel ``i`` at world ``i * scale + tran
 
 * Super-resolution follows the project's pixel-centred grid (``degradations.PIXEL_GRID``): high-res
   pixel ``j`` has its centre at low-res coordinate ``(j + 0.5) / s - 0.5``
-  (``degradations.hr_centre``), so the s x s high-res pixels of low-res pixel ``i`` tile exactly the
+  (``degradations.sampling_origin``), so the s x s high-res pixels of low-res pixel ``i`` tile exactly the
   area it covers. The output divides the spatial scale by ``s`` and moves the translate by
   ``-(s - 1) / (2 s)`` input pixels (:func:`sr_geometry`): the output's outer edges meet the input's.
   Models trained on the paper's direct decimation (recipe degradation ``blur``, the corner grid) draw
@@ -283,7 +283,7 @@ def layer_intensity_range(snap: LayerSnapshot, channel_axis: int | None, sample=
     return layer_range(snap.data, layout, hint=snap.contrast_limits, sample=sample)
 
 
-def prepare_for_model(data, layer_range, rgb: bool, channel_axis: int | None, lazy: bool = False):
+def prepare_for_model(data, layer_range, rgb: bool, channel_axis: int | None):
     """``(data, range)`` as the ``"layer"`` policy prepares a layer for the model (restoring or fine-tuning):
     ``layer_range`` (:func:`layer_intensity_range`) padded (:func:`napari_vdir.core.intensity.padded_range`), and
     ``data`` with far outliers clipped to it (:func:`napari_vdir.core.intensity.clip_far_outliers`; an RGBA

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_vdir.core import models
+from napari_vdir.core.inference import is_cancelled
 from napari_vdir.training.trainer import Trainer, TrainingCancelled
 
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
@@ -240,7 +241,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         trainer = Trainer(recipe, out, device=device, precision=precision, log=lambda *_: None)
         trainer.load_data(ArrayData(noisy_planes, clean_planes))
         exported = trainer.fit(report, cancel=cancel, val_points=VAL_POINTS)
-        if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+        if is_cancelled(cancel):
             raise TrainingCancelled(f"cancelled at step {trainer.step}")  # pressed during the last step
         model, info = load_weights(exported)
         info.description += f"; fine-tuned from {start.name} on {', '.join(recipe.data.train)}"

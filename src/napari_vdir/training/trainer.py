@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_vdir.core.devices import autocast_context, select_device
+from napari_vdir.core.inference import is_cancelled
 from napari_vdir.core.io import written_then_renamed
 from napari_vdir.core.models import resolve_model
 from napari_vdir.core.nets import VDIR, Decoder, Discriminator
@@ -566,7 +567,7 @@ class Trainer:
                     writer.writerow(row)
                     fh.flush()
                 while not self.finished():
-                    if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
+                    if is_cancelled(cancel):
                         raise TrainingCancelled(f"cancelled at step {self.step}")
                     t0, before = clock(), self.train_seconds
                     row = self.train_step()
