@@ -106,3 +106,64 @@ def restoration_terms(restored: torch.Tensor, views: Views) -> dict[str, torch.T
     if views.reference is not None:
         terms["consistency"] = F.mse_loss(restored - target, views.reference)
     return terms
+
+
+# ----------------------------------------------------------------------------- held-out risk without clean images
+
+NOISE_MODEL_BINS = 16  # intensity bins of the signal-dependent noise fit
+SURE_PROBES = 2  # random directions of the Monte-Carlo divergence
+
+
+def fit_noise_model(noisy: torch.Tensor, estimate: torch.Tensor) -> tuple[float, float]:
+    """A Poisson-Gaussian noise model fitted to noisy data: variance = gain * signal + offset.
+
+    ``estimate`` is a denoiser's output for ``noisy`` (the starting model's): the squared residual, averaged in
+    NOISE_MODEL_BINS intensity bins of the estimate, is fitted by least squares with gain, offset >= 0. The
+    estimate's own error inflates the fit by its mean squared error (well under the noise variance for a
+    working denoiser), the same for every model it is later used to score.
+    """
+    s, r2 = estimate.float().flatten(), ((noisy.float() - estimate.float()) ** 2).flatten()
+    edges = torch.quantile(s, torch.linspace(0, 1, NOISE_MODEL_BINS + 1, dtype=s.dtype))
+    centres, variances = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (s >= lo) & (s <= hi)
+        if int(inside.sum()) >= 16:
+            centres.append(float(s[inside].mean()))
+            variances.append(float(r2[inside].mean()))
+    if len(centres) < 2 or max(centres) - min(centres) < 1e-6:
+        return 0.0, float(r2.mean())
+    x, v = torch.tensor(centres, dtype=torch.float64), torch.tensor(variances, dtype=torch.float64)
+    gain = float(((x - x.mean()) * (v - v.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    if gain <= 0:
+        return 0.0, float(v.mean())
+    offset = float(v.mean() - gain * x.mean())
+    if offset < 0:  # refit through the origin
+        return float((x * v).sum() / (x * x).sum()), 0.0
+    return gain, offset
+
+
+def noise_variance(signal: torch.Tensor, model: tuple[float, float]) -> torch.Tensor:
+    gain, offset = model
+    return (gain * signal.float().clamp(min=0) + offset).clamp(min=1e-12)
+
+
+@torch.no_grad()
+def sure_risk(model, noisy: torch.Tensor, variance: torch.Tensor, generator: torch.Generator,
+              probes: int = SURE_PROBES) -> float:
+    """Stein's unbiased estimate of the mean squared error of ``model`` to the unknown clean image.
+
+    For independent noise of per-pixel variance v (Stein 1981; heteroscedastic form as in PURE-LET, Luisier et al.
+    2011): E|f(y) - x|^2 = E[ |f(y) - y|^2 - v + 2 v * df/dy ], the divergence by Monte-Carlo finite differences
+    (Ramani et al., 2008). Unlike the masked-pixel loss it scores the network on its ordinary input, so weights
+    that never saw a blind spot (a shipped model) and weights fine-tuned with one are measured alike. Runs in
+    float32 (a finite difference in bf16 is noise).
+    """
+    y = noisy.float()
+    restored = model(y).image.float()
+    eps = 1e-3 * max(float(y.abs().max()), 1e-3)
+    divergence = 0.0
+    for _ in range(probes):
+        b = torch.randn(y.shape, generator=generator, device=y.device)
+        moved = model(y + eps * b).image.float()
+        divergence += float((b * variance * (moved - restored)).mean()) / eps
+    return float(((restored - y) ** 2 - variance).mean()) + 2 * divergence / probes
