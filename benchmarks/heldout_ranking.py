@@ -8,11 +8,11 @@ validation metric. Without clean images that metric is a loss on held-out noisy 
 from-scratch and a fine-tuning learning rate, so the weights get both worse and better), and at every validation
 scores the weights four ways:
 
-- ``masked``: the trainer's held-out loss (the masked-pixel, blind-spot error on held-out noisy patches at full
-  resolution; ``Trainer.validate_self_supervised``);
-- ``sure``: Stein's unbiased estimate of the squared error to the clean image on the same patches
-  (``selfsupervised.sure_risk``), with a Poisson-Gaussian noise model fitted to them with the starting model's
-  output, float32, the same two probe directions at every snapshot. It scores the network on its ordinary input,
+- ``masked``: the masked-pixel (blind-spot) error on held-out noisy patches at full resolution (the trainer's
+  held-out loss until Stein's estimate replaced it);
+- ``sure``: the trainer's held-out loss (``Trainer.validate_self_supervised``), Stein's unbiased estimate of the
+  squared error to the clean image on the same patches (``selfsupervised.sure_risk``), with a Poisson-Gaussian noise model fitted to them with the starting model's
+  output (its residual corrected for how much the output follows the noise), float32, the same two probe directions at every snapshot. It scores the network on its ordinary input,
   so a shipped model that never saw a blind spot and the weights fine-tuned from it are measured alike; it assumes
   independent noise and, through Stein's lemma, a Gaussian shape (see the note under the table);
 - ``n2n``: Neighbor2Neighbor's own loss on the same held-out patches (restore + consistency terms on the
@@ -58,30 +58,22 @@ def n2n_loss(trainer) -> float:
     return float(terms["restore"] + trainer.recipe.losses.consistency * terms["consistency"])
 
 
-def noise_variance_at_start(trainer):
-    """The held-out patches' per-pixel noise variance: a Poisson-Gaussian model fitted with the starting model's
-    output (``selfsupervised.fit_noise_model``), fixed for every later snapshot."""
+def masked_loss(trainer, masks: int = 8) -> float:
+    """The masked-pixel (blind-spot) error on the held-out noisy patches at full resolution, over ``masks`` fixed
+    masks (2 % of the pixels each): the trainer's held-out loss before Stein's estimate replaced it."""
     import torch
 
-    from napari_vdir.training import selfsupervised
-
-    noisy = trainer.val_noisy[0].float()
-    with torch.no_grad():
-        signal = trainer.model.eval()(noisy).image.float()
-    trainer.model.train()
-    return selfsupervised.noise_variance(signal, selfsupervised.fit_noise_model(noisy, signal))
-
-
-def sure(trainer, variance) -> float:
-    """Stein's unbiased estimate of the squared error to the clean image on the held-out patches (float32)."""
-    import torch
-
+    from napari_vdir.core.devices import autocast_context
     from napari_vdir.training import selfsupervised
 
     model = trainer.model.eval()
-    risk = selfsupervised.sure_risk(model, trainer.val_noisy[0], variance, torch.Generator().manual_seed(4321))
+    noisy, _ = trainer.val_noisy
+    g = torch.Generator().manual_seed(4321)
+    with torch.no_grad(), autocast_context(trainer.device, trainer.precision):
+        losses = [selfsupervised.restoration_terms(model(views.inputs).image, views)["restore"]
+                  for views in (selfsupervised.blind_spot_views(noisy, g) for _ in range(masks))]
     model.train()
-    return risk
+    return float(torch.stack(losses).mean())
 
 
 def run(lr: float, steps: int, val_every: int, args, train, pairs) -> list[dict]:
@@ -98,11 +90,10 @@ def run(lr: float, steps: int, val_every: int, args, train, pairs) -> list[dict]
     folder = Path(args.work) / f"lr{lr:g}"
     trainer = Trainer(recipe, folder, device="cpu", precision="auto", threads=1, log=lambda *a: None)
     trainer.load_data()
-    variance = noise_variance_at_start(trainer)
     rows = []
 
     def snapshot(tr):
-        masked, risk = tr.validate_self_supervised(), sure(tr, variance)
+        masked, risk = masked_loss(tr), tr.validate_self_supervised()
         path = tr.export(folder / f"step{tr.step}.safetensors")
         result = finetune_w2s.scores(finetune_w2s.restore_all(path, pairs), pairs)
         rows.append({"step": tr.step, "masked": masked, "n2n": n2n_loss(tr), "sure": risk,
@@ -157,9 +148,9 @@ def low_counts(args) -> list[str]:
     trainer = Trainer(recipe, tempfile.mkdtemp(), device="cpu", precision="auto", threads=1, log=lambda *a: None)
     trainer.load_data(ArrayData(planes[0], None))
     with torch.no_grad():
-        signal = trainer.model.eval()(y).image.float()
+        signal, follows = selfsupervised.divergence_map(trainer.model.eval(), y, torch.Generator().manual_seed(7))
     trainer.model.train()
-    fit = selfsupervised.fit_noise_model(y, signal)
+    fit = selfsupervised.fit_noise_model(y, signal, follows)
     variance = selfsupervised.noise_variance(signal, fit)
     rows = []
 
@@ -171,7 +162,7 @@ def low_counts(args) -> list[str]:
             true = float(((model(y).image.float() - x) ** 2).mean())
         risk = selfsupervised.sure_risk(model, y, variance, torch.Generator().manual_seed(4321))
         model.train()
-        rows.append((tr.step, true, risk, tr.validate_self_supervised()))
+        rows.append((tr.step, true, risk, masked_loss(tr)))
         print(f"  low counts step {tr.step}: true {true:.3e}  sure {risk:.3e}  masked {rows[-1][3]:.3e}", flush=True)
 
     snapshot(trainer)
@@ -182,7 +173,7 @@ def low_counts(args) -> list[str]:
              f"noise 0.03, uint16 counts; `denoise-gray-full-trunk` fine-tuned {args.low_count_steps} Neighbor2Neighbor "
              f"steps with the Fine-tune dock's defaults. `true`: squared error to the clean planes (all four); `sure` "
              f"on the same planes (noise model fitted with the starting model: variance = {fit[0]:.3g} x signal + "
-             f"{fit[1]:.3g}); `masked`: the trainer's held-out loss.", "",
+             f"{fit[1]:.3g}); `masked`: the blind-spot error on the held-out patches.", "",
              f"Spearman ρ with the true error: sure {spearman(risk, true):.2f}, masked {spearman(masked, true):.2f}.", "",
              "| step | true | sure | masked |", "|---|---|---|---|"]
     lines += [f"| {s} | {t:.3e} | {r:.3e} | {m:.3e} |" for s, t, r, m in rows]
@@ -231,8 +222,8 @@ def main(argv=None) -> int:
              f"`denoise-gray` fine-tuned with Neighbor2Neighbor (patch 64, batch 8, no warm-up, {args.steps} steps, "
              f"validation every {args.val_every}) on the noisy frames of W2S fields {args.train_fields}; truth: "
              f"affine-matched PSNR on fields {args.score_fields} ({args.crop}² centre crops) against their 400-frame "
-             f"averages. `masked`: the trainer's held-out loss (blind-spot error at full resolution); `n2n`: "
-             "Neighbor2Neighbor's loss on the same held-out patches; `sure`: Stein's unbiased estimate of the error to the "
+             f"averages. `masked`: the blind-spot error at full resolution (the trainer's held-out loss before); `n2n`: "
+             "Neighbor2Neighbor's loss on the same held-out patches; `sure`: the trainer's held-out loss, Stein's unbiased estimate of the error to the "
              "clean image on the same patches (Poisson-Gaussian noise model fitted to them with the starting model, "
              "Monte-Carlo divergence, float32). Spearman ρ of each loss with −matched PSNR "
              "over the run's snapshots (1: same order); 'keeps' = matched PSNR of the weights with the lowest loss.",

@@ -114,37 +114,63 @@ NOISE_MODEL_BINS = 16  # intensity bins of the signal-dependent noise fit
 SURE_PROBES = 2  # random directions of the Monte-Carlo divergence
 
 
-def fit_noise_model(noisy: torch.Tensor, estimate: torch.Tensor) -> tuple[float, float]:
+def divergence_map(model, noisy: torch.Tensor, generator: torch.Generator,
+                   probes: int = SURE_PROBES) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(model(noisy), d)``: d_i estimates df_i/dy_i, how much each output pixel follows its own input pixel, by
+    Monte-Carlo finite differences (Ramani et al., 2008): b * (f(y + eps b) - f(y)) / eps, b ~ N(0, 1), averaged
+    over ``probes`` directions. Unbiased per pixel, noisy; it is averaged over many pixels wherever it is used."""
+    y = noisy.float()
+    restored = model(y).image.float()
+    eps = 1e-3 * max(float(y.abs().max()), 1e-3)
+    d = torch.zeros_like(restored)
+    for _ in range(probes):
+        b = torch.randn(y.shape, generator=generator, device=y.device)
+        d += b * (model(y + eps * b).image.float() - restored) / eps
+    return restored, d / probes
+
+
+def fit_noise_model(noisy: torch.Tensor, estimate: torch.Tensor,
+                    divergence: torch.Tensor | None = None) -> tuple[float, float]:
     """A Poisson-Gaussian noise model fitted to noisy data: variance = gain * signal + offset.
 
-    ``estimate`` is a denoiser's output for ``noisy`` (the starting model's): the squared residual, averaged in
-    NOISE_MODEL_BINS intensity bins of the estimate, is fitted by least squares with gain, offset >= 0. The
-    estimate's own error inflates the fit by its mean squared error (well under the noise variance for a
-    working denoiser), the same for every model it is later used to score.
+    ``estimate`` is a denoiser's output for ``noisy`` (the starting model's). Its residual underestimates the
+    noise: E(y - f)^2 = v (1 - 2 df/dy) + |f - x|^2, since the output follows the noise by df/dy. With
+    ``divergence`` (:func:`divergence_map`) the mean squared residual of each of NOISE_MODEL_BINS equal-width
+    intensity bins is divided by (1 - 2 x its mean divergence); the line is fitted by least squares weighted by
+    the square root of each bin's pixel count. The offset may be negative (a camera's black level below the
+    data's zero); :func:`noise_variance` keeps the variance positive.
     """
     s, r2 = estimate.float().flatten(), ((noisy.float() - estimate.float()) ** 2).flatten()
-    edges = torch.quantile(s, torch.linspace(0, 1, NOISE_MODEL_BINS + 1, dtype=s.dtype))
-    centres, variances = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (s >= lo) & (s <= hi)
-        if int(inside.sum()) >= 16:
-            centres.append(float(s[inside].mean()))
-            variances.append(float(r2[inside].mean()))
-    if len(centres) < 2 or max(centres) - min(centres) < 1e-6:
-        return 0.0, float(r2.mean())
-    x, v = torch.tensor(centres, dtype=torch.float64), torch.tensor(variances, dtype=torch.float64)
-    gain = float(((x - x.mean()) * (v - v.mean())).sum() / ((x - x.mean()) ** 2).sum())
-    if gain <= 0:
-        return 0.0, float(v.mean())
-    offset = float(v.mean() - gain * x.mean())
-    if offset < 0:  # refit through the origin
-        return float((x * v).sum() / (x * x).sum()), 0.0
+    d = None if divergence is None else divergence.float().flatten()
+    lo, hi = (float(q) for q in torch.quantile(s, torch.tensor([0.001, 0.999], dtype=s.dtype)))
+    centres, variances, weights = [], [], []
+    if hi - lo > 1e-6:
+        edges = torch.linspace(lo, hi, NOISE_MODEL_BINS + 1)
+        for a, b in zip(edges[:-1], edges[1:]):
+            inside = (s >= a) & (s <= b)
+            n = int(inside.sum())
+            if n >= 16:
+                follows = 0.0 if d is None else min(float(d[inside].mean()), 0.45)
+                centres.append(float(s[inside].mean()))
+                variances.append(float(r2[inside].mean()) / (1 - 2 * follows))
+                weights.append(n**0.5)
+    if len(centres) < 2:
+        follows = 0.0 if d is None else min(float(d.mean()), 0.45)
+        return 0.0, float(r2.mean()) / (1 - 2 * follows)
+    x, v, w = (torch.tensor(t, dtype=torch.float64) for t in (centres, variances, weights))
+    design = torch.stack([x, torch.ones_like(x)], dim=1) * w[:, None]
+    gain, offset = (float(c) for c in torch.linalg.lstsq(design, (v * w)[:, None]).solution.flatten())
+    if gain <= 0:  # no signal dependence to fit: one variance for every pixel
+        return 0.0, float((v * w).sum() / w.sum())
     return gain, offset
 
 
 def noise_variance(signal: torch.Tensor, model: tuple[float, float]) -> torch.Tensor:
+    """Per-pixel variance of the fitted model at ``signal``, floored at a tenth of its mean (a negative offset
+    must not make dark pixels noiseless)."""
     gain, offset = model
-    return (gain * signal.float().clamp(min=0) + offset).clamp(min=1e-12)
+    variance = gain * signal.float() + offset
+    return variance.clamp(min=max(0.1 * float(variance.mean()), 1e-12))
 
 
 @torch.no_grad()

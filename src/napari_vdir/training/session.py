@@ -66,8 +66,9 @@ class FineTuneResult:
     info: object  # weights.ModelInfo of the saved file
     metric: str  # what ``val`` measures: "val_loss" (self-supervised, lower is better) or "val_psnr" (dB)
     history: list[StepRecord] = field(default_factory=list)
-    # how the saved weights compare with the starting model on the held-out data, in one line: "held-out loss
-    # -3.1 % against the starting model (better)" or "the starting model stayed best ...; saved unchanged"
+    # how the saved weights compare with the starting model on the held-out data, in one line: "held-out error
+    # -0.42 % of the noise against the starting model (better)" or "the starting model stayed best ...; saved
+    # unchanged"
     outcome: str | None = None
     start_kept: bool = False  # the starting model validated best and was saved unchanged
 
