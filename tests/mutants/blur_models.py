@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     from napari_vdir.core.models import shipped_models
     from napari_vdir.core.weights import read_info
 
-    targets = argv or [str(REPO / "tests" / "test_shipped_models.py")]
+    targets = argv or [str(REPO / "tests" / "core" / "test_shipped_models.py")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     survivors, rows = [], []
     for name, path in shipped_models().items():
