@@ -108,8 +108,8 @@ def run(lr: float, steps: int, val_every: int, args, train, pairs) -> list[dict]
 
 def cells_counts(rng, planes: int = 4, size: int = 128, photons: float = 12.0):
     """(noisy, clean) uint16 camera counts: blobs on a dim background (0.05, i.e. 0.6 photons), Poisson with
-    ``photons`` at 1.0 plus Gaussian read noise, on a 100-count offset (tests/training/test_finetune_session.py's
-    stack)."""
+    ``photons`` at 1.0 plus Gaussian read noise, on a 100-count offset (tests/training/test_finetune_session.py
+    fine-tunes on it too)."""
     yy, xx = np.mgrid[:size, :size].astype(np.float64)
     clean = np.full((planes, size, size), 0.05)
     for z in range(planes):

@@ -1,5 +1,5 @@
-"""The README's "No clean images?" example, scored: the generated noisy stack, the shipped gray denoiser, and
-the self-supervised fine-tune made by the README's command (its clean twin is used for scoring only).
+"""The "No clean images?" example of docs/fine-tuning.md, scored: the generated noisy stack, the shipped gray denoiser, and
+the self-supervised fine-tune made by its command (its clean twin is used for scoring only).
 
     python benchmarks/selfsupervised_example.py     # writes benchmarks/results/selfsupervised_example.md
 """

@@ -127,3 +127,28 @@ def private_user_folders(tmp_path_factory):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped): a leftover named after it is stale."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def write_leftover(folder: Path, name: str, age: float | None = None, is_dir: bool = False,
+                   inner: str = "model.onnx") -> Path:
+    """A file of 1000 zero bytes named ``name`` in ``folder`` (a folder holding ``inner`` when ``is_dir``), as a
+    killed export or graph build leaves it; ``age``: its modification time (seconds since the epoch)."""
+    p = folder / name
+    if is_dir:
+        p.mkdir()
+        (p / inner).write_bytes(b"\0" * 1000)
+    else:
+        p.write_bytes(b"\0" * 1000)
+    if age is not None:
+        os.utime(p, (age, age))
+    return p

@@ -16,6 +16,7 @@ pytest.importorskip("onnx")
 from napari_vdir import restore  # noqa: E402
 from napari_vdir.core import backends  # noqa: E402
 from napari_vdir.core.inference import RestorationCancelled  # noqa: E402
+from tests.conftest import dead_pid, write_leftover  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -415,15 +416,6 @@ def test_threads_racing_on_a_fresh_cache_all_succeed(tiny_weights, rng, tmp_path
         assert sorted(p.name for p in _entry(path).iterdir() if p.name.startswith(".")) == []
 
 
-def _dead_pid():
-    import subprocess
-    import sys
-
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 def test_stale_partial_files_and_build_folders_are_cleaned_up_on_the_next_run(tiny_weights, rng, tmp_path):
     import os
     import re
@@ -434,19 +426,11 @@ def test_stale_partial_files_and_build_folders_are_cleaned_up_on_the_next_run(ti
     _same_as_torch(x, path)
     entry, root = _entry(path), backends.cache_dir() / "onnx"
     host = backends._host_tag()
-    dead, alive = _dead_pid(), os.getppid()
+    dead, alive = dead_pid(), os.getppid()
     old = time.time() - 2 * backends.STALE_AGE_S
 
     def leftover(folder, name, age=None, is_dir=False):
-        p = folder / name
-        if is_dir:
-            p.mkdir()
-            (p / ".encoder.onnx.partial-1").write_bytes(b"\0" * 1000)
-        else:
-            p.write_bytes(b"\0" * 1000)
-        if age is not None:
-            os.utime(p, (age, age))
-        return p
+        return write_leftover(folder, name, age, is_dir, inner=".encoder.onnx.partial-1")
 
     gone = [leftover(root, f".napari-vdir-build-{host}-{dead}-ab12cd_x", is_dir=True),   # its process is gone
             leftover(root, f".napari-vdir-build-{host}-{alive}-oldone12", old, True),    # alive pid, but hours old
@@ -478,7 +462,7 @@ def test_a_build_in_the_temporary_folder_sweeps_only_its_own_leftovers_there(tin
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     _cache_that_cannot_be_written("a-file", tmp_path, monkeypatch)
-    dead = _dead_pid()
+    dead = dead_pid()
     ours = temp / f".napari-vdir-build-{backends._host_tag()}-{dead}-zz9"
     ours.mkdir()
     (ours / "encoder.onnx").write_bytes(b"\0" * 1000)

@@ -99,22 +99,10 @@ def test_tiles_start_on_the_deepest_grid():
         assert top % 8 == 0 and left % 8 == 0
 
 
-# images larger than a tile and both its margins (88 px for this network), so that inner tiles see only part
-# of the image and the windows of the later tiles start away from the image's origin
-@pytest.mark.parametrize("shape", [(328, 264, 3), (333, 277)])
-def test_tiled_restore_equals_one_pass(tmp_path, shape, unet_model, tiny_vdir):
-    channels = 3 if len(shape) == 3 else 1
-    path = tiny_vdir.save(unet_model(channels, seed=2), tmp_path / "u.safetensors")
-    image = np.random.default_rng(0).random(shape, dtype=np.float32)
-    whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
-    tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=60)
-    assert tiled.shape == image.shape
-    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6)
-
-
 def test_tiles_on_the_latent_grid_alone_would_not_match(tmp_path, unet_model, tiny_vdir):
     """The 8-pixel grid is what makes tiled == whole: tiles started on multiples of 4 only (the old rule)
-    give a different result, so the test above would catch a tiler that forgot the network's grid."""
+    give a different result, so the tiled == whole test of test_restorer_trunks.py would catch a tiler that
+    forgot the network's grid."""
     import napari_vdir.core.inference as inference
 
     path = tiny_vdir.save(unet_model(seed=2), tmp_path / "u.safetensors")

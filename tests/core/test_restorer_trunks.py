@@ -114,3 +114,24 @@ def test_a_recipe_trains_and_exports_the_trunk(tmp_path, image_folder, trunk):
     info = read_info(path)
     assert info.arch.trunk == trunk and info.recipe["arch"]["trunk"] == trunk
     assert "trunk" not in Recipe.model_validate({**recipe.model_dump(), "arch": {}}).model_dump()["arch"]
+
+
+# images larger than a tile and both its margins (88 px for the tiny unet), so that inner tiles see only part of the
+# image and the windows of the later tiles start away from the image's origin: trunk -> (shapes, tile, arch)
+TILING = {"unshuffle": ([(70, 54, 3), (45, 61)], 16, dict(rir_blocks=2, res_blocks=1)),
+          "unet": ([(328, 264, 3), (333, 277)], 60, {})}
+
+
+@pytest.mark.parametrize("case", [0, 1])
+def test_tiled_restore_equals_one_pass(tmp_path, tiny_vdir, trunk, case):
+    from napari_vdir import restore
+
+    shapes, tile, arch = TILING[trunk]
+    shape = shapes[case]
+    channels = 3 if len(shape) == 3 else 1
+    path = tiny_vdir.save(trunk_model(tiny_vdir, trunk, channels, seed=2, **arch), tmp_path / "t.safetensors")
+    image = np.random.default_rng(0).random(shape, dtype=np.float32)
+    whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
+    tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=tile)
+    assert tiled.shape == image.shape
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6)

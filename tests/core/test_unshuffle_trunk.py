@@ -140,17 +140,6 @@ def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks, t
     assert own == 2 * gradient_reach(lambda y: full.restorer(y, c), 1, size) + 1
 
 
-@pytest.mark.parametrize("shape", [(70, 54, 3), (45, 61)])
-def test_tiled_restore_equals_one_pass(tmp_path, shape, unshuffle_model, tiny_vdir):
-    channels = 3 if len(shape) == 3 else 1
-    path = tiny_vdir.save(unshuffle_model(channels, seed=2, rir_blocks=2, res_blocks=1), tmp_path / "u.safetensors")
-    image = np.random.default_rng(0).random(shape, dtype=np.float32)
-    whole = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch")
-    tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=16)
-    assert tiled.shape == image.shape
-    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6)
-
-
 # ----------------------------------------------------------------------------- export
 
 

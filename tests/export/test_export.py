@@ -16,6 +16,7 @@ from napari_vdir.core.models import shipped_models
 from napari_vdir.core.weights import load_weights
 from napari_vdir.export import package as export
 from napari_vdir.export.package import ExportError, export_model
+from tests.conftest import dead_pid, write_leftover
 
 
 def _torch_forward(path, x: np.ndarray) -> np.ndarray:
@@ -355,13 +356,6 @@ def test_user_models_export_by_name(tiny_weights, tmp_path, capsys, models_dir, 
 
 # ----------------------------------------------------------------------------- concurrent and killed exports
 
-def _dead_pid() -> int:
-    """The pid of a process that has exited (and been reaped)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
 def test_partial_names_are_unique_across_threads_and_calls(tmp_path):
     """Names written beside OUT carry host, pid, thread and a random token: two threads (or two calls) never
     share one, and the sweep can tell whose it is."""
@@ -455,19 +449,11 @@ def test_leftovers_of_killed_exports_are_removed_by_the_next_export(tiny_weights
 
     folder = tmp_path / "d"
     folder.mkdir()
-    host, me, dead, alive = host_tag(), os.getpid(), _dead_pid(), os.getppid()
+    host, me, dead, alive = host_tag(), os.getpid(), dead_pid(), os.getppid()
     old = time.time() - 2 * STALE_AGE_S
 
     def leftover(name, age=None, is_dir=False):
-        p = folder / name
-        if is_dir:
-            p.mkdir()
-            (p / "model.onnx").write_bytes(b"\0" * 1000)
-        else:
-            p.write_bytes(b"\0" * 1000)
-        if age is not None:
-            os.utime(p, (age, age))
-        return p
+        return write_leftover(folder, name, age, is_dir)
 
     gone = [leftover(f".pkg.files-{host}-{dead}-140-0a1b2c3d", is_dir=True),    # staging of a killed export
             leftover(f".pkg.partial-{host}-{dead}-140-0a1b2c3e"),               # its partial package (a zip)

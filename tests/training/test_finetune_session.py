@@ -17,20 +17,11 @@ from napari_vdir.training.data import array_planes
 
 def cells_stack(rng, planes: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(noisy, clean) uint16 counts: blobs on a dim background, Poisson (12 photons at 1.0) + Gaussian read
-    noise, on a 100-count camera offset (examples/noisy_stack.py's recipe)."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float64)
-    clean = np.full((planes, size, size), 0.05)
-    for z in range(planes):
-        for _ in range(size // 8):
-            cy, cx = rng.uniform(0, size, 2)
-            r = rng.uniform(3, 12)
-            clean[z] += rng.uniform(0.2, 0.6) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-    clean = np.clip(clean, 0, 0.9)
-    noisy = rng.poisson(clean * 12.0) / 12.0 + rng.normal(0, 0.03, clean.shape)
+    noise, on a 100-count camera offset (examples/noisy_stack.py's recipe; benchmarks/heldout_ranking.py scores
+    its held-out losses on the same stack)."""
+    from heldout_ranking import cells_counts
 
-    def counts(x):
-        return np.clip(np.rint(x * 4000 + 100), 0, 65535).astype(np.uint16)
-    return counts(noisy), counts(clean)
+    return tuple(cells_counts(rng, planes, size))
 
 
 def psnr(a, b, peak) -> float:

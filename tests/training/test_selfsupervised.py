@@ -152,7 +152,7 @@ def test_frame_pairs_are_two_different_frames_of_the_same_crop():
 
 
 def test_readme_noisy_stack_commands_work(tmp_path, monkeypatch):
-    """The README's "No clean images?" commands, with fewer steps: example stack, fine-tune, restore."""
+    """The "No clean images?" commands of docs/fine-tuning.md, with fewer steps: example stack, fine-tune, restore."""
     import subprocess
     import sys
     from pathlib import Path

@@ -28,6 +28,7 @@ import inspect
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +280,11 @@ def build_description(net: VDIR, info: ModelInfo, folder: Path):
     )
 
 
+# bioimageio.spec writes rdf.yaml through one shared YAML emitter: two threads saving at once interleave its events
+# (EmitterError "expected DocumentStartEvent"), so packages are saved one at a time
+_SAVE_LOCK = threading.Lock()
+
+
 def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: bool = False) -> Path:
     """Export a shipped or user model (by name) or a weights file.
 
@@ -314,10 +320,11 @@ def export_model(model: str | Path, fmt: str, out: str | Path, *, overwrite: boo
     partial = partial_name(out)
     try:
         descr = build_description(net, info, staging)
-        if out.suffix == ".zip":
-            save_bioimageio_package(descr, output_path=partial)
-        else:
-            save_bioimageio_package_as_folder(descr, output_path=partial)
+        with _SAVE_LOCK:
+            if out.suffix == ".zip":
+                save_bioimageio_package(descr, output_path=partial)
+            else:
+                save_bioimageio_package_as_folder(descr, output_path=partial)
         _replace(partial, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
