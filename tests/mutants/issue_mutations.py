@@ -54,7 +54,7 @@ MUTATIONS = [
     ("tile-margin-halved", S + "core/inference.py", "    return _ceil_to(model.cfg.receptive_radius, model.cfg.size_multiple)",
      "    return _ceil_to(model.cfg.receptive_radius // 2, model.cfg.size_multiple)",
      ["tests/core/test_shipped_models.py::test_paper_size_super_resolver_tiled_matches_whole",
-      "tests/core/test_shipped_models.py::test_paper_size_denoiser_dask_matches_whole"]),
+      "tests/core/test_shipped_models.py::test_large_radius_denoiser_dask_matches_whole"]),
     ("weights-nan-check-removed", S + "core/weights.py", "        if not torch.isfinite(value).all():",
      "        if False:", ["tests/core/test_weights_format.py"]),
     ("weights-version-check-removed", S + "core/weights.py", "            if version > FORMAT_VERSION:",
