@@ -10,8 +10,9 @@ scores the weights four ways:
 
 - ``masked``: the masked-pixel (blind-spot) error on held-out noisy patches at full resolution (the trainer's
   held-out loss until Stein's estimate replaced it);
-- ``sure``: the trainer's held-out loss (``Trainer.validate_self_supervised``), Stein's unbiased estimate of the
-  squared error to the clean image on the same patches (``selfsupervised.sure_risk``), with a Poisson-Gaussian noise model fitted to them with the starting model's
+- ``sure``: Stein's unbiased estimate of the squared error to the clean image on the same patches
+  (``selfsupervised.sure_risk``; the trainer's held-out loss is it, scored against the start's with a margin of two
+  standard errors: ``Trainer.validate_self_supervised``), with a Poisson-Gaussian noise model fitted to them with the starting model's
   output (its residual corrected for how much the output follows the noise), float32, the same two probe directions at every snapshot. It scores the network on its ordinary input,
   so a shipped model that never saw a blind spot and the weights fine-tuned from it are measured alike; it assumes
   independent noise and, through Stein's lemma, a Gaussian shape (see the note under the table);
@@ -77,9 +78,11 @@ def masked_loss(trainer, masks: int = 8) -> float:
 
 
 def run(lr: float, steps: int, val_every: int, args, train, pairs) -> list[dict]:
-    """One fine-tune; every ``val_every`` steps (and at step 0) the latest weights are scored three ways."""
+    """One fine-tune; every ``val_every`` steps (and at step 0) the latest weights are scored four ways."""
     import finetune_w2s
+    import torch
 
+    from napari_vdir.training import selfsupervised
     from napari_vdir.training.trainer import Trainer
 
     setting = {"lr": lr, "warmup": 0, "patch": 64, "batch": 8, "consistency": 1.0, "adapt": "all"}
@@ -93,7 +96,11 @@ def run(lr: float, steps: int, val_every: int, args, train, pairs) -> list[dict]
     rows = []
 
     def snapshot(tr):
-        masked, risk = masked_loss(tr), tr.validate_self_supervised()
+        masked = masked_loss(tr)
+        with torch.no_grad():  # Stein's estimate itself (the trainer ranks by it plus 2 standard errors vs the start)
+            risk = selfsupervised.sure_risk(tr.model.eval(), tr.val_noisy[0], tr.held_out_variance,
+                                            torch.Generator().manual_seed(4321))
+        tr.model.train()
         path = tr.export(folder / f"step{tr.step}.safetensors")
         result = finetune_w2s.scores(finetune_w2s.restore_all(path, pairs), pairs)
         rows.append({"step": tr.step, "masked": masked, "n2n": n2n_loss(tr), "sure": risk,
@@ -223,7 +230,7 @@ def main(argv=None) -> int:
              f"validation every {args.val_every}) on the noisy frames of W2S fields {args.train_fields}; truth: "
              f"affine-matched PSNR on fields {args.score_fields} ({args.crop}² centre crops) against their 400-frame "
              f"averages. `masked`: the blind-spot error at full resolution (the trainer's held-out loss before); `n2n`: "
-             "Neighbor2Neighbor's loss on the same held-out patches; `sure`: the trainer's held-out loss, Stein's unbiased estimate of the error to the "
+             "Neighbor2Neighbor's loss on the same held-out patches; `sure`: Stein's unbiased estimate of the error to the "
              "clean image on the same patches (Poisson-Gaussian noise model fitted to them with the starting model, "
              "Monte-Carlo divergence, float32). Spearman ρ of each loss with −matched PSNR "
              "over the run's snapshots (1: same order); 'keeps' = matched PSNR of the weights with the lowest loss.",

@@ -243,3 +243,14 @@ def test_the_noise_model_is_fitted_from_a_denoised_estimate():
     np.testing.assert_allclose(predicted(selfsupervised.fit_noise_model(noisy, restored, follows)), truth, rtol=0.1)
     bare = predicted(selfsupervised.fit_noise_model(noisy, restored))
     assert float((bare / truth).min()) < 0.9
+
+
+def test_weights_rank_above_the_start_only_beyond_the_estimates_noise():
+    """paired_excess: zero against itself, positive for a 'gain' smaller than the estimate's noise (a coin-flip
+    improvement must not replace the start), negative for a clear one."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(8, 1, 64, 64, generator=g)
+    assert selfsupervised.paired_excess(start, start) == 0.0
+    jitter = 0.5 * torch.randn(start.shape, generator=g)
+    assert selfsupervised.paired_excess(start + jitter - 0.002, start) > 0  # mean lower by 0.002, noise 0.5/px
+    assert selfsupervised.paired_excess(start + jitter - 0.2, start) < 0

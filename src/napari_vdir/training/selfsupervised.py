@@ -174,22 +174,35 @@ def noise_variance(signal: torch.Tensor, model: tuple[float, float]) -> torch.Te
 
 
 @torch.no_grad()
-def sure_risk(model, noisy: torch.Tensor, variance: torch.Tensor, generator: torch.Generator,
-              probes: int = SURE_PROBES) -> float:
-    """Stein's unbiased estimate of the mean squared error of ``model`` to the unknown clean image.
+def sure_terms(model, noisy: torch.Tensor, variance: torch.Tensor, generator: torch.Generator,
+               probes: int = SURE_PROBES) -> torch.Tensor:
+    """Stein's unbiased estimate of the squared error of ``model`` to the unknown clean image, per pixel (its mean
+    is :func:`sure_risk`).
 
     For independent noise of per-pixel variance v (Stein 1981; heteroscedastic form as in PURE-LET, Luisier et al.
     2011): E|f(y) - x|^2 = E[ |f(y) - y|^2 - v + 2 v * df/dy ], the divergence by Monte-Carlo finite differences
-    (Ramani et al., 2008). Unlike the masked-pixel loss it scores the network on its ordinary input, so weights
+    (:func:`divergence_map`). Unlike the masked-pixel loss it scores the network on its ordinary input, so weights
     that never saw a blind spot (a shipped model) and weights fine-tuned with one are measured alike. Runs in
     float32 (a finite difference in bf16 is noise).
     """
-    y = noisy.float()
-    restored = model(y).image.float()
-    eps = 1e-3 * max(float(y.abs().max()), 1e-3)
-    divergence = 0.0
-    for _ in range(probes):
-        b = torch.randn(y.shape, generator=generator, device=y.device)
-        moved = model(y + eps * b).image.float()
-        divergence += float((b * variance * (moved - restored)).mean()) / eps
-    return float(((restored - y) ** 2 - variance).mean()) + 2 * divergence / probes
+    restored, follows = divergence_map(model, noisy, generator, probes)
+    return (restored - noisy.float()) ** 2 - variance + 2 * variance * follows
+
+
+def sure_risk(model, noisy: torch.Tensor, variance: torch.Tensor, generator: torch.Generator,
+              probes: int = SURE_PROBES) -> float:
+    """The mean of :func:`sure_terms`: an estimate of the mean squared error to the clean image."""
+    return float(sure_terms(model, noisy, variance, generator, probes).mean())
+
+
+def paired_excess(terms: torch.Tensor, reference: torch.Tensor, block: int = 16, z: float = 2.0) -> float:
+    """How much higher ``terms`` (one model's :func:`sure_terms`) are than ``reference`` (another's, on the same
+    pixels with the same probes), as an upper confidence bound: the mean difference plus ``z`` standard errors,
+    from the means of ``block`` x ``block`` tiles (neighbouring pixels' terms are correlated; tiles much less).
+    Negative only where the first model is better beyond the estimate's own noise."""
+    diff = (terms - reference).float()
+    n, c, h, w = diff.shape
+    b = max(1, min(block, h, w))
+    tiles = diff[..., : h // b * b, : w // b * b].reshape(n, c, h // b, b, w // b, b).mean(dim=(1, 3, 5)).flatten()
+    spread = float(tiles.std()) / len(tiles) ** 0.5 if len(tiles) > 1 else 0.0
+    return float(diff.mean()) + z * spread

@@ -360,9 +360,11 @@ class Trainer:
         noisy = self.val_noisy[0].float()
         signal, follows = selfsupervised.divergence_map(self.model.eval(), noisy,
                                                         torch.Generator(device=self.device).manual_seed(7))
-        self.model.train()
         variance = selfsupervised.noise_variance(signal, selfsupervised.fit_noise_model(noisy, signal, follows))
         self.held_out_noise = float(variance.mean())  # the noisy input's own squared error: the outcome's unit
+        self.held_out_start = selfsupervised.sure_terms(self.model, noisy, variance,
+                                                        torch.Generator(device=self.device).manual_seed(4321))
+        self.model.train()
         return variance
 
     @torch.no_grad()
@@ -370,7 +372,10 @@ class Trainer:
         """A held-out loss that ranks weights as their error to the (unknown) clean images does, when no clean
         references exist: Stein's unbiased estimate of the mean squared error to the clean image
         (:func:`napari_vdir.training.selfsupervised.sure_risk`) on held-out noisy patches, with the noise model of
-        :meth:`fit_held_out_noise`, in float32 with the same probe directions at every validation; for noise2noise
+        :meth:`fit_held_out_noise`, in float32 with the same probe directions at every validation. Weights are scored
+        against the starting model pixel by pixel: the start's estimate plus the mean excess of theirs over it plus
+        two standard errors of that excess (:func:`~napari_vdir.training.selfsupervised.paired_excess`), so weights
+        rank above the start only where they are better beyond the estimate's own noise. For noise2noise
         frame pairs (chosen for noise that is not independent from pixel to pixel, where Stein's estimate does not
         hold), the error of one frame's restoration to the other.
 
@@ -387,9 +392,10 @@ class Trainer:
             with autocast_context(self.device, self.precision):
                 views = selfsupervised.views_for("noise2noise", self.model, noisy, second, g)
                 loss = float(selfsupervised.restoration_terms(self.model(views.inputs).image, views)["restore"])
-        else:
-            loss = selfsupervised.sure_risk(self.model, noisy, self.held_out_variance,
-                                            torch.Generator(device=self.device).manual_seed(4321))
+        else:  # the start's estimate plus how much higher these weights' is, as an upper confidence bound
+            terms = selfsupervised.sure_terms(self.model, noisy, self.held_out_variance,
+                                              torch.Generator(device=self.device).manual_seed(4321))
+            loss = float(self.held_out_start.mean()) + selfsupervised.paired_excess(terms, self.held_out_start)
         self.model.train()
         return loss
 
