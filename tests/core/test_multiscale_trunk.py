@@ -1,6 +1,6 @@
 """The multi-scale trunk (issue 34): shapes at every size, the cost per pixel it was designed for, the weights
-format, the receptive radius and the 8-pixel grid the tiling relies on (tiled == whole, dask == whole), ONNX
-export, and training it."""
+format, the receptive radius and the 8-pixel grid the tiling relies on (dask == whole; tiled == whole and the
+bioimage.io package with both trunks in test_restorer_trunks.py), ONNX export, and training it."""
 
 from __future__ import annotations
 
@@ -139,28 +139,3 @@ def test_onnx_runtime_computes_the_unet_forward(tmp_path, unet_model, tiny_vdir)
     np.testing.assert_allclose(ort, exact, rtol=0, atol=1e-5)
 
 
-def test_bioimageio_package_of_the_unet_trunk_passes(tmp_path, unet_model, tiny_vdir):
-    """The package declares sizes on the trunk's 8-pixel grid (minimum and step), so every size a consumer
-    may give is one the exported graphs compute right; every weight format (ONNX, TorchScript,
-    pytorch_state_dict built from nets.py's source with the arch kwargs) reproduces the test output."""
-    core = pytest.importorskip("bioimageio.core")
-    pytest.importorskip("onnxruntime")
-    import yaml
-
-    from napari_vdir.export.package import export_model
-
-    model = unet_model(seed=6)
-    out = export_model(tiny_vdir.save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
-    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
-    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unet"
-    for axis in rdf["inputs"][0]["axes"][2:]:
-        assert axis["size"] == {"min": 2 * tile_margin(model) + UNET_STRIDE, "step": UNET_STRIDE}
-        assert axis["size"]["min"] % UNET_STRIDE == 0
-    assert all(side % UNET_STRIDE == 0 for side in np.load(out / "test_input.npy").shape[-2:])
-    assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
-    summary = core.test_model(out)
-    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
-                                        if d.status != "passed"]
-    reproduced = {tuple(d.loc)[1] for d in summary.details
-                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
-    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}

@@ -135,3 +135,31 @@ def test_tiled_restore_equals_one_pass(tmp_path, tiny_vdir, trunk, case):
     tiled = restore(image, "denoise", model=path, device="cpu", precision="float32", backend="torch", tile_size=tile)
     assert tiled.shape == image.shape
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6)
+
+
+def test_bioimageio_package_of_each_trunk_passes(tmp_path, tiny_vdir, trunk):
+    """Every weight format of the package (ONNX, TorchScript, pytorch_state_dict built from nets.py's source with
+    the arch kwargs) reproduces the test output, the halo covers the receptive radius, and the input sizes step on
+    the trunk's grid (4; 8 for the unet) from twice the tile margin."""
+    core = pytest.importorskip("bioimageio.core")
+    pytest.importorskip("onnxruntime")
+    import yaml
+
+    from napari_vdir.core.inference import tile_margin
+    from napari_vdir.export.package import export_model
+
+    model = trunk_model(tiny_vdir, trunk, seed=6)
+    step = model.cfg.size_multiple
+    out = export_model(tiny_vdir.save(model, tmp_path / "t.safetensors"), "bioimageio", tmp_path / "pkg")
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == trunk
+    for axis in rdf["inputs"][0]["axes"][2:]:
+        assert axis["size"] == {"min": 2 * tile_margin(model) + step, "step": step}
+    assert all(side % step == 0 for side in np.load(out / "test_input.npy").shape[-2:])
+    assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
+    summary = core.test_model(out)
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
+                                        if d.status != "passed"]
+    reproduced = {tuple(d.loc)[1] for d in summary.details
+                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
+    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}

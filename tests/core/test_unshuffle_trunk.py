@@ -1,15 +1,13 @@
 """The pixel-unshuffle trunk (issue 15): shapes at every size, the weights format, the receptive radius the
-tiling relies on, tiled == whole, ONNX export, and training it."""
+tiling relies on, ONNX export, and training it (tiled == whole and the bioimage.io package: test_restorer_trunks.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from napari_vdir import restore
 from napari_vdir.core.inference import tile_margin
 from napari_vdir.core.nets import ARCH_CHOICES, LATENT_STRIDE, ArchConfig, Restorer, UnshuffleRestorer
 from napari_vdir.core.weights import WeightsError, load_weights, read_header, read_info
@@ -141,28 +139,6 @@ def test_receptive_radius_matches_the_gradient_support(rir_blocks, res_blocks, t
 
 
 # ----------------------------------------------------------------------------- export
-
-
-def test_bioimageio_package_of_the_unshuffle_trunk_passes(tmp_path, unshuffle_model, tiny_vdir):
-    """Every weight format of the package (ONNX, TorchScript, pytorch_state_dict built from nets.py's source
-    with the arch kwargs) reproduces the test output, and the halo covers the receptive radius."""
-    core = pytest.importorskip("bioimageio.core")
-    pytest.importorskip("onnxruntime")
-    import yaml
-
-    from napari_vdir.export.package import export_model
-
-    model = unshuffle_model()
-    out = export_model(tiny_vdir.save(model, tmp_path / "u.safetensors"), "bioimageio", tmp_path / "pkg")
-    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
-    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["trunk"] == "unshuffle"
-    assert rdf["outputs"][0]["axes"][2]["halo"] >= model.cfg.receptive_radius
-    summary = core.test_model(out)
-    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
-                                        if d.status != "passed"]
-    reproduced = {tuple(d.loc)[1] for d in summary.details
-                  if d.name.startswith("Reproduce test outputs") and d.status == "passed"}
-    assert reproduced == {"onnx", "pytorch_state_dict", "torchscript"}
 
 
 def test_bioimageio_architecture_source_builds_the_unshuffle_trunk(unshuffle_model):
