@@ -688,7 +688,7 @@ def main(argv=None) -> int:
 
     save([noisy_entry(pairs)])  # also checks, before any training, that the report is of this split
     with tempfile.TemporaryDirectory(prefix="finetune-w2s-") as tmp:
-        work = args.work or Path(tmp)
+        work = (args.work or Path(tmp)).resolve()  # the CAREamics worker runs in a subfolder
         work.mkdir(parents=True, exist_ok=True)
         (run_ours if args.mode == "ours" else run_n2v)(args, train, pairs, work, save)
     print(f"wrote {out} and {json_path.name}")

@@ -50,6 +50,25 @@ def test_neighbor_subsampling_takes_two_adjacent_pixels_of_each_cell():
     assert set(first.unique().tolist()) == {0, 1, 2, 3}
 
 
+def test_the_regulariser_reference_costs_a_forward_pass_only_when_it_is_used():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            return type("Out", (), {"image": x * 0.5})()
+
+    y = torch.rand(2, 1, 16, 16)
+    with_reference = selfsupervised.views_for("neighbor2neighbor", Counting(), y, None, torch.Generator().manual_seed(0))
+    assert calls == [(2, 1, 16, 16)] and with_reference.reference is not None
+    calls.clear()
+    plain = selfsupervised.views_for("neighbor2neighbor", Counting(), y, None, torch.Generator().manual_seed(0),
+                                     regularised=False)
+    assert calls == [] and plain.reference is None
+    assert torch.equal(plain.inputs, with_reference.inputs) and torch.equal(plain.target, with_reference.target)
+    assert set(selfsupervised.restoration_terms(plain.inputs, plain)) == {"restore"}
+
+
 def test_blind_spot_replaces_only_masked_pixels_by_a_neighbour():
     g = torch.Generator().manual_seed(1)
     y = torch.rand(2, 1, 64, 64, generator=g)

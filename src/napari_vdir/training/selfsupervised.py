@@ -60,8 +60,12 @@ def subsample(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return cells.gather(2, index.expand(n, c, 1, h // 2, w // 2)).squeeze(2)
 
 
-def neighbor2neighbor_views(model, y: torch.Tensor, generator: torch.Generator) -> Views:
+def neighbor2neighbor_views(model, y: torch.Tensor, generator: torch.Generator, regularised: bool = True) -> Views:
+    """Two sub-images of ``y``; with ``regularised``, also the regulariser's reference (one full-size forward pass
+    without gradient: more than half of a step's cost, skipped when the regulariser's weight is 0)."""
     first, second = neighbor_indices(y.shape, generator, y.device)
+    if not regularised:
+        return Views(subsample(y, first), subsample(y, second))
     with torch.no_grad():
         full = model(y).image.float()
     return Views(subsample(y, first), subsample(y, second),
@@ -84,10 +88,11 @@ def blind_spot_views(y: torch.Tensor, generator: torch.Generator) -> Views:
 
 
 def views_for(method: str, model, noisy: torch.Tensor, second: torch.Tensor | None,
-              generator: torch.Generator) -> Views:
-    """The restorer's input and target for one batch of noisy patches (``second``: the other frame)."""
+              generator: torch.Generator, regularised: bool = True) -> Views:
+    """The restorer's input and target for one batch of noisy patches (``second``: the other frame;
+    ``regularised``: whether neighbor2neighbor's regulariser is used)."""
     if method == "neighbor2neighbor":
-        return neighbor2neighbor_views(model, noisy, generator)
+        return neighbor2neighbor_views(model, noisy, generator, regularised)
     if method == "blind-spot":
         return blind_spot_views(noisy, generator)
     if method == "noise2noise":
