@@ -89,6 +89,7 @@ SMOKE_RESULTS = HERE / "results" / "finetune_w2s-smoke.md"
 N2V_PYTHON = REPO / ".venv-n2v" / "bin" / "python"
 BUDGETS = "1,2,5,10,20,60"
 SMOKE = {"budgets": "0.05,0.1", "train_fields": "31-32", "score_fields": "21", "crop": 128}
+DECODER_WEIGHT = 1.0  # losses.decoder's default (training/config.py; not imported: the CAREamics worker runs this file)
 N2V_VARIANTS = {"n2v": "CAREamics Noise2Void", "n2v2": "CAREamics N2V2"}
 N2V_PATCH, N2V_BATCH = 64, 16  # CAREamics' napari plugin (get_default_n2v_config)
 N2V_EPOCHS = 100_000  # the budget ends the run
@@ -183,8 +184,8 @@ def restore_all(model, pairs) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- ours
 def grid(args) -> list[dict]:
-    keys = ("lr", "warmup", "patch", "batch", "consistency", "adapt")
-    values = [args.lr, args.warmup, args.patch, args.batch, args.consistency, args.adapt or ["all"]]
+    keys = ("lr", "warmup", "patch", "batch", "consistency", "decoder", "adapt")
+    values = [args.lr, args.warmup, args.patch, args.batch, args.consistency, args.decoder, args.adapt or ["all"]]
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
@@ -199,6 +200,8 @@ def setting_label(s: dict, args) -> str:
             f"batch {s['batch']}")
     if args.method == "neighbor2neighbor":
         text += f", consistency {s['consistency']:g}"
+    if s.get("decoder", DECODER_WEIGHT) != DECODER_WEIGHT:
+        text += f", decoder {s['decoder']:g}"
     if s["adapt"] != "all":
         text += f", adapt /{s['adapt']}/"
     if args.ema:
@@ -224,7 +227,8 @@ def make_recipe(s: dict, args, train: list[Path], budget: float, name: str):
                   lr=s["lr"], warmup_steps=s["warmup"], time_budget_minutes=budget, budget_clock="cpu",
                   self_supervised=args.method, val_every=args.val_every, checkpoint_every=10**9, seed=args.seed,
                   ema_decay=args.ema, keep_best=args.keep_best,
-                  losses={**MINIMAL_DEFAULTS.get("losses", {}), "consistency": s["consistency"]})
+                  losses={**MINIMAL_DEFAULTS.get("losses", {}), "consistency": s["consistency"],
+                          "decoder": s.get("decoder", DECODER_WEIGHT)})
     return Recipe.model_validate(values)
 
 
@@ -621,6 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=parse_ints, default=[0], help="warm-up steps, comma list (0)")
     g.add_argument("--patch", type=parse_ints, default=[64], help="patch size(s), comma list (64)")
     g.add_argument("--batch", type=parse_ints, default=[8], help="batch size(s), comma list (8)")
+    g.add_argument("--decoder", type=parse_floats, default=[DECODER_WEIGHT],
+                   help="weight(s) of VDIR's decoder term (losses.decoder; 0 skips the decoder), comma list")
     g.add_argument("--consistency", type=parse_floats, default=[1.0],
                    help="Neighbor2Neighbor regulariser weight(s), losses.consistency, comma list (1)")
     g.add_argument("--adapt", action="append", metavar="REGEX",

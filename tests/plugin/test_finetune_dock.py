@@ -239,11 +239,14 @@ def _start_line_drawn(plot) -> bool:
     return hits > 0.3 * len(xs)
 
 
-def test_a_run_of_some_minutes_from_the_dock(dock, models_dir, qtbot):
+def test_a_run_of_some_minutes_from_the_dock(dock, models_dir, qtbot, monkeypatch):
     """Training time is the dock's setting (steps, under Advanced, replace it when set): a run of 0.05
     minutes trains about that long, the plot's x axis is that time, the start model's held-out loss is a
     line, and the status says whether the saved model beat the start."""
     from napari_vdir.plugin.finetune import outcome_text
+    from napari_vdir.training import trainer
+
+    monkeypatch.setattr(trainer, "HELD_OUT_PIXELS", 2**12)  # cheap validations: several in 3 s
 
     assert not dock.minutes.enabled  # the fixture chose 10 steps, which replace the training time
     dock.by_steps.value = False  # the dock's default: the training time decides

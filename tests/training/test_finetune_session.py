@@ -272,12 +272,16 @@ def test_a_two_channel_array_is_two_planes_as_restore_reads_it(models_dir, tiny_
 
 # ----------------------------------------------------------------------------- issue 33 item 5: a budget in minutes
 
-def test_a_minutes_budget_ends_training_in_about_that_time_and_validates_along_the_way(models_dir, tiny_weights):
+def test_a_minutes_budget_ends_training_in_about_that_time_and_validates_along_the_way(models_dir, tiny_weights,
+                                                                                        monkeypatch):
     """``minutes`` is the recipe's wall-clock time budget: training stops once that much training time has
     passed (however many steps that is), and the run still validates about VAL_POINTS times along the way, at
-    even shares of the time, and at its end."""
+    even shares of the time, and at its end (validations cheap enough: a small held-out set)."""
     import time
 
+    from napari_vdir.training import trainer
+
+    monkeypatch.setattr(trainer, "HELD_OUT_PIXELS", 2**12)
     shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
     noisy, _ = cells_stack(np.random.default_rng(5), planes=3, size=48)
     records = []
@@ -301,6 +305,36 @@ def test_a_minutes_budget_ends_training_in_about_that_time_and_validates_along_t
     for k, r in enumerate(validated[1:-1], start=1):  # at most one per share of the time, each past its share
         assert r.train_seconds >= k * share
     assert result.outcome is not None and "against the starting model" in result.outcome
+
+
+def test_validations_that_cost_more_than_their_share_of_the_time_are_spaced_out(models_dir, tiny_weights,
+                                                                                 monkeypatch):
+    """A validation (Stein's estimate on 2^18 held-out pixels) costs seconds on a CPU: in a short budget the run
+    validates less often than VAL_POINTS times, so that validating adds at most about VALIDATION_SHARE of the
+    training time, and still at the start and the end."""
+    import time
+
+    from napari_vdir.training import trainer
+
+    slow = 0.3  # seconds per validation
+    plain = trainer.Trainer.validate_self_supervised
+
+    def slow_validation(self):
+        time.sleep(slow)
+        return plain(self)
+
+    monkeypatch.setattr(trainer, "HELD_OUT_PIXELS", 2**12)
+    monkeypatch.setattr(trainer.Trainer, "validate_self_supervised", slow_validation)
+    shutil.copytree(tiny_weights[("denoise", 1, 1)].parent, models_dir)
+    noisy, _ = cells_stack(np.random.default_rng(5), planes=3, size=48)
+    records = []
+    session.finetune(noisy, name="spaced", init="tiny-denoise-x1-1ch", minutes=0.05, batch=4, callback=records.append)
+    validated = [r for r in records if r.val is not None]
+    assert validated[0].step == 0 and validated[-1] is records[-1]
+    gap = slow / trainer.VALIDATION_SHARE  # 2 s of training between validations, not 3 s / VAL_POINTS
+    assert 2 <= len(validated) <= 2 + 3.0 / gap, [r.train_seconds for r in validated]
+    for k, r in enumerate(validated[1:-1], start=1):
+        assert r.train_seconds >= k * gap
 
 
 def test_minutes_or_steps_not_both_and_minutes_by_default(models_dir, tiny_weights, monkeypatch):

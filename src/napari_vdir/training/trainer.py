@@ -48,6 +48,9 @@ SAME_RUN = ("task", "channels", "scale", "arch")  # what a resumed run must shar
 # weights replace the start only beyond two standard errors; with 8 patches of 64 px (32 k pixels) a fine-tune
 # 0.13 dB better on W2S's clean references could not show it
 HELD_OUT_PIXELS = 2**18
+# a run with a time budget and ``val_points`` validates less often when one validation (measured at step 0) costs
+# more than this share of the training time between two (a short budget on a slow CPU)
+VALIDATION_SHARE = 0.15
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -564,7 +567,8 @@ class Trainer:
         is raised and no checkpoint is written. ``val_points``, for a recipe with a time budget: validate each
         time another 1/val_points of the budget has been trained (on the budget's clock) instead of every
         ``val_every`` steps, so a run whose step count is not known in advance still validates about that
-        many times, and at its end; without it (or without a budget) validation goes by ``val_every``.
+        many times (fewer where one validation would cost more than :data:`VALIDATION_SHARE` of the time trained
+        between two), and at its end; without it (or without a budget) validation goes by ``val_every``.
         """
         self.out.mkdir(parents=True, exist_ok=True)
         if not hasattr(self, "sampler"):
@@ -590,7 +594,10 @@ class Trainer:
                 if fh.tell() == 0 and self.rank == 0:
                     writer.writeheader()
                 if self.step == 0 and self.rank == 0:
+                    started = clock()
                     row = {"step": 0, "seconds": 0.0, **self.validation_row()}
+                    if val_seconds is not None:  # validating may add at most VALIDATION_SHARE to the training time
+                        val_seconds = max(val_seconds, (clock() - started) / VALIDATION_SHARE)
                     row["exported"] = self.export_state()[1]
                     self.history.append(row)
                     writer.writerow(row)
