@@ -195,7 +195,8 @@ def short(v: float) -> str:
 
 
 def setting_label(s: dict, args) -> str:
-    method = {"neighbor2neighbor": "Neighbor2Neighbor", "blind-spot": "blind-spot"}[args.method]
+    method = {"neighbor2neighbor": "Neighbor2Neighbor", "blind-spot": "blind-spot",
+              "pseudo-clean": "pseudo-clean (start's output noised again)"}[args.method]
     text = (f"{method} from {args.init}: lr {short(s['lr'])}, warm-up {s['warmup']}, patch {s['patch']}, "
             f"batch {s['batch']}")
     if args.method == "neighbor2neighbor":
@@ -620,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("ours")
     g.add_argument("--init", default="denoise-gray", help="the starting model")
-    g.add_argument("--method", choices=["neighbor2neighbor", "blind-spot"], default="neighbor2neighbor")
+    g.add_argument("--method", choices=["neighbor2neighbor", "blind-spot", "pseudo-clean"],
+                   default="neighbor2neighbor")
     g.add_argument("--lr", type=parse_floats, default=[3e-4], help="peak learning rate(s), comma list (3e-4)")
     g.add_argument("--warmup", type=parse_ints, default=[0], help="warm-up steps, comma list (0)")
     g.add_argument("--patch", type=parse_ints, default=[64], help="patch size(s), comma list (64)")

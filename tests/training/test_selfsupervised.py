@@ -80,6 +80,34 @@ def test_blind_spot_replaces_only_masked_pixels_by_a_neighbour():
     assert torch.equal(views.target, y)
 
 
+def test_pseudo_clean_pairs_are_the_starts_output_and_that_output_noised_by_the_fitted_model():
+    smooth = torch.nn.AvgPool2d(5, stride=1, padding=2, count_include_pad=False)
+
+    class Start(torch.nn.Module):  # a "trained model": a box blur
+        def forward(self, x):
+            return type("Out", (), {"image": smooth(x)})()
+
+    g = torch.Generator().manual_seed(3)
+    y = torch.rand(4, 1, 64, 64, generator=g)
+    gain, offset = 0.04, 0.002
+    views = selfsupervised.pseudo_clean_views(Start(), y, (gain, offset), g)
+    assert torch.allclose(views.target, smooth(y))  # the target is the start's restoration, not the noisy image
+    residual = views.inputs.float() - views.target
+    variance = gain * views.target + offset
+    standardised = residual / variance.sqrt()
+    assert abs(float(standardised.mean())) < 0.02 and abs(float(standardised.std()) - 1) < 0.02
+    bright = views.target > views.target.median()  # signal-dependent: brighter pixels are noisier
+    assert float(residual[bright].var()) > float(residual[~bright].var())
+
+
+def test_pseudo_clean_needs_a_start(tmp_path):
+    base = dict(name="t", task="denoise", channels=1, steps=1, data={"train": [str(tmp_path)]},
+                self_supervised="pseudo-clean")
+    with pytest.raises(ValueError, match="pseudo-clean .* give init"):
+        Recipe.model_validate(base)
+    assert Recipe.model_validate({**base, "init": "denoise-gray"}).self_supervised == "pseudo-clean"
+
+
 def test_recipe_rejects_self_supervised_sr_and_odd_patches(tmp_path):
     base = dict(name="t", task="denoise", channels=1, steps=1, data={"train": [str(tmp_path)]})
     with pytest.raises(ValueError, match="needs clean images"):

@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="folder or glob pattern of clean held-out images for validation PSNR")
     p.add_argument("--val-degraded", help="their real degraded twins (else --val gets the task's synthetic degradation)")
     p.add_argument("--self-supervised", nargs="?", const="neighbor2neighbor",
-                   choices=["neighbor2neighbor", "blind-spot"],
-                   help="train on noisy images alone (default method: neighbor2neighbor); without --val the "
+                   choices=["neighbor2neighbor", "blind-spot", "pseudo-clean"],
+                   help="train on noisy images alone (default method: neighbor2neighbor; pseudo-clean needs --init); "
+                        "without --val the "
                         "self-supervised loss on held-out noisy images is logged")
     p.add_argument("--pairs-from", type=int, metavar="AXIS",
                    help="Noise2Noise: the axis of each stack that holds repeated frames of the same field")

@@ -114,7 +114,7 @@ class Recipe(Strict):
     init_network: str | None = Field(
         None, description="shipped model name or weights file of another task (same channels, scale and arch) whose "
                           "encoder and restorer start this run — e.g. a JPEG restorer from the denoiser; EST starts anew")
-    self_supervised: Literal["neighbor2neighbor", "blind-spot", "noise2noise"] | None = Field(
+    self_supervised: Literal["neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean"] | None = Field(
         None, description="train on noisy images alone (`data.train` holds noisy images); see training/selfsupervised.py")
     pairs_from: int | None = Field(
         None, description="noise2noise: the axis of each training file that holds repeated frames of one field")
@@ -159,6 +159,8 @@ class Recipe(Strict):
                 raise ValueError("self-supervised training reads noisy images from `data.train`; drop `degraded`")
             if self.self_supervised == "noise2noise" and self.pairs_from is None:
                 raise ValueError("noise2noise needs pairs_from: the axis that holds repeated frames")
+            if self.self_supervised == "pseudo-clean" and not (self.init or self.init_network):
+                raise ValueError("pseudo-clean learns from a trained model's restorations: give init")
             if self.self_supervised == "neighbor2neighbor" and self.patch % 8:
                 raise ValueError("neighbor2neighbor halves the patch: patch must be a multiple of 8")
         if self.data.val_degraded and not self.data.val:

@@ -12,6 +12,11 @@ self-supervised run changes one thing: what the restorer is compared with.
   the loss is taken on those pixels only, so the network cannot copy its input.
 - ``noise2noise`` (Lehtinen et al., ICML 2018): two frames of the same field of view (``pairs_from``),
   independent noise on the same signal; this also handles spatially correlated noise.
+- ``pseudo-clean`` (one round of iterative data refinement, Zhang et al., CVPR 2022): the starting model's
+  output is taken as a clean image and noised again with the noise model fitted to the user's data
+  (:func:`fit_noise_model`); the network learns that supervised pair. The targets are nearly noise-free, so the
+  gradient is far less noisy than a noisy target's, at full resolution; it needs a trained start (``init``) and
+  noise that is independent from pixel to pixel. What the start smooths away it cannot learn back.
 
 All three use the squared error: with zero-mean noise its minimiser is the clean signal (the L1 of
 supervised training would give the median, which is biased for Poisson noise at low counts).
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise")
+METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean")
 
 # In a 2x2 cell the positions are 0 (top-left), 1 (top-right), 2 (bottom-left), 3 (bottom-right);
 # each has two adjacent neighbours in the cell.
@@ -85,6 +90,17 @@ def blind_spot_views(y: torch.Tensor, generator: torch.Generator) -> Views:
     flat = (rows * w + cols).expand(n, c, h, w).reshape(n, c, -1)
     replaced = y.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
     return Views(y * (1 - mask) + replaced * mask, y, mask=mask)
+
+
+def pseudo_clean_views(start, y: torch.Tensor, noise_model: tuple[float, float],
+                       generator: torch.Generator) -> Views:
+    """The starting model's restoration of ``y`` as the target, and that restoration noised again by
+    ``noise_model`` (:func:`noise_variance`) as the input."""
+    with torch.no_grad():
+        clean = start(y).image.float()
+        spread = noise_variance(clean, noise_model).sqrt()
+        noisy = clean + spread * torch.randn(clean.shape, generator=generator, device=clean.device)
+    return Views(noisy.to(y.dtype).contiguous(memory_format=torch.channels_last), clean)
 
 
 def views_for(method: str, model, noisy: torch.Tensor, second: torch.Tensor | None,

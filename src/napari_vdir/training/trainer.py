@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import inspect
@@ -164,10 +165,19 @@ class Trainer:
         """Read the recipe's data (:func:`napari_vdir.training.data.training_data`); ``arrays`` (in-memory planes,
         e.g. napari layers) replaces its files."""
         self.sampler, self.held_out, self.val, count = training_data(self.recipe, self.device, arrays)
+        count_held_out = max(8, self.recipe.batch, math.ceil(HELD_OUT_PIXELS / self.recipe.patch**2))
         if self.held_out is not None:  # self-supervised without clean references: noisy patches for a validation loss
-            count_held_out = max(8, self.recipe.batch, math.ceil(HELD_OUT_PIXELS / self.recipe.patch**2))
             self.val_noisy = self.held_out.sample(count_held_out, torch.Generator().manual_seed(1234))
             self.held_out_variance = self.fit_held_out_noise()
+        if self.recipe.self_supervised == "pseudo-clean":  # the starting model, frozen, makes the targets
+            self.start_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            if self.held_out is None:  # a single plane: the noise model from training patches
+                noisy = self.sampler.sample(count_held_out, torch.Generator().manual_seed(1234))[0].float()
+                signal, follows = selfsupervised.divergence_map(self.start_model, noisy,
+                                                                torch.Generator(device=self.device).manual_seed(7))
+                self.noise_model = selfsupervised.fit_noise_model(noisy, signal, follows)
+            self.log(f"noise model (variance = gain x signal + offset): gain {self.noise_model[0]:.3g}, "
+                     f"offset {self.noise_model[1]:.3g}")
         if self.rank == 0:
             self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
 
@@ -208,6 +218,8 @@ class Trainer:
         y = batch.degraded.contiguous(memory_format=torch.channels_last)
         if not r.self_supervised:
             return selfsupervised.Views(y, batch.clean.contiguous(memory_format=torch.channels_last))
+        if r.self_supervised == "pseudo-clean":
+            return selfsupervised.pseudo_clean_views(self.start_model, y, self.noise_model, self.generator)
         views = selfsupervised.views_for(r.self_supervised, self.train_model, y, batch.clean, self.generator,
                                          regularised=r.losses.consistency > 0)
         views.inputs = views.inputs.contiguous(memory_format=torch.channels_last)
@@ -369,7 +381,8 @@ class Trainer:
         noisy = self.val_noisy[0].float()
         signal, follows = selfsupervised.divergence_map(self.model.eval(), noisy,
                                                         torch.Generator(device=self.device).manual_seed(7))
-        variance = selfsupervised.noise_variance(signal, selfsupervised.fit_noise_model(noisy, signal, follows))
+        self.noise_model = selfsupervised.fit_noise_model(noisy, signal, follows)
+        variance = selfsupervised.noise_variance(signal, self.noise_model)
         self.held_out_noise = float(variance.mean())  # the noisy input's own squared error: the outcome's unit
         self.held_out_start = selfsupervised.sure_terms(self.model, noisy, variance,
                                                         torch.Generator(device=self.device).manual_seed(4321))
