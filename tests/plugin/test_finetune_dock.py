@@ -247,6 +247,7 @@ def test_a_run_of_some_minutes_from_the_dock(dock, models_dir, qtbot, monkeypatc
     from napari_vdir.training import trainer
 
     monkeypatch.setattr(trainer, "HELD_OUT_PIXELS", 2**12)  # cheap validations: several in 3 s
+    monkeypatch.setattr(trainer, "VALIDATION_SHARE", 100.0)  # and never spaced out on a loaded machine
 
     assert not dock.minutes.enabled  # the fixture chose 10 steps, which replace the training time
     dock.by_steps.value = False  # the dock's default: the training time decides
@@ -325,3 +326,13 @@ def test_the_status_after_a_run_says_whether_the_start_was_beaten():
                     f"unchanged as mine ({Path('models')})")
     assert outcome_text(result(None, False)) == (f"saved mine ({Path('models')}); not compared with the start "
                                                  "(no held-out data)")
+
+
+def test_the_learning_rate_is_a_fine_tunes_unless_the_user_sets_one(dock):
+    """The dock's learning rate reads "auto" (session.finetune's default: config.FINETUNE_NOISY on noisy layers
+    alone, FINETUNE_PAIRS with a clean layer); a number the user types is passed on as it is."""
+    assert dock.lr.value == 0 and dock.lr.native.text() == "auto"
+    dock.name.value = "auto-rate"
+    assert dock.settings()["lr"] is None
+    dock.lr.value = 3e-4
+    assert dock.settings()["lr"] == pytest.approx(3e-4)

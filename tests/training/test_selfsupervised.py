@@ -59,7 +59,8 @@ def test_the_regulariser_reference_costs_a_forward_pass_only_when_it_is_used():
             return type("Out", (), {"image": x * 0.5})()
 
     y = torch.rand(2, 1, 16, 16)
-    with_reference = selfsupervised.views_for("neighbor2neighbor", Counting(), y, None, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    with_reference = selfsupervised.views_for("neighbor2neighbor", Counting(), y, None, g)
     assert calls == [(2, 1, 16, 16)] and with_reference.reference is not None
     calls.clear()
     plain = selfsupervised.views_for("neighbor2neighbor", Counting(), y, None, torch.Generator().manual_seed(0),

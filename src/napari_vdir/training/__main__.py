@@ -61,6 +61,8 @@ def _default(field: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from napari_vdir.training.config import FINETUNE_NOISY, FINETUNE_PAIRS
+
     p = argparse.ArgumentParser(prog="python -m napari_vdir.training", description=__doc__, epilog=EPILOG,
                                 formatter_class=HelpFormatter)
     p.add_argument("--recipe", help="YAML recipe (see training/*.yaml); flags below override its values")
@@ -86,10 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="training steps (needed without --recipe)")
     p.add_argument("--patch", type=int, help=f"patch size in pixels (multiple of 4) {_default('patch')}")
     p.add_argument("--batch", type=int, help=f"patches per step {_default('batch')}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (cosine decay) {_default('lr')}")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (cosine decay) {_default('lr')}; with --init "
+                   f"{FINETUNE_NOISY['lr']:g} on noisy images alone, {FINETUNE_PAIRS['lr']:g} on pairs")
     p.add_argument("--warmup-steps", type=int,
                    help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps) "
-                        + _default("warmup_steps"))
+                        + _default("warmup_steps") + f"; with --init {FINETUNE_NOISY['warmup_steps']} on noisy "
+                        f"images alone, {FINETUNE_PAIRS['warmup_steps']} on pairs")
     p.add_argument("--val-every", type=int, help="validate every N steps (default: steps/5, at most 500)")
     p.add_argument("--critic", action=argparse.BooleanOptionalAction,
                    help="train with the GAN critic on the latent's decoder output (default: off without --recipe, "
@@ -151,6 +155,12 @@ def recipe_from_args(args):
         values["channels"] = 3 if array_layout(img.shape)[1] else 1  # RGB (or RGBA) as restore reads it
     if not args.init:
         values["arch"] = SMALL_ARCH
+    else:  # a trained start: its own learning rate and warm-up (config.FINETUNE_NOISY / FINETUNE_PAIRS)
+        from napari_vdir.training.config import finetune_defaults
+
+        noisy_only = bool(args.self_supervised or args.pairs_from is not None)
+        for key, value in finetune_defaults(noisy_only).items():
+            values.setdefault(key, value)
     values.setdefault("val_every", max(1, min(500, values["steps"] // 5)))
     values.setdefault("checkpoint_every", max(1, min(1000, values["steps"])))
     values["data"] = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}

@@ -11,10 +11,28 @@ from napari_vdir.core.degradations import DEFAULT_RANGES
 from napari_vdir.core.nets import ARCH_CHOICES, ARCH_LIMITS, ArchConfig
 from napari_vdir.core.tasks import ESTIMATES, Task, check_task
 
+SelfSupervised = Literal["neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean"]
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
 # sr: "sr-mix" is how low-resolution images are really made (binning, resizes, blurs; pixel-centred grid);
 # "blur" is the paper's protocol (Gaussian blur, keep the top-left pixel of each block), the shipped SR models' recipe
 DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "sr-mix", "jpeg": "jpeg"}
+
+
+# Fine-tuning a trained model (``init``): the peak learning rate and warm-up that replace the from-scratch defaults
+# (lr 1e-3, no warm-up), in the CLI's minimal form, ``finetune()`` and the Fine-tune dock.
+# - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md; trained on the
+#   noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame averages, 5 CPU-minutes,
+#   Neighbor2Neighbor from denoise-gray): the latest weights gained +0.01 / +0.18 / +0.12 / -0.05 dB (matched PSNR)
+#   at 1e-5 / 3e-5 / 1e-4 / 3e-4. Noisy targets make the gradient mostly noise where the start already fits the
+#   data; a data set far from what the start knows (a low photon count it never saw) learns faster at 3e-4.
+# - clean pairs: the rate the shipped models' later training stages continue at (training/denoise-rgb.yaml).
+FINETUNE_NOISY = {"lr": 3e-5, "warmup_steps": 50}
+FINETUNE_PAIRS = {"lr": 1e-4, "warmup_steps": 100}
+
+
+def finetune_defaults(self_supervised: bool) -> dict:
+    """The learning rate and warm-up of a fine-tune from a trained model (a copy)."""
+    return dict(FINETUNE_NOISY if self_supervised else FINETUNE_PAIRS)
 
 
 class Strict(BaseModel):
@@ -114,7 +132,7 @@ class Recipe(Strict):
     init_network: str | None = Field(
         None, description="shipped model name or weights file of another task (same channels, scale and arch) whose "
                           "encoder and restorer start this run — e.g. a JPEG restorer from the denoiser; EST starts anew")
-    self_supervised: Literal["neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean"] | None = Field(
+    self_supervised: SelfSupervised | None = Field(
         None, description="train on noisy images alone (`data.train` holds noisy images); see training/selfsupervised.py")
     pairs_from: int | None = Field(
         None, description="noise2noise: the axis of each training file that holds repeated frames of one field")

@@ -40,9 +40,6 @@ DEFAULT_STEPS = 300  # the dock's suggestion when steps are chosen instead of ti
 STEP_CAP = 10**9  # the recipe's steps in a run that the time budget ends
 DEFAULT_PATCH = 64
 DEFAULT_BATCH = 8
-# a third of the training CLI's 1e-3: starting from a trained model, 150 steps on a generated Poisson-Gaussian
-# stack gained 2.0 dB over the shipped denoise-gray at 3e-4 and 1.2 dB at 1e-3
-DEFAULT_LR = 3e-4
 VAL_POINTS = 20  # validations per run: the live curve's points
 
 
@@ -119,7 +116,7 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
 
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", minutes: float | None = None,
              steps: int | None = None, method: str = "neighbor2neighbor", patch: int | None = None,
-             batch: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, rgb: bool | None = None, channel_axis=None,
+             batch: int = DEFAULT_BATCH, lr: float | None = None, rgb: bool | None = None, channel_axis=None,
              intensity_range=None, callback=None, cancel=None, device: str = "auto", precision: str = "auto",
              seed: int = 0, labels: list[str] | None = None, overwrite: bool = False,
              notify: bool = True) -> FineTuneResult:
@@ -141,7 +138,10 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     steps : the alternative to ``minutes``: a fixed number of training steps. Give one of the two; both
         is a ``ValueError``.
     patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
-        (less for smaller images); ``lr`` is the peak of the cosine schedule (:data:`DEFAULT_LR`).
+        (less for smaller images); ``lr`` is the peak of the cosine schedule, after a short warm-up. Default
+        (None): a fine-tune's, :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone
+        (3e-5: measured on real microscopy; raise it to 3e-4 for data far from anything the start has seen) or
+        :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins.
     method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
         RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4
@@ -164,7 +164,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     from napari_vdir.core.models import resolve_model
     from napari_vdir.core.weights import load_weights, read_info
     from napari_vdir.training.__main__ import MINIMAL_DEFAULTS
-    from napari_vdir.training.config import Recipe, one_line
+    from napari_vdir.training.config import Recipe, finetune_defaults, one_line
     from napari_vdir.training.data import ArrayData, array_planes
 
     if minutes is not None and steps is not None:
@@ -213,7 +213,8 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     values = dict(MINIMAL_DEFAULTS, name=name, task=start.task, channels=start.channels,
                   scale=start.scale if start.task == "sr" else None, init=str(init_path),
                   data={"train": list(labels or ["arrays"])}, steps=run, patch=patch, batch=batch, seed=seed,
-                  lr=lr, self_supervised=method if clean is None else None,
+                  **dict(finetune_defaults(clean is None), **({} if lr is None else {"lr": lr})),
+                  self_supervised=method if clean is None else None,
                   val_every=max(1, run // VAL_POINTS), checkpoint_every=run,
                   time_budget_minutes=minutes, budget_clock="wall")
     try:

@@ -62,7 +62,6 @@ class FineTuneDock(WorkerDock):
     def __init__(self, napari_viewer):
         from napari_vdir.training.session import (  # torch loads with the dock
             DEFAULT_BATCH,
-            DEFAULT_LR,
             DEFAULT_MINUTES,
             DEFAULT_STEPS,
         )
@@ -92,8 +91,12 @@ class FineTuneDock(WorkerDock):
         self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
                                tooltip="how noisy images alone are used for training")
         self.batch = SpinBox(label="patches per step", value=DEFAULT_BATCH, min=1, max=128)
-        self.lr = FloatSpinBox(label="learning rate", value=DEFAULT_LR, min=1e-6, max=1e-2, step=1e-4)
+        self.lr = FloatSpinBox(label="learning rate", value=0.0, min=0.0, max=1e-2, step=1e-5,
+                               tooltip="the peak learning rate; auto: a fine-tune's (3e-5 on noisy layers alone, "
+                                       "1e-4 with a clean layer); 3e-4 learns faster on data far from what the "
+                                       "start model knows")
         self.lr.native.setDecimals(6)
+        self.lr.native.setSpecialValueText("auto")  # 0 reads "auto": session.finetune's default
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -220,7 +223,7 @@ class FineTuneDock(WorkerDock):
         return ft.training_settings(self.noisy.value, self.clean.value, self.model.value, self.name.value,
                                     steps=int(self.steps.value) if self.by_steps.value else None,
                                     minutes=float(self.minutes.value), method=METHOD_LABELS[self.method.value],
-                                    batch=int(self.batch.value), lr=float(self.lr.value))
+                                    batch=int(self.batch.value), lr=float(self.lr.value) or None)
 
     def run(self, *_):
         """Start a fine-tune on a worker thread; returns the worker (None when refused)."""
