@@ -20,10 +20,10 @@ DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "sr-mi
 
 # Fine-tuning a trained model (``init``): the peak learning rate and warm-up that replace the from-scratch defaults
 # (lr 1e-3, no warm-up), in the CLI's minimal form, ``finetune()`` and the Fine-tune dock.
-# - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md; trained on the
-#   noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame averages, 5 CPU-minutes,
-#   Neighbor2Neighbor from denoise-gray): the latest weights gained +0.01 / +0.18 / +0.12 / -0.05 dB (matched PSNR)
-#   at 1e-5 / 3e-5 / 1e-4 / 3e-4. Noisy targets make the gradient mostly noise where the start already fits the
+# - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md, the 1e-4 row in
+#   finetune_w2s.md; trained on the noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame
+#   averages, 5 CPU-minutes, Neighbor2Neighbor from denoise-gray): the latest weights gained +0.01 / +0.18 / +0.12 /
+#   -0.05 dB (matched PSNR) at 1e-5 / 3e-5 / 1e-4 / 3e-4. Noisy targets make the gradient mostly noise where the start already fits the
 #   data; a data set far from what the start knows (a low photon count it never saw) learns faster at 3e-4.
 # - clean pairs: the rate the shipped models' later training stages continue at (training/denoise-rgb.yaml).
 FINETUNE_NOISY = {"lr": 3e-5, "warmup_steps": 50}
