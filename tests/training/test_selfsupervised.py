@@ -302,3 +302,28 @@ def test_weights_rank_above_the_start_only_beyond_the_estimates_noise():
     jitter = 0.5 * torch.randn(start.shape, generator=g)
     assert selfsupervised.paired_excess(start + jitter - 0.002, start) > 0  # mean lower by 0.002, noise 0.5/px
     assert selfsupervised.paired_excess(start + jitter - 0.2, start) < 0
+
+
+@pytest.mark.parametrize("planes", [4, 1])
+def test_a_pseudo_clean_run_fits_the_noise_of_the_data_and_trains_from_its_start(tmp_path, tiny_weights, planes):
+    """From a trained start on a Poisson-Gaussian stack: the noise model is fitted before training (from the
+    held-out planes, or from training patches when there is a single plane) and finds the noise signal-dependent;
+    the run trains and exports weights that restore."""
+    from napari_vdir.training.data import ArrayData
+    from napari_vdir.training.trainer import Trainer
+
+    rng = np.random.default_rng(4)
+    noisy = [poisson_gaussian(blobs(rng), rng).astype(np.float32)[..., None] for _ in range(planes)]
+    recipe = Recipe.model_validate(dict(name="pc", task="denoise", channels=1, steps=6, patch=32, batch=4,
+                                        init=str(tiny_weights[("denoise", 1, 1)]), self_supervised="pseudo-clean",
+                                        data={"train": ["arrays"]}, val_every=3, checkpoint_every=6,
+                                        losses={"gan": 0.0}))
+    logged = []
+    trainer = Trainer(recipe, tmp_path / "run", device="cpu", log=logged.append)
+    trainer.load_data(ArrayData(noisy, None))
+    gain, offset = trainer.noise_model
+    assert gain > 0 and any(line.startswith("noise model") for line in logged)
+    path = trainer.fit()
+    assert trainer.step == 6
+    restored = napari_vdir.restore(noisy[0][..., 0], "denoise", model=path)
+    assert restored.shape == (64, 64) and np.isfinite(restored).all()
