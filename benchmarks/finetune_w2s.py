@@ -297,6 +297,10 @@ def list_params(init: str) -> None:
 
 
 def run_ours(args, train, pairs, work: Path, save) -> None:
+    from napari_vdir.training.config import FINETUNE_NOISY
+
+    args.lr = args.lr or [FINETUNE_NOISY["lr"]]  # a fine-tune's defaults, as the CLI and finetune() give them
+    args.warmup = args.warmup or [FINETUNE_NOISY["warmup_steps"]]
     save([start_entry(args, pairs)])
     budgets = sorted(args.budgets)
     for k, s in enumerate(grid(args)):
@@ -623,8 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", default="denoise-gray", help="the starting model")
     g.add_argument("--method", choices=["neighbor2neighbor", "blind-spot", "pseudo-clean"],
                    default="neighbor2neighbor")
-    g.add_argument("--lr", type=parse_floats, default=[3e-4], help="peak learning rate(s), comma list (3e-4)")
-    g.add_argument("--warmup", type=parse_ints, default=[0], help="warm-up steps, comma list (0)")
+    g.add_argument("--lr", type=parse_floats, default=None,
+                   help="peak learning rate(s), comma list (a fine-tune's default, config.FINETUNE_NOISY)")
+    g.add_argument("--warmup", type=parse_ints, default=None,
+                   help="warm-up steps, comma list (a fine-tune's default, config.FINETUNE_NOISY)")
     g.add_argument("--patch", type=parse_ints, default=[64], help="patch size(s), comma list (64)")
     g.add_argument("--batch", type=parse_ints, default=[8], help="batch size(s), comma list (8)")
     g.add_argument("--decoder", type=parse_floats, default=[DECODER_WEIGHT],
