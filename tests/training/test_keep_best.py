@@ -41,7 +41,8 @@ def test_a_fine_tune_that_only_gets_worse_saves_its_start_unchanged(image_folder
     so the exported file holds the starting model's weights bit for bit and the CLI says so."""
     code = training_main([
         "--task", "denoise", "--data", str(image_folder), "--val", str(image_folder), "--init", str(start_model),
-        "--steps", "4", "--val-every", "2", "--patch", "32", "--batch", "2", "--lr", "0.03", "--out", str(tmp_path),
+        "--steps", "4", "--val-every", "2", "--patch", "32", "--batch", "2", "--lr", "0.03", "--warmup-steps", "0",
+        "--out", str(tmp_path),
         "--quiet", "--device", "cpu", "--precision", "float32"])
     assert code == 0
     rows = rows_of(tmp_path / "log.csv")
@@ -58,7 +59,8 @@ def test_without_keep_best_the_latest_weights_are_saved(image_folder, start_mode
     """The same run with --no-keep-best exports the wrecked latest weights: what the test above guards against."""
     code = training_main([
         "--task", "denoise", "--data", str(image_folder), "--val", str(image_folder), "--init", str(start_model),
-        "--steps", "4", "--val-every", "2", "--patch", "32", "--batch", "2", "--lr", "0.03", "--out", str(tmp_path),
+        "--steps", "4", "--val-every", "2", "--patch", "32", "--batch", "2", "--lr", "0.03", "--warmup-steps", "0",
+        "--out", str(tmp_path),
         "--quiet", "--device", "cpu", "--precision", "float32", "--no-keep-best"])
     assert code == 0
     saved, _ = load_weights(tmp_path / "denoise.safetensors")
