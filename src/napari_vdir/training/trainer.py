@@ -173,9 +173,8 @@ class Trainer:
             self.start_model = copy.deepcopy(self.model).eval().requires_grad_(False)
             if self.held_out is None:  # a single plane: the noise model from training patches
                 noisy = self.sampler.sample(count_held_out, torch.Generator().manual_seed(1234))[0].float()
-                signal, follows = selfsupervised.divergence_map(self.start_model, noisy,
-                                                                torch.Generator(device=self.device).manual_seed(7))
-                self.noise_model = selfsupervised.fit_noise_model(noisy, signal, follows)
+                self.noise_model, _ = self.fit_noise(noisy)
+                self.model.train()
             self.log(f"noise model (variance = gain x signal + offset): gain {self.noise_model[0]:.3g}, "
                      f"offset {self.noise_model[1]:.3g}")
         if self.rank == 0:
@@ -371,6 +370,15 @@ class Trainer:
         return f"held-out loss {change:+.1f} % against the starting model ({'better' if change < 0 else 'not better'})"
 
     @torch.no_grad()
+    def fit_noise(self, noisy: torch.Tensor) -> tuple[tuple[float, float], torch.Tensor]:
+        """The Poisson-Gaussian noise model of ``noisy`` patches (:func:`~napari_vdir.training.selfsupervised.
+        fit_noise_model`) from the model as it is now (the start, when the data loads), and its restoration; the
+        model is left in eval mode."""
+        signal, follows = selfsupervised.divergence_map(self.model.eval(), noisy,
+                                                        torch.Generator(device=self.device).manual_seed(7))
+        return selfsupervised.fit_noise_model(noisy, signal, follows), signal
+
+    @torch.no_grad()
     def fit_held_out_noise(self) -> torch.Tensor | None:
         """The per-pixel noise variance of the held-out patches, for :meth:`validate_self_supervised`: a
         Poisson-Gaussian model (variance = gain x signal + offset) fitted with the weights as they are when the data
@@ -379,9 +387,7 @@ class Trainer:
         if self.recipe.self_supervised == "noise2noise":
             return None
         noisy = self.val_noisy[0].float()
-        signal, follows = selfsupervised.divergence_map(self.model.eval(), noisy,
-                                                        torch.Generator(device=self.device).manual_seed(7))
-        self.noise_model = selfsupervised.fit_noise_model(noisy, signal, follows)
+        self.noise_model, signal = self.fit_noise(noisy)
         variance = selfsupervised.noise_variance(signal, self.noise_model)
         self.held_out_noise = float(variance.mean())  # the noisy input's own squared error: the outcome's unit
         self.held_out_start = selfsupervised.sure_terms(self.model, noisy, variance,
