@@ -23,8 +23,9 @@ DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "sr-mi
 # - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md, the 1e-4 row in
 #   finetune_w2s.md; trained on the noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame
 #   averages, 5 CPU-minutes, Neighbor2Neighbor from denoise-gray): the latest weights gained +0.01 / +0.18 / +0.12 /
-#   -0.05 dB (matched PSNR) at 1e-5 / 3e-5 / 1e-4 / 3e-4. Noisy targets make the gradient mostly noise where the start already fits the
-#   data; a data set far from what the start knows (a low photon count it never saw) learns faster at 3e-4.
+#   -0.05 dB (matched PSNR) at 1e-5 / 3e-5 / 1e-4 / 3e-4. Noisy targets make the gradient mostly noise where the
+#   start already fits the data; a data set far from what the start knows (a low photon count it never saw) learns
+#   faster at 3e-4.
 # - clean pairs: the rate the shipped models' later training stages continue at (training/denoise-rgb.yaml).
 FINETUNE_NOISY = {"lr": 3e-5, "warmup_steps": 50}
 FINETUNE_PAIRS = {"lr": 1e-4, "warmup_steps": 100}
