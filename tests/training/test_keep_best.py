@@ -106,6 +106,27 @@ def test_the_moving_average_follows_its_formula_and_is_exported_where_it_validat
     assert distance(saved, chosen) < 1e-3 and distance(saved, chosen) < 0.2 * distance(saved, other)
 
 
+def test_a_fine_tunes_moving_average_starts_as_the_start_and_moves_at_the_full_decay(image_folder, start_model,
+                                                                                     tmp_path, tiny_recipe):
+    """From trained weights (init) there is no ramp: the average is d * average + (1 - d) * weights from the first
+    step, so after a few steps at a learning rate that wrecks the latest weights it is still near the start."""
+    decay = 0.9
+    recipe = tiny_recipe(image_folder, init=str(start_model), steps=6, val_every=6, ema_decay=decay, lr=3e-2,
+                         warmup_steps=0)
+    trainer = Trainer(recipe, tmp_path, device="cpu", precision="float32")
+    start = {k: v.detach().float().clone() for k, v in trainer.model.state_dict().items()}
+    expected = {k: v.clone() for k, v in start.items()}
+
+    def follow(tr, row):
+        for k, v in tr.model.state_dict().items():
+            expected[k] = decay * expected[k] + (1 - decay) * v.detach().float()
+
+    trainer.fit(progress=follow)
+    for k, v in expected.items():
+        torch.testing.assert_close(trainer.ema[k], v, rtol=1e-5, atol=1e-6)
+    assert distance(trainer.ema, start) < 0.7 * distance(trainer.model.state_dict(), start)
+
+
 def test_resume_keeps_the_average_and_the_best(image_folder, tmp_path, tiny_recipe):
     recipe = tiny_recipe(image_folder, ema_decay=0.9, keep_best=True)
     straight = Trainer(recipe, tmp_path / "a", device="cpu", precision="float32")

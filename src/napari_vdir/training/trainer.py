@@ -280,11 +280,16 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        """ema <- ema + (1 - d) (w - ema), with d ramped up over the first steps ((1 + t) / (10 + t)) so that
-        the average does not remember the random initialisation."""
+        """ema <- ema + (1 - d) (w - ema). From a random initialisation d is ramped up over the first steps
+        ((1 + t) / (10 + t)) so that the average does not remember it; from trained weights (``init``: a
+        fine-tune) it is the recipe's decay from the first step, so the average starts as the trained model and
+        moves only as fast as the steps agree (a fine-tune's first, noisiest steps cannot pull it below the start
+        the way they pull the latest weights)."""
         if self.ema is None:
             return
-        decay = min(self.recipe.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = self.recipe.ema_decay
+        if not self.recipe.init:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
         for k, v in self.model.state_dict().items():
             if v.is_floating_point():
                 self.ema[k].lerp_(v.detach().float(), 1 - decay)
