@@ -1,7 +1,8 @@
 """One GPU session in one command (training/gpu_session.sh runs this; docs/gpu.md).
 
     python training/gpu_session.py run --out OUT [--minutes 9] [--recipes GLOB ...] [-- extra training flags]
-    python training/gpu_session.py prepare      # here, before lending a GPU: data and wheels to carry
+    python training/gpu_session.py prepare      # here, before a device call: park stage weights, pack data, wheels
+    python training/gpu_session.py unpark       # after it: the parked weights back
 
 ``run``, within ``--minutes`` of wall time in all:
 
@@ -141,6 +142,10 @@ def prepare_recipe(src: Path, dest_dir: Path, args, root: Path | None) -> dict:
                 start = f"continued from models/{shipped.name}"
             else:
                 start += f"; not continued: {why}"
+    init = str(values.get("init") or "")
+    if init.endswith(".safetensors") and not (REPO / init).is_file() and not Path(init).is_file():
+        entry["skip"] = f"missing start weights {init} (parked by prepare? --mode continue starts from models/)"
+        return entry
     sr = values.get("task") == "sr"
     values["patch"] = args.sr_patch if sr else args.patch
     values["batch"] = args.sr_batch if sr else args.batch
@@ -348,28 +353,142 @@ def tree_bytes() -> int:
     return total
 
 
-def prepare(args) -> int:
-    """Stage, in this checkout, what a lent GPU machine lacks: the recipes' datasets (.data/shared/datasets) and
-    wheels of the packages its Python has not got (.whl); print what would travel and the device call."""
-    from importlib import metadata
+PARKED = REPO / ".parked"  # git-ignored: tracked weights a GPU session never reads, kept out of what travels
+PACK_MARGIN = 2**20  # bytes kept free under TRAVEL_LIMIT
 
-    source = shared_root(args.shared) or REPO.parent / "shared"
-    dest = REPO / ".data" / "shared"
-    used = set()
-    for src in recipe_files(args.recipes or [os.environ.get("RECIPES", "training/*.yaml")]):
+
+def parkable() -> list[Path]:
+    """Tracked weights files a GPU session never reads: every ``*.safetensors`` outside ``models/`` (earlier
+    training stages, probes; ~85 MiB, more than the device tool's whole limit)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--", "*.safetensors"], cwd=REPO, capture_output=True,
+                            check=True).stdout.split(b"\0")
+    paths = [REPO / os.fsdecode(p) for p in listed if p]
+    return [p for p in paths if not p.relative_to(REPO).parts[0] == "models" and p.is_file()]
+
+
+def park() -> int:
+    """Move :func:`parkable` files into .parked/ (same relative paths); returns the bytes moved. ``unpark`` (or
+    ``git checkout -- .``) puts them back."""
+    moved = 0
+    for path in parkable():
+        target = PARKED / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        moved += path.stat().st_size
+        os.replace(path, target)
+    return moved
+
+
+def unpark() -> int:
+    """Move every file under .parked/ back to its place in the checkout; returns how many."""
+    count = 0
+    for path in sorted(PARKED.rglob("*")) if PARKED.is_dir() else []:
+        if path.is_file():
+            target = REPO / path.relative_to(PARKED)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            count += 1
+    if PARKED.is_dir():
+        shutil.rmtree(PARKED)
+    return count
+
+
+def recipe_data(patterns: list[str]) -> tuple[dict[str, str], set[str]]:
+    """The datasets the recipes read, ``{name: "train" | "val"}`` ("val" where a whole folder validates), and the
+    files they name one by one (``DATASET/FILE``, e.g. held-out validation images)."""
+    roles, files = {}, set()
+    for src in recipe_files(patterns):
         data = (yaml.safe_load(src.read_text()) or {}).get("data") or {}
         for key in DATA_KEYS:
             v = data.get(key)
             for item in (v if isinstance(v, list) else [v] if v else []):
-                if item.replace("\\", "/").startswith("../shared/datasets/"):
-                    used.add(item[len("../shared/datasets/"):].split("/")[0])
-    for name in sorted(used):
-        if not (dest / "datasets" / name).exists():
-            if not (source / "datasets" / name).exists():
-                log(f"{source / 'datasets' / name} is missing: the recipes that need it will be skipped")
-                continue
-            shutil.copytree(source / "datasets" / name, dest / "datasets" / name)
-        log(f"dataset {name}: .data/shared/datasets/{name}")
+                item = item.replace("\\", "/")
+                if not item.startswith("../shared/datasets/"):
+                    continue
+                parts = item[len("../shared/datasets/"):].split("/")
+                if len(parts) > 1 and parts[1]:
+                    files.add("/".join(parts[:2]))
+                    roles.setdefault(parts[0], "train")
+                elif key.startswith("val"):
+                    roles[parts[0]] = "val"
+                else:
+                    roles.setdefault(parts[0], "train")
+    return roles, files
+
+
+def pack_datasets(roles: dict[str, str], files: set[str], source: Path, dest: Path, budget: int) -> dict:
+    """Copy the recipes' datasets from ``source`` into ``dest`` within ``budget`` bytes.
+
+    Validation folders and the files recipes name one by one always come whole (BMP stored as PNG, the same
+    pixels in half the bytes); of each training folder the same share of its images, every k-th by name, the
+    largest share that fits (all of them when they fit). Returns ``{"share": s, "bytes": n, "datasets": {...}}``.
+    """
+    from PIL import Image
+
+    from napari_vdir.core.io import IMAGE_SUFFIXES
+
+    def listing(name):
+        folder = source / "datasets" / name
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "datasets").mkdir(parents=True)
+    written, kept = 0, {}
+
+    def copy(path: Path, name: str) -> int:
+        target = dest / "datasets" / name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".bmp":  # lossless and ~2x smaller; loaders read a folder's images by content
+            target = target.with_suffix(".png")
+            Image.open(path).save(target, optimize=True)
+        else:
+            shutil.copy2(path, target)
+        return target.stat().st_size
+
+    present = {n: listing(n) for n in roles if (source / "datasets" / n).is_dir()}
+    fixed = {n: [p for p in ps if roles[n] == "val" or f"{n}/{p.name}" in files] for n, ps in present.items()}
+    for name, paths in fixed.items():
+        written += sum(copy(p, name) for p in paths)
+        kept[name] = len(paths)
+    pool = {n: [p for p in ps if p not in fixed[n]] for n, ps in present.items() if roles[n] == "train"}
+    room = budget - written
+
+    def chosen(step):
+        return {n: ps[::step] for n, ps in pool.items()}
+
+    for step in range(1, 101):
+        if sum(p.stat().st_size for ps in chosen(step).values() for p in ps) <= room:
+            break
+    share = 1 / step
+    for name, paths in chosen(step).items():
+        written += sum(copy(p, name) for p in paths)
+        kept[name] = kept.get(name, 0) + len(paths)
+    info = {"share": share, "bytes": written,
+            "datasets": {n: f"{kept.get(n, 0)} of {len(present[n])}" for n in present}}
+    lines = ["# Datasets packed for a GPU session (training/gpu_session.py prepare)", "",
+             f"Training folders: every {step}. image by name (share {share:.2f}) to fit the "
+             "device tool's limit; validation folders and files the recipes name: all (BMP as PNG).", ""]
+    lines += [f"- {n}: {v} images" for n, v in info["datasets"].items()]
+    (dest / "datasets" / "PACK.md").write_text("\n".join(lines) + "\n")
+    return info
+
+
+def prepare(args) -> int:
+    """Stage, in this checkout, what a lent GPU machine lacks and make it fit the device tool's limit: park the
+    tracked weights it never reads (.parked/; ``unpark`` restores them), wheels of the packages its Python has not
+    got (.whl), then the recipes' datasets packed into what is left (.data/shared/datasets); print what travels
+    and the device call."""
+    from importlib import metadata
+
+    dest = REPO / ".data" / "shared"
+    source = shared_root(args.shared)
+    if source is None or source == dest.resolve():  # never pack the pack (a session's ./.data/shared) into itself
+        source = next((p for p in (REPO / "shared", REPO.parent / "shared") if (p / "datasets").is_dir()),
+                      REPO.parent / "shared")
+    if not args.no_park:
+        moved = park()
+        if moved:
+            log(f"parked {moved / 2**20:.1f} MiB of tracked weights the session does not read in .parked/ "
+                "(put back: python training/gpu_session.py unpark)")
     wheels = REPO / ".whl"
     if not args.no_wheels:
         wheels.mkdir(exist_ok=True)
@@ -389,14 +508,24 @@ def prepare(args) -> int:
             if subprocess.run(cmd, check=False).returncode:
                 log("pip download failed: the machine then needs these packages already: " + " ".join(todo))
         log("wheels: " + ", ".join(sorted(p.name for p in wheels.glob("*.whl"))))
-    carried = sum(f.stat().st_size for d in (REPO / ".data", wheels) if d.is_dir() for f in d.rglob("*") if f.is_file())
+    whl = sum(f.stat().st_size for f in wheels.rglob("*") if f.is_file()) if wheels.is_dir() else 0
     tree = tree_bytes()
+    roles, files = recipe_data(args.recipes or [os.environ.get("RECIPES", "training/*.yaml")])
+    for name in sorted(roles):
+        if not (source / "datasets" / name).is_dir():
+            log(f"{source / 'datasets' / name} is missing: the recipes that need it will be skipped")
+    budget = args.data_mib * 2**20 if args.data_mib else TRAVEL_LIMIT - PACK_MARGIN - tree - whl
+    packed = pack_datasets(roles, files, source, dest, budget)
+    log(f"datasets ({packed['bytes'] / 2**20:.1f} MiB in .data/shared/datasets, training share "
+        f"{packed['share']:.2f}): " + "; ".join(f"{n} {v}" for n, v in packed["datasets"].items()))
+    carried = whl + packed["bytes"] + (dest / "datasets" / "PACK.md").stat().st_size
     total = tree + carried
     log(f"travels: checkout {tree / 2**20:.1f} MiB + carried .data and .whl {carried / 2**20:.1f} MiB = "
         f"{total / 2**20:.1f} MiB (the device tool's limit: {TRAVEL_LIMIT / 2**20:.0f} MiB)")
     if total > TRAVEL_LIMIT:
         log("OVER THE LIMIT: the device tool will refuse this call; shrink what the checkout tracks or carries")
-    log("device call: command 'bash training/gpu_session.sh 9', carry ['.data', '.whl'], timeout_s 600")
+    log("device call: command 'bash training/gpu_session.sh 9', carry ['.data', '.whl'], timeout_s 600; "
+        "afterwards: python training/gpu_session.py unpark")
     return 0
 
 
@@ -438,9 +567,17 @@ def main(argv=None) -> int:
         q.add_argument("--shared", help="folder holding datasets/ (default: $NAPARI_VDIR_SHARED, ./shared, "
                                         "./.data/shared, ../shared)")
     sub.choices["prepare"].add_argument("--no-wheels", action="store_true")
+    sub.choices["prepare"].add_argument("--no-park", action="store_true",
+                                        help="leave the tracked weights outside models/ in place")
+    sub.choices["prepare"].add_argument("--data-mib", type=float,
+                                        help="datasets budget in MiB (default: what the limit leaves)")
+    sub.add_parser("unpark", help="put the weights prepare parked back into the checkout")
     args = p.parse_args(argv)
     if args.command == "prepare":
         return prepare(args)
+    if args.command == "unpark":
+        log(f"put back {unpark()} files")
+        return 0
     if not args.out:
         p.error("run needs --out (or $OUT)")
     return run(args, extra)

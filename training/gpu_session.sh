@@ -3,7 +3,7 @@
 # (default training/*.yaml; RECIPES or --recipes for others) trained at once on the GPU from the shipped
 # weights, weights, logs and summary.md written to $OUT, all within MINUTES (default 9) of wall time.
 #   usage: OUT=DIR training/gpu_session.sh [MINUTES] [gpu_session.py run flags] [-- flags for every run]
-#          training/gpu_session.sh prepare     # here, before a device call: datasets and wheels to carry
+#          training/gpu_session.sh prepare     # here, before a device call: park stage weights, pack data, wheels
 # Missing Python packages (pydantic: a lent GPU machine's Python has torch but not it) are installed from
 # wheels in .whl/ when there are any (`prepare` puts them there).
 set -u

@@ -202,3 +202,64 @@ def test_train_shipped_deadline_ends_the_runs_and_collects(tmp_path):
     with tarfile.open(tmp_path / "out" / "logs.tgz") as tar:
         assert tar.getnames() == ["r.log"]
         assert "started -m napari_vdir.training --recipe" in tar.extractfile("r.log").read().decode()
+
+
+def test_datasets_are_packed_to_fit_what_travels(tmp_path):
+    """Validation folders and named files come whole (BMP as the same pixels in PNG); every training folder gives
+    the same share of its images, the largest that fits; with room enough, everything."""
+    gs = _session_module()
+    source = tmp_path / "shared"
+    _images(source / "datasets" / "T", 12, 0)
+    _images(source / "datasets" / "U", 6, 1)
+    val = source / "datasets" / "V"
+    val.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(val / f"v{i}.bmp")
+    roles = {"T": "train", "U": "train", "V": "val"}
+    files = {"U/5.png"}  # a held-out image a recipe names one by one
+    size = lambda folder: sum(p.stat().st_size for p in folder.glob("*.png"))  # noqa: E731
+    dest = tmp_path / "pack"
+    everything = gs.pack_datasets(roles, files, source, dest, budget=10**9)
+    assert everything["share"] == 1 and len(list((dest / "datasets" / "T").glob("*.png"))) == 12
+    fixed = size(dest / "datasets" / "V") + (dest / "datasets" / "U" / "5.png").stat().st_size
+    budget = fixed + (size(source / "datasets" / "T") + size(source / "datasets" / "U")) // 3
+    packed = gs.pack_datasets(roles, files, source, dest, budget=budget)
+    assert packed["bytes"] <= budget and packed["share"] <= 1 / 3
+    step = round(1 / packed["share"])
+    assert sorted(p.name for p in (dest / "datasets" / "T").glob("*.png")) == sorted(
+        p.name for p in sorted((source / "datasets" / "T").glob("*.png"))[::step])
+    assert (dest / "datasets" / "U" / "5.png").is_file()
+    pngs = sorted((dest / "datasets" / "V").glob("*"))
+    assert [p.name for p in pngs] == ["v0.png", "v1.png"]
+    assert np.array_equal(np.asarray(Image.open(pngs[1])), np.asarray(Image.open(val / "v1.bmp")))
+    assert "every" in (dest / "datasets" / "PACK.md").read_text()
+
+
+def test_park_moves_tracked_weights_outside_models_and_unpark_puts_them_back(tmp_path, monkeypatch):
+    gs = _session_module()
+    repo = tmp_path / "repo"
+    for rel, content in {"models/a.safetensors": b"shipped", "training/stages/b.safetensors": b"stage" * 100,
+                         "README.md": b"text"}.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(content)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    monkeypatch.setattr(gs, "REPO", repo)
+    monkeypatch.setattr(gs, "PARKED", repo / ".parked")
+    assert [p.relative_to(repo).as_posix() for p in gs.parkable()] == ["training/stages/b.safetensors"]
+    assert gs.park() == 500
+    assert not (repo / "training/stages/b.safetensors").exists() and (repo / "models/a.safetensors").exists()
+    assert gs.unpark() == 1
+    assert (repo / "training/stages/b.safetensors").read_bytes() == b"stage" * 100 and not (repo / ".parked").exists()
+
+
+def test_a_recipe_whose_start_weights_are_parked_is_skipped(tmp_path, monkeypatch):
+    gs = _session_module()
+    shared = tmp_path / "shared"
+    _images(shared / "datasets" / "A", 1, 0)
+    recipe = dict(name="not-shipped", task="denoise", channels=3, steps=10, init="training/stages/gone.safetensors",
+                  data={"train": ["../shared/datasets/A"]})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    args = gs.argparse.Namespace(mode="retrain", continue_lr=1e-4, patch=96, batch=24, sr_patch=48, sr_batch=16)
+    entry = gs.prepare_recipe(tmp_path / "r.yaml", tmp_path, args, shared)
+    assert "missing start weights" in entry["skip"]
