@@ -366,11 +366,21 @@ def parkable() -> list[Path]:
     return [p for p in paths if not p.relative_to(REPO).parts[0] == "models" and p.is_file()]
 
 
+def _skip_worktree(paths: list[Path], on: bool) -> None:
+    """Mark tracked ``paths`` so that git ignores their absence (a ``git add -A`` or ``commit -a`` while they are
+    parked must not record them as deleted), or clear the mark."""
+    if paths:
+        flag = "--skip-worktree" if on else "--no-skip-worktree"
+        subprocess.run(["git", "update-index", flag, "--", *[str(p.relative_to(REPO)) for p in paths]], cwd=REPO,
+                       check=True, capture_output=True)
+
+
 def park() -> int:
-    """Move :func:`parkable` files into .parked/ (same relative paths); returns the bytes moved. ``unpark`` (or
-    ``git checkout -- .``) puts them back."""
-    moved = 0
-    for path in parkable():
+    """Move :func:`parkable` files into .parked/ (same relative paths), marked skip-worktree for git meanwhile;
+    returns the bytes moved. ``unpark`` puts them back."""
+    moved, paths = 0, parkable()
+    _skip_worktree(paths, True)
+    for path in paths:
         target = PARKED / path.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         moved += path.stat().st_size
@@ -386,6 +396,7 @@ def unpark() -> int:
             target = REPO / path.relative_to(PARKED)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+            _skip_worktree([target], False)
             count += 1
     if PARKED.is_dir():
         shutil.rmtree(PARKED)

@@ -239,18 +239,24 @@ def test_park_moves_tracked_weights_outside_models_and_unpark_puts_them_back(tmp
     gs = _session_module()
     repo = tmp_path / "repo"
     for rel, content in {"models/a.safetensors": b"shipped", "training/stages/b.safetensors": b"stage" * 100,
-                         "README.md": b"text"}.items():
+                         "README.md": b"text", ".gitignore": b"/.parked/\n"}.items():
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_bytes(content)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=repo, check=True)
     monkeypatch.setattr(gs, "REPO", repo)
     monkeypatch.setattr(gs, "PARKED", repo / ".parked")
     assert [p.relative_to(repo).as_posix() for p in gs.parkable()] == ["training/stages/b.safetensors"]
     assert gs.park() == 500
     assert not (repo / "training/stages/b.safetensors").exists() and (repo / "models/a.safetensors").exists()
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)  # a careless add while parked records no deletion
+    staged = subprocess.run(["git", "diff", "--cached", "--name-status"], cwd=repo, capture_output=True, text=True)
+    assert staged.stdout.strip() == ""
     assert gs.unpark() == 1
     assert (repo / "training/stages/b.safetensors").read_bytes() == b"stage" * 100 and not (repo / ".parked").exists()
+    flags = subprocess.run(["git", "ls-files", "-v"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert "S" not in flags  # the skip-worktree mark is cleared again
 
 
 def test_a_recipe_whose_start_weights_are_parked_is_skipped(tmp_path, monkeypatch):
