@@ -37,9 +37,9 @@ exported weights are scored (best-validated on the held-out noisy images when ``
 an init; the log says ``start`` or ``best@STEP``), and with ``--latest`` the last weights too. ``--schedule
 one-run`` trains once for the largest budget and snapshots at each smaller one (cheaper; an early snapshot then had
 a learning rate annealed for the largest budget). Flags taking comma lists form a grid: ``--lr --warmup --patch
---batch --consistency`` (Neighbor2Neighbor's regulariser weight, ``losses.consistency``); ``--adapt REGEX``
-(repeatable) trains only the parameters whose names match (``--list-params`` prints them) -- a probe, done here
-by ``requires_grad``, not a trainer option.
+--batch --consistency`` (Neighbor2Neighbor's regulariser weight, ``losses.consistency``); ``--adapt``
+``all`` or ``biases`` is the recipe's ``adapt``; any other value is a probe, a REGEX (repeatable) of the parameters
+that train (``--list-params`` prints them), done here by ``requires_grad``, not a trainer option.
 
 Mode ``n2v``: CAREamics 0.3.5 ``create_advanced_n2v_config`` with its defaults (UNet depth 2, 32 filters, Adam,
 ReduceLROnPlateau, mean/std normalisation, 0.2 % masked pixels, ROI 11, flips and 90-degree rotations, 8 validation
@@ -189,6 +189,9 @@ def grid(args) -> list[dict]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
+RECIPE_ADAPT = ("all", "biases")  # Recipe.adapt; anything else is a regex probe (freeze)
+
+
 def short(v: float) -> str:
     """3e-4, not 0.0003."""
     return f"{v:.0e}".replace("e-0", "e-") if 0 < abs(v) < 1e-3 else f"{v:g}"
@@ -203,7 +206,9 @@ def setting_label(s: dict, args) -> str:
         text += f", consistency {s['consistency']:g}"
     if s.get("decoder", DECODER_WEIGHT) != DECODER_WEIGHT:
         text += f", decoder {s['decoder']:g}"
-    if s["adapt"] != "all":
+    if s["adapt"] == "biases":
+        text += ", biases only"
+    elif s["adapt"] != "all":
         text += f", adapt /{s['adapt']}/"
     if args.ema:
         text += f", ema {args.ema:g}"
@@ -228,15 +233,17 @@ def make_recipe(s: dict, args, train: list[Path], budget: float, name: str):
                   lr=s["lr"], warmup_steps=s["warmup"], time_budget_minutes=budget, budget_clock="cpu",
                   self_supervised=args.method, val_every=args.val_every, checkpoint_every=10**9, seed=args.seed,
                   ema_decay=args.ema, keep_best=args.keep_best,
+                  adapt=s["adapt"] if s["adapt"] in RECIPE_ADAPT else "all",
                   losses={**MINIMAL_DEFAULTS.get("losses", {}), "consistency": s["consistency"],
                           "decoder": s.get("decoder", DECODER_WEIGHT)})
     return Recipe.model_validate(values)
 
 
 def freeze(model, pattern: str) -> int:
-    """Only the parameters whose names match ``pattern`` train; returns how many tensors do."""
-    if pattern == "all":
-        return sum(1 for _ in model.parameters())
+    """Only the parameters whose names match ``pattern`` train; returns how many tensors do. ``all`` and
+    ``biases`` are the recipe's own ``adapt`` (the trainer has already set them)."""
+    if pattern in RECIPE_ADAPT:
+        return sum(1 for p in model.parameters() if p.requires_grad)
     rx = re.compile(pattern)
     kept = 0
     for name, p in model.named_parameters():
@@ -301,6 +308,7 @@ def run_ours(args, train, pairs, work: Path, save) -> None:
 
     args.lr = args.lr or [FINETUNE_NOISY["lr"]]  # a fine-tune's defaults, as the CLI and finetune() give them
     args.warmup = args.warmup or [FINETUNE_NOISY["warmup_steps"]]
+    args.adapt = args.adapt or [FINETUNE_NOISY.get("adapt", "all")]
     save([start_entry(args, pairs)])
     budgets = sorted(args.budgets)
     for k, s in enumerate(grid(args)):
@@ -643,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--consistency", type=parse_floats, default=[1.0],
                    help="Neighbor2Neighbor regulariser weight(s), losses.consistency, comma list (1)")
     g.add_argument("--adapt", action="append", metavar="REGEX",
-                   help="train only the parameters whose names match (repeatable: a grid axis; default all)")
+                   help="all or biases (the recipe's adapt), or a probe: train only the parameters whose names "
+                        "match (repeatable: a grid axis; default: a fine-tune's, config.FINETUNE_NOISY)")
     g.add_argument("--list-params", action="store_true", help="print the starting model's parameter names and stop")
     g.add_argument("--ema", type=float, default=None, help="keep a moving average of the weights (decay)")
     g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "jobs sharing cores equal compute")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep a moving average of the weights (e.g. 0.999) and export it where it validates better")
+    p.add_argument("--adapt", choices=["all", "biases"],
+                   help="which parameters of the --init model train: all (default), or only the biases")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
                    help="export the best-validated weights, the starting model's included (default: on with --init, "
                         "so a fine-tune never ends below its start on the validation metric)")
@@ -133,7 +135,8 @@ def recipe_from_args(args):
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
                  "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,
                  "time_budget_minutes": args.time_budget, "budget_clock": args.budget_clock, "self_supervised": args.self_supervised,
-                 "pairs_from": args.pairs_from, "ema_decay": args.ema, "keep_best": args.keep_best}
+                 "pairs_from": args.pairs_from, "ema_decay": args.ema, "keep_best": args.keep_best,
+                 "adapt": args.adapt}
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
         given = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}

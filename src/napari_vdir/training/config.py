@@ -11,6 +11,7 @@ from napari_vdir.core.degradations import DEFAULT_RANGES
 from napari_vdir.core.nets import ARCH_CHOICES, ARCH_LIMITS, ArchConfig
 from napari_vdir.core.tasks import ESTIMATES, Task, check_task
 
+Adapt = Literal["all", "biases"]
 SelfSupervised = Literal["neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean"]
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
 # sr: "sr-mix" is how low-resolution images are really made (binning, resizes, blurs; pixel-centred grid);
@@ -140,6 +141,10 @@ class Recipe(Strict):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="keep an exponential moving average of the network's weights with this decay "
         "(e.g. 0.999); every validation scores it beside the trained weights and the better of the two is exported")
+    adapt: Adapt = Field(
+        "all", description="which of the network's parameters train: all, or only the biases (a fine-tune on noisy "
+        "data: a few thousand numbers that shift what every filter responds to, so a noisy gradient moves the "
+        "model less out of what it knows; see FINETUNE_NOISY). The latent's decoder, a training aid, always trains")
     keep_best: bool | None = Field(
         None, description="export the best-validated weights so far, the starting model's included, instead of the "
         "latest (default: on when fine-tuning from `init`, off from scratch): a fine-tune never ends below its start "
@@ -154,6 +159,9 @@ class Recipe(Strict):
             raise ValueError(f"arch.trunk {self.arch.trunk!r} is for restoration tasks; super-resolution uses 'full'")
         if self.patch % 4:
             raise ValueError("patch must be a multiple of 4 (the latent is at 1/4 resolution)")
+        if self.adapt != "all" and not self.init:
+            raise ValueError(f"adapt: {self.adapt} fine-tunes part of a trained model; give init (a shipped model name "
+                             "or weights file)")
         if self.init and self.init_network:
             raise ValueError("init fine-tunes a model of this task, init_network starts from another task's "
                              "network: give one of them")

@@ -100,7 +100,10 @@ class Trainer:
             for m in (self.model, self.decoder, self.discriminator):
                 if m is not None:
                     m.to(memory_format=torch.channels_last)
-        gen_params = list(self.model.parameters()) + list(self.decoder.parameters())
+        if recipe.adapt == "biases":  # only the biases train (see Recipe.adapt); the decoder trains whole
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.endswith("bias"))
+        gen_params = [p for p in self.model.parameters() if p.requires_grad] + list(self.decoder.parameters())
         self.opt_g = torch.optim.Adam(gen_params, lr=recipe.lr)
         self.opt_d = None
         if self.discriminator is not None:
