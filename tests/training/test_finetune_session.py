@@ -356,8 +356,13 @@ def test_minutes_or_steps_not_both_and_minutes_by_default(models_dir, tiny_weigh
     assert result.info.recipe["time_budget_minutes"] == 0.01  # neither given: a time budget
     from napari_vdir.training.config import FINETUNE_NOISY
 
-    assert (result.info.recipe["lr"], result.info.recipe["warmup_steps"]) == (FINETUNE_NOISY["lr"],
-                                                                             FINETUNE_NOISY["warmup_steps"])
+    recipe = result.info.recipe
+    assert (recipe["adapt"], recipe["lr"], recipe["warmup_steps"]) == (FINETUNE_NOISY["adapt"], FINETUNE_NOISY["lr"],
+                                                                       FINETUNE_NOISY["warmup_steps"])
+    from napari_vdir.training.config import ADAPT_LR
+
+    every = session.finetune(noisy, name="every", init="tiny-denoise-x1-1ch", batch=2, adapt="all")
+    assert (every.info.recipe["adapt"], every.info.recipe["lr"]) == ("all", ADAPT_LR["all"])
     stepped = session.finetune(noisy, name="stepped", init="tiny-denoise-x1-1ch", steps=4, batch=2)
     assert stepped.info.recipe["time_budget_minutes"] is None and stepped.info.recipe["steps_done"] == 4
 

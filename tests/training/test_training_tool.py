@@ -99,19 +99,22 @@ def test_minimal_cli_form_from_scratch(image_folder, tmp_path):
     assert (tmp_path / "log.csv").read_text().startswith("step,")
 
 
-@pytest.mark.parametrize("form, lr, warmup", [
-    ([], 1e-3, 0),  # from scratch: the recipe defaults
-    (["--init", "denoise-gray"], 1e-4, 100),  # a trained start on pairs: config.FINETUNE_PAIRS
-    (["--init", "denoise-gray", "--self-supervised"], 3e-5, 50),  # on noisy images alone: FINETUNE_NOISY
-    (["--init", "denoise-gray", "--self-supervised", "--lr", "3e-4", "--warmup-steps", "0"], 3e-4, 0),  # given
+@pytest.mark.parametrize("form, adapt, lr, warmup", [
+    ([], "all", 1e-3, 0),  # from scratch: the recipe defaults
+    (["--init", "denoise-gray"], "all", 1e-4, 100),  # a trained start on pairs: config.FINETUNE_PAIRS
+    (["--init", "denoise-gray", "--self-supervised"], "biases", 1e-3, 50),  # noisy images alone: FINETUNE_NOISY
+    (["--init", "denoise-gray", "--self-supervised", "--adapt", "all"], "all", 3e-5, 50),  # its own rate: ADAPT_LR
+    (["--init", "denoise-gray", "--adapt", "biases"], "biases", 1e-3, 100),
+    (["--init", "denoise-gray", "--self-supervised", "--adapt", "all", "--lr", "3e-4", "--warmup-steps", "0"],
+     "all", 3e-4, 0),  # given
 ])
-def test_a_fine_tune_gets_a_fine_tunes_learning_rate(image_folder, form, lr, warmup):
+def test_a_fine_tune_gets_a_fine_tunes_learning_rate(image_folder, form, adapt, lr, warmup):
     from napari_vdir.training.__main__ import build_parser, recipe_from_args
 
     args = build_parser().parse_args(["--task", "denoise", "--channels", "1", "--data", str(image_folder),
                                       "--steps", "10", "--out", "unused", *form])
     recipe = recipe_from_args(args)
-    assert (recipe.lr, recipe.warmup_steps) == (lr, warmup)
+    assert (recipe.adapt, recipe.lr, recipe.warmup_steps) == (adapt, lr, warmup)
 
 
 def test_warmup_steps_flag_ramps_the_learning_rate(image_folder, tmp_path):

@@ -64,7 +64,7 @@ def suggested_start(layers: list, choices: list, current) -> str | None:
 
 
 def training_settings(noisy_layers, clean_layer, model, name: str, *, method: str, batch: int, lr: float | None,
-                      steps: int | None = None, minutes: float | None = None) -> dict:
+                      steps: int | None = None, minutes: float | None = None, adapt: str | None = None) -> dict:
     """What the worker needs, from the dock's choices (on the main thread): layer snapshots (plain data, no
     napari object) and ``session.finetune``'s other arguments; ``steps``, when given, replace ``minutes``.
     Raises ``ValueError`` with a user-facing message."""
@@ -96,7 +96,7 @@ def training_settings(noisy_layers, clean_layer, model, name: str, *, method: st
                          "name") from None
     budget = dict(steps=int(steps)) if steps is not None else dict(minutes=float(minutes))
     return dict(noisy_snaps=snaps, clean_snap=clean_snap, name=name, init=model, **budget, method=method,
-                batch=int(batch), lr=None if lr is None else float(lr), rgb=rgb.pop(),
+                batch=int(batch), lr=None if lr is None else float(lr), adapt=adapt, rgb=rgb.pop(),
                 labels=[layer.name for layer in noisy_layers])
 
 

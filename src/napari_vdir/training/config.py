@@ -19,22 +19,31 @@ Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-m
 DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "sr-mix", "jpeg": "jpeg"}
 
 
-# Fine-tuning a trained model (``init``): the peak learning rate and warm-up that replace the from-scratch defaults
-# (lr 1e-3, no warm-up), in the CLI's minimal form, ``finetune()`` and the Fine-tune dock.
-# - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md, the 1e-4 row in
-#   finetune_w2s.md; trained on the noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame
-#   averages, 5 CPU-minutes, Neighbor2Neighbor from denoise-gray): the latest weights gained +0.01 / +0.18 / +0.12 /
-#   -0.05 dB (matched PSNR) at 1e-5 / 3e-5 / 1e-4 / 3e-4. Noisy targets make the gradient mostly noise where the
-#   start already fits the data; a data set far from what the start knows (a low photon count it never saw) learns
-#   faster at 3e-4.
-# - clean pairs: the rate the shipped models' later training stages continue at (training/denoise-rgb.yaml).
-FINETUNE_NOISY = {"lr": 3e-5, "warmup_steps": 50}
-FINETUNE_PAIRS = {"lr": 1e-4, "warmup_steps": 100}
+# Fine-tuning a trained model (``init``): which parameters train, the peak learning rate and the warm-up that replace
+# the from-scratch defaults (every parameter, lr 1e-3, no warm-up), in the CLI's minimal form, ``finetune()`` and
+# the Fine-tune dock.
+# - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md; trained on the
+#   noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame averages, 5 CPU-minutes,
+#   Neighbor2Neighbor from denoise-gray). Every parameter: the latest weights gained +0.01 / +0.18 / +0.12 / -0.05 dB
+#   (matched PSNR) at 1e-5 / 3e-5 / 1e-4 / 3e-4 — noisy targets make the gradient mostly noise where the start
+#   already fits the data, and every one of ~1.2 M weights takes a step of it. Only the biases (a few thousand
+#   numbers that shift what each filter responds to): +0.23 / +0.22 dB at 1e-3 / 3e-3; the last residual group and
+#   the tail alone at 1e-4 stayed below the start. A data set far from what the start knows (a low photon count it
+#   never saw) learns faster with every parameter at 3e-4 (benchmarks/results/selfsupervised_example.md).
+# - clean pairs: every parameter, at the rate the shipped models' later training stages continue at
+#   (training/denoise-rgb.yaml).
+FINETUNE_NOISY = {"adapt": "all", "lr": 3e-5, "warmup_steps": 50}
+FINETUNE_PAIRS = {"adapt": "all", "lr": 1e-4, "warmup_steps": 100}
+ADAPT_LR = {"all": 3e-5, "biases": 1e-3}  # the rate where the caller chose the other adapt (all: measured on noisy data)
 
 
-def finetune_defaults(self_supervised: bool) -> dict:
-    """The learning rate and warm-up of a fine-tune from a trained model (a copy)."""
-    return dict(FINETUNE_NOISY if self_supervised else FINETUNE_PAIRS)
+def finetune_defaults(self_supervised: bool, adapt: str | None = None) -> dict:
+    """What a fine-tune from a trained model trains and at which rate and warm-up (a copy); ``adapt``, where the
+    caller chose it, keeps its own rate (:data:`ADAPT_LR`) when it is not the default's."""
+    defaults = dict(FINETUNE_NOISY if self_supervised else FINETUNE_PAIRS)
+    if adapt is not None and adapt != defaults["adapt"]:
+        defaults.update(adapt=adapt, lr=ADAPT_LR[adapt])
+    return defaults
 
 
 class Strict(BaseModel):
@@ -145,6 +154,9 @@ class Recipe(Strict):
         "all", description="which of the network's parameters train: all, or only the biases (a fine-tune on noisy "
         "data: a few thousand numbers that shift what every filter responds to, so a noisy gradient moves the "
         "model less out of what it knows; see FINETUNE_NOISY). The latent's decoder, a training aid, always trains")
+    bias_lr: float | None = Field(
+        None, gt=0, description="peak learning rate of the biases when every parameter trains (default: lr); "
+        "the schedule scales it as it scales lr")
     keep_best: bool | None = Field(
         None, description="export the best-validated weights so far, the starting model's included, instead of the "
         "latest (default: on when fine-tuning from `init`, off from scratch): a fine-tune never ends below its start "

@@ -116,7 +116,8 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
 
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", minutes: float | None = None,
              steps: int | None = None, method: str = "neighbor2neighbor", patch: int | None = None,
-             batch: int = DEFAULT_BATCH, lr: float | None = None, rgb: bool | None = None, channel_axis=None,
+             batch: int = DEFAULT_BATCH, lr: float | None = None, adapt: str | None = None,
+             rgb: bool | None = None, channel_axis=None,
              intensity_range=None, callback=None, cancel=None, device: str = "auto", precision: str = "auto",
              seed: int = 0, labels: list[str] | None = None, overwrite: bool = False,
              notify: bool = True) -> FineTuneResult:
@@ -137,11 +138,14 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         The default when neither ``minutes`` nor ``steps`` is given: :data:`DEFAULT_MINUTES`.
     steps : the alternative to ``minutes``: a fixed number of training steps. Give one of the two; both
         is a ``ValueError``.
-    patch, batch, lr, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
-        (less for smaller images); ``lr`` is the peak of the cosine schedule, after a short warm-up. Default
-        (None): a fine-tune's, :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone
-        (3e-5: measured on real microscopy; raise it to 3e-4 for data far from anything the start has seen) or
-        :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins.
+    patch, batch, lr, adapt, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
+        (less for smaller images); ``lr`` is the peak of the cosine schedule, after a short warm-up; ``adapt``
+        is which parameters train ("biases" or "all"). Defaults (None): a fine-tune's,
+        :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone (only the biases, at 1e-3:
+        measured on real microscopy; for data far from anything the start has seen, ``adapt="all"`` with
+        ``lr=3e-4``) or :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter,
+        1e-4); an ``adapt`` other than the default's comes with its own rate
+        (:data:`~napari_vdir.training.config.ADAPT_LR`).
     method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
         RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4
@@ -213,7 +217,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     values = dict(MINIMAL_DEFAULTS, name=name, task=start.task, channels=start.channels,
                   scale=start.scale if start.task == "sr" else None, init=str(init_path),
                   data={"train": list(labels or ["arrays"])}, steps=run, patch=patch, batch=batch, seed=seed,
-                  **dict(finetune_defaults(clean is None), **({} if lr is None else {"lr": lr})),
+                  **dict(finetune_defaults(clean is None, adapt), **({} if lr is None else {"lr": lr})),
                   self_supervised=method if clean is None else None,
                   val_every=max(1, run // VAL_POINTS), checkpoint_every=run,
                   time_budget_minutes=minutes, budget_clock="wall")
