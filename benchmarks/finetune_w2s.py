@@ -210,8 +210,6 @@ def setting_label(s: dict, args) -> str:
         text += ", biases only"
     elif s["adapt"] != "all":
         text += f", adapt /{s['adapt']}/"
-    if args.bias_lr:
-        text += f", biases at {short(args.bias_lr)}"
     if args.ema:
         text += f", ema {args.ema:g}"
     if args.keep_best is False:
@@ -235,7 +233,7 @@ def make_recipe(s: dict, args, train: list[Path], budget: float, name: str):
                   lr=s["lr"], warmup_steps=s["warmup"], time_budget_minutes=budget, budget_clock="cpu",
                   self_supervised=args.method, val_every=args.val_every, checkpoint_every=10**9, seed=args.seed,
                   ema_decay=args.ema, keep_best=args.keep_best,
-                  adapt=s["adapt"] if s["adapt"] in RECIPE_ADAPT else "all", bias_lr=args.bias_lr,
+                  adapt=s["adapt"] if s["adapt"] in RECIPE_ADAPT else "all",
                   losses={**MINIMAL_DEFAULTS.get("losses", {}), "consistency": s["consistency"],
                           "decoder": s.get("decoder", DECODER_WEIGHT)})
     return Recipe.model_validate(values)
@@ -328,7 +326,6 @@ def run_ours(args, train, pairs, work: Path, save) -> None:
                     entries.append({
                         "family": "ours", "label": label, "weights": kind, "budget": snap["budget"],
                         "setting": {**s, "method": args.method, "init": args.init, "ema": args.ema,
-                                    "bias_lr": args.bias_lr,
                                     "keep_best": args.keep_best, "schedule": args.schedule,
                                     "val_every": args.val_every, "seed": args.seed},
                         "steps": snap["steps"], "train_cpu_s": snap["train_cpu_s"], "run_cpu_s": snap["run_cpu_s"],
@@ -658,7 +655,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "match (repeatable: a grid axis; default: a fine-tune's, config.FINETUNE_NOISY)")
     g.add_argument("--list-params", action="store_true", help="print the starting model's parameter names and stop")
     g.add_argument("--ema", type=float, default=None, help="keep a moving average of the weights (decay)")
-    g.add_argument("--bias-lr", type=float, default=None, help="peak learning rate of the biases (the recipe's bias_lr)")
     g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                    help="export the best-validated weights (default: the trainer's, on with an init)")
     g.add_argument("--latest", action="store_true", help="also score the last weights at each budget")

@@ -338,10 +338,9 @@ def test_the_learning_rate_is_a_fine_tunes_unless_the_user_sets_one(dock):
     assert dock.settings()["lr"] == pytest.approx(3e-4)
 
 
-def test_every_parameter_trains_only_when_ticked(dock):
-    """Unticked, the dock leaves which parameters train to session.finetune (only the biases on noisy layers);
-    ticked, it asks for every parameter."""
+def test_only_the_biases_train_when_ticked(dock):
+    """Unticked, the dock leaves which parameters train to session.finetune (every one); ticked, only the biases."""
     dock.name.value = "adapt-choice"
     assert dock.settings()["adapt"] is None
-    dock.every_parameter.value = True
-    assert dock.settings()["adapt"] == "all"
+    dock.biases_only.value = True
+    assert dock.settings()["adapt"] == "biases"

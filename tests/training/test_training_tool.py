@@ -102,8 +102,8 @@ def test_minimal_cli_form_from_scratch(image_folder, tmp_path):
 @pytest.mark.parametrize("form, adapt, lr, warmup", [
     ([], "all", 1e-3, 0),  # from scratch: the recipe defaults
     (["--init", "denoise-gray"], "all", 1e-4, 100),  # a trained start on pairs: config.FINETUNE_PAIRS
-    (["--init", "denoise-gray", "--self-supervised"], "biases", 1e-3, 50),  # noisy images alone: FINETUNE_NOISY
-    (["--init", "denoise-gray", "--self-supervised", "--adapt", "all"], "all", 3e-5, 50),  # its own rate: ADAPT_LR
+    (["--init", "denoise-gray", "--self-supervised"], "all", 3e-5, 50),  # noisy images alone: FINETUNE_NOISY
+    (["--init", "denoise-gray", "--self-supervised", "--adapt", "biases"], "biases", 1e-3, 50),  # ADAPT_LR
     (["--init", "denoise-gray", "--adapt", "biases"], "biases", 1e-3, 100),
     (["--init", "denoise-gray", "--self-supervised", "--adapt", "all", "--lr", "3e-4", "--warmup-steps", "0"],
      "all", 3e-4, 0),  # given

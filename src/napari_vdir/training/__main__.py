@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, help=f"patch size in pixels (multiple of 4) {_default('patch')}")
     p.add_argument("--batch", type=int, help=f"patches per step {_default('batch')}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (cosine decay) {_default('lr')}; with --init "
-                   f"{FINETUNE_NOISY['lr']:g} on noisy images alone ({ADAPT_LR['all']:g} with --adapt all), "
+                   f"{FINETUNE_NOISY['lr']:g} on noisy images alone ({ADAPT_LR['biases']:g} with --adapt biases), "
                    f"{FINETUNE_PAIRS['lr']:g} on pairs")
     p.add_argument("--warmup-steps", type=int,
                    help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps) "
@@ -110,8 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", choices=["all", "biases"],
                    help="which parameters of the --init model train: all, or only the biases (default with --init: "
                         f"{FINETUNE_NOISY['adapt']} on noisy images alone, {FINETUNE_PAIRS['adapt']} on pairs)")
-    p.add_argument("--bias-lr", type=float, help="peak learning rate of the biases when every parameter trains "
-                   "(default: --lr)")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
                    help="export the best-validated weights, the starting model's included (default: on with --init, "
                         "so a fine-tune never ends below its start on the validation metric)")
@@ -140,7 +138,7 @@ def recipe_from_args(args):
                  "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,
                  "time_budget_minutes": args.time_budget, "budget_clock": args.budget_clock, "self_supervised": args.self_supervised,
                  "pairs_from": args.pairs_from, "ema_decay": args.ema, "keep_best": args.keep_best,
-                 "adapt": args.adapt, "bias_lr": args.bias_lr}
+                 "adapt": args.adapt}
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
         given = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}

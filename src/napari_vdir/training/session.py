@@ -140,12 +140,11 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         is a ``ValueError``.
     patch, batch, lr, adapt, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
         (less for smaller images); ``lr`` is the peak of the cosine schedule, after a short warm-up; ``adapt``
-        is which parameters train ("biases" or "all"). Defaults (None): a fine-tune's,
-        :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone (only the biases, at 1e-3:
-        measured on real microscopy; for data far from anything the start has seen, ``adapt="all"`` with
-        ``lr=3e-4``) or :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter,
-        1e-4); an ``adapt`` other than the default's comes with its own rate
-        (:data:`~napari_vdir.training.config.ADAPT_LR`).
+        is which parameters train ("all" or "biases"). Defaults (None): a fine-tune's,
+        :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone (every parameter at 3e-5:
+        measured on real microscopy; raise it to 3e-4 for data far from anything the start has seen;
+        ``adapt="biases"`` trains only the biases, at 1e-3, a little better on data close to what the start
+        knows) or :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter, 1e-4).
     method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
         RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4

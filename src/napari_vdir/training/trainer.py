@@ -104,12 +104,7 @@ class Trainer:
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.endswith("bias"))
         gen_params = [p for p in self.model.parameters() if p.requires_grad] + list(self.decoder.parameters())
-        groups = [{"params": gen_params}]
-        if recipe.bias_lr is not None and recipe.adapt == "all":  # the biases at their own rate (lr_scale)
-            biases = {id(p) for n, p in self.model.named_parameters() if n.endswith("bias")}
-            groups = [{"params": [p for p in gen_params if id(p) not in biases]},
-                      {"params": [p for p in gen_params if id(p) in biases], "lr_scale": recipe.bias_lr / recipe.lr}]
-        self.opt_g = torch.optim.Adam(groups, lr=recipe.lr)
+        self.opt_g = torch.optim.Adam(gen_params, lr=recipe.lr)
         self.opt_d = None
         if self.discriminator is not None:
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=recipe.lr, betas=(0.5, 0.999))
@@ -238,7 +233,7 @@ class Trainer:
         lr = self.lr_at()
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups if opt is not None else ():
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+                group["lr"] = lr
         terms = {}
         with autocast_context(self.device, self.precision):
             views = self.restoration_views(batch)
