@@ -184,9 +184,22 @@ def restore_all(model, pairs) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- ours
 def grid(args) -> list[dict]:
+    """The product of the comma lists; a learning rate or warm-up not given is a fine-tune's default for the
+    setting's adapt (``config.finetune_defaults``, as the CLI and ``finetune()`` give it)."""
+    from napari_vdir.training.config import finetune_defaults
+
     keys = ("lr", "warmup", "patch", "batch", "consistency", "decoder", "adapt")
-    values = [args.lr, args.warmup, args.patch, args.batch, args.consistency, args.decoder, args.adapt or ["all"]]
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+    values = [args.lr or [None], args.warmup or [None], args.patch, args.batch, args.consistency, args.decoder,
+              args.adapt or [None]]
+    settings = []
+    for combo in itertools.product(*values):
+        s = dict(zip(keys, combo, strict=True))
+        defaults = finetune_defaults(True, s["adapt"] if s["adapt"] in RECIPE_ADAPT else None)
+        s["adapt"] = s["adapt"] or defaults["adapt"]
+        s["lr"] = defaults["lr"] if s["lr"] is None else s["lr"]
+        s["warmup"] = defaults["warmup_steps"] if s["warmup"] is None else s["warmup"]
+        settings.append(s)
+    return settings
 
 
 RECIPE_ADAPT = ("all", "biases")  # Recipe.adapt; anything else is a regex probe (freeze)
@@ -304,11 +317,6 @@ def list_params(init: str) -> None:
 
 
 def run_ours(args, train, pairs, work: Path, save) -> None:
-    from napari_vdir.training.config import FINETUNE_NOISY
-
-    args.lr = args.lr or [FINETUNE_NOISY["lr"]]  # a fine-tune's defaults, as the CLI and finetune() give them
-    args.warmup = args.warmup or [FINETUNE_NOISY["warmup_steps"]]
-    args.adapt = args.adapt or [FINETUNE_NOISY.get("adapt", "all")]
     save([start_entry(args, pairs)])
     budgets = sorted(args.budgets)
     for k, s in enumerate(grid(args)):
