@@ -104,9 +104,9 @@ def main(argv=None) -> int:
     pairs = ev.validation_pairs(ev.W2S, range(21, 31))
     rows = []
 
-    def add(label, outputs, note=""):
+    def add(label, outputs):
         s = fw.scores(outputs, pairs)
-        rows.append((label, s, note))
+        rows.append((label, s))
         print(f"{label}: matched {s['matched']:.2f}", flush=True)
 
     import napari_vdir
@@ -127,9 +127,8 @@ def main(argv=None) -> int:
         t = time.process_time()
         subprocess.run(command, check=True)
         print(f"supervised run: {time.process_time() - t:.0f} CPU-s in this process", flush=True)
-    steps = sum(1 for _ in open(args.work / "run" / "log.csv")) - 1
     add(f"denoise-gray fine-tuned on CLEAN pairs (fields 001-020), {args.minutes:g} CPU-min",
-        fw.restore_all(weights, pairs), note=f"log rows {steps}")
+        fw.restore_all(weights, pairs))
 
     start = rows[1][1]["matched"]
     lines = [
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
         "`finetune_w2s.py` scores; affine-matched PSNR (plain PSNR · SSIM of the matched result). "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {fw.machine()}; one thread.", "",
         "| what | matched PSNR (plain · SSIM) | vs shipped |", "|---|---|---|"]
-    for label, s, _ in rows:
+    for label, s in rows:
         lines.append(f"| {label} | {s['matched']:.2f} ({s['plain']:.2f} · {s['ssim']:.3f}) | "
                      f"{s['matched'] - start:+.2f} |")
     lines += ["", "Supervised run: `" + " ".join(["python"] + command[1:]).replace(str(REPO) + "/", "") + "`"

@@ -435,11 +435,7 @@ def pack_datasets(roles: dict[str, str], files: set[str], source: Path, dest: Pa
     """
     from PIL import Image
 
-    from napari_vdir.core.io import IMAGE_SUFFIXES
-
-    def listing(name):
-        folder = source / "datasets" / name
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    from napari_vdir.core.io import list_images
 
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "datasets").mkdir(parents=True)
@@ -455,7 +451,7 @@ def pack_datasets(roles: dict[str, str], files: set[str], source: Path, dest: Pa
             shutil.copy2(path, target)
         return target.stat().st_size
 
-    present = {n: listing(n) for n in roles if (source / "datasets" / n).is_dir()}
+    present = {n: list_images(source / "datasets" / n) for n in roles if (source / "datasets" / n).is_dir()}
     fixed = {n: [p for p in ps if roles[n] == "val" or f"{n}/{p.name}" in files] for n, ps in present.items()}
     for name, paths in fixed.items():
         written += sum(copy(p, name) for p in paths)
