@@ -81,24 +81,69 @@ def test_blind_spot_replaces_only_masked_pixels_by_a_neighbour():
     assert torch.equal(views.target, y)
 
 
-def test_pseudo_clean_pairs_are_the_starts_output_and_that_output_noised_by_the_fitted_model():
-    smooth = torch.nn.AvgPool2d(5, stride=1, padding=2, count_include_pad=False)
-
-    class Start(torch.nn.Module):  # a "trained model": a box blur
-        def forward(self, x):
-            return type("Out", (), {"image": smooth(x)})()
-
+def test_pseudo_clean_pairs_are_the_targets_and_the_targets_noised_by_the_fitted_model():
     g = torch.Generator().manual_seed(3)
-    y = torch.rand(4, 1, 64, 64, generator=g)
+    clean = torch.rand(4, 1, 64, 64, generator=g)
     gain, offset = 0.04, 0.002
-    views = selfsupervised.pseudo_clean_views(Start(), y, (gain, offset), g)
-    assert torch.allclose(views.target, smooth(y))  # the target is the start's restoration, not the noisy image
+    views = selfsupervised.pseudo_clean_views(clean, (gain, offset), g)
+    assert torch.equal(views.target, clean)
     residual = views.inputs.float() - views.target
     variance = gain * views.target + offset
     standardised = residual / variance.sqrt()
     assert abs(float(standardised.mean())) < 0.02 and abs(float(standardised.std()) - 1) < 0.02
     bright = views.target > views.target.median()  # signal-dependent: brighter pixels are noisier
     assert float(residual[bright].var()) > float(residual[~bright].var())
+
+
+def test_recorrupted_pairs_carry_uncorrelated_noises_on_the_same_signal():
+    """y + a z and y - z / a: their errors to the clean image are uncorrelated when z follows y's own noise model
+    (so the squared error to one is, in expectation, the error to the clean image plus a constant)."""
+    g = torch.Generator().manual_seed(5)
+    clean = 0.2 + 0.6 * torch.rand(8, 1, 64, 64, generator=g).clamp(0, 1)
+    clean = torch.nn.functional.avg_pool2d(clean, 5, stride=1, padding=2, count_include_pad=False)  # smooth signal
+    gain, offset = 0.02, 0.001
+    y = clean + (gain * clean + offset).sqrt() * torch.randn(clean.shape, generator=g)
+    views = selfsupervised.recorrupted_views(y, (gain, offset), g)
+    a, b = views.inputs.float() - clean, views.target - clean
+    correlation = float((a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt())
+    assert abs(correlation) < 0.03
+    expected = (1 + selfsupervised.RECORRUPT_ALPHA**2) * float((gain * clean + offset).mean())
+    assert float((a * a).mean()) == pytest.approx(expected, rel=0.05)
+    wrong = selfsupervised.recorrupted_views(y, (gain / 4, offset / 4), g)  # a misfitted model: correlated errors
+    a, b = wrong.inputs.float() - clean, wrong.target - clean
+    assert float((a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt()) > 0.3
+
+
+def test_the_pseudo_clean_pool_is_the_starts_restoration_of_whole_planes_or_of_regions_in_context(tiny_weights):
+    """Targets are what a user's restore gives: a small plane whole, a large one as regions restored with the
+    receptive field's context around them, equal to the whole plane's restoration there; the pool stops at its
+    pixel cap."""
+    from napari_vdir.core.weights import load_weights
+
+    model = load_weights(tiny_weights[("denoise", 1, 1)])[0].eval()
+    g = torch.Generator().manual_seed(0)
+    small, large = torch.rand(1, 96, 80, generator=g), torch.rand(1, 700, 600, generator=g)
+    whole = {id(x): torch.from_numpy(napari_vdir.restore(x[0].numpy(), "denoise", model=tiny_weights[("denoise", 1, 1)],
+                                                         precision="float32", tile_size=4096))
+             for x in (small, large)}
+    pool = selfsupervised.pseudo_clean_pool(model, [small, large], torch.Generator().manual_seed(1),
+                                            precision="float32")
+    shapes = sorted(tuple(t.shape[-2:]) for t in pool)
+    assert shapes == [(96, 80)] + [(512, 512)] * 4  # the large plane's regions overlap to fit inside it
+    assert any(torch.allclose(t[0], whole[id(small)], atol=1e-5) for t in pool if t.shape[-2:] == (96, 80))
+    regions = [t[0] for t in pool if t.shape[-2:] != (96, 80)]
+    covered = torch.zeros(700, 600, dtype=torch.bool)
+    for t in regions:  # each region is the whole restoration somewhere in the large plane
+        hits = [(top, left) for top in (0, 188) for left in (0, 88)
+                if top + t.shape[0] <= 700 and left + t.shape[1] <= 600
+                and torch.allclose(t, whole[id(large)][top:top + t.shape[0], left:left + t.shape[1]], atol=1e-4)]
+        assert hits, "a region differs from the whole plane's restoration"
+        top, left = hits[0]
+        covered[top:top + t.shape[0], left:left + t.shape[1]] = True
+    assert covered.all()
+    capped = selfsupervised.pseudo_clean_pool(model, [small, large], torch.Generator().manual_seed(1),
+                                              precision="float32", max_pixels=1)
+    assert len(capped) == 1
 
 
 def test_pseudo_clean_needs_a_start(tmp_path):
@@ -304,8 +349,10 @@ def test_weights_rank_above_the_start_only_beyond_the_estimates_noise():
     assert selfsupervised.paired_excess(start + jitter - 0.2, start) < 0
 
 
+@pytest.mark.parametrize("method", ["pseudo-clean", "recorrupted"])
 @pytest.mark.parametrize("planes", [4, 1])
-def test_a_pseudo_clean_run_fits_the_noise_of_the_data_and_trains_from_its_start(tmp_path, tiny_weights, planes):
+def test_a_noise_model_run_fits_the_noise_of_the_data_and_trains_from_its_start(tmp_path, tiny_weights, planes,
+                                                                                method):
     """From a trained start on a Poisson-Gaussian stack: the noise model is fitted before training (from the
     held-out planes, or from training patches when there is a single plane) and finds the noise signal-dependent;
     the run trains and exports weights that restore."""
@@ -315,7 +362,7 @@ def test_a_pseudo_clean_run_fits_the_noise_of_the_data_and_trains_from_its_start
     rng = np.random.default_rng(4)
     noisy = [poisson_gaussian(blobs(rng), rng).astype(np.float32)[..., None] for _ in range(planes)]
     recipe = Recipe.model_validate(dict(name="pc", task="denoise", channels=1, steps=6, patch=32, batch=4,
-                                        init=str(tiny_weights[("denoise", 1, 1)]), self_supervised="pseudo-clean",
+                                        init=str(tiny_weights[("denoise", 1, 1)]), self_supervised=method,
                                         data={"train": ["arrays"]}, val_every=3, checkpoint_every=6,
                                         losses={"gan": 0.0}))
     logged = []
@@ -323,6 +370,13 @@ def test_a_pseudo_clean_run_fits_the_noise_of_the_data_and_trains_from_its_start
     trainer.load_data(ArrayData(noisy, None))
     gain, offset = trainer.noise_model
     assert gain > 0 and any(line.startswith("noise model") for line in logged)
+    if method == "pseudo-clean":  # it trains on the start's restorations, and the time to make them counts
+        assert trainer.train_seconds > 0 and any(line.startswith("pseudo-clean targets") for line in logged)
+        restored = [napari_vdir.restore(x[..., 0], "denoise", model=recipe.init) for x in noisy]
+        for target in trainer.sampler.clean:  # restorations of training planes, not the noisy planes
+            t = target[0].numpy()
+            assert any(np.abs(t - r).max() < 2e-2 for r in restored)
+            assert all(np.abs(t - x[..., 0]).max() > 0.1 for x in noisy)
     path = trainer.fit()
     assert trainer.step == 6
     restored = napari_vdir.restore(noisy[0][..., 0], "denoise", model=path)

@@ -13,7 +13,8 @@ self-supervised run changes one thing: what the restorer is compared with.
 - ``noise2noise`` (Lehtinen et al., ICML 2018): two frames of the same field of view (``pairs_from``),
   independent noise on the same signal; this also handles spatially correlated noise.
 - ``pseudo-clean`` (one round of iterative data refinement, Zhang et al., CVPR 2022): the starting model's
-  output is taken as a clean image and noised again with the noise model fitted to the user's data
+  restoration of the training images (computed once, before training: :func:`pseudo_clean_pool`) is taken as a
+  clean image and noised again with the noise model fitted to the user's data
   (:func:`fit_noise_model`); the network learns that supervised pair. The targets are nearly noise-free, so the
   gradient is far less noisy than a noisy target's, at full resolution; it needs a trained start (``init``) and
   noise that is independent from pixel to pixel. What the start smooths away it cannot learn back.
@@ -24,12 +25,14 @@ supervised training would give the median, which is biased for Poisson noise at 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean")
+METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean", "recorrupted")
+RECORRUPT_ALPHA = 1.0  # recorrupted: input noise (1 + a^2) v, target noise (1 + 1/a^2) v
 
 # In a 2x2 cell the positions are 0 (top-left), 1 (top-right), 2 (bottom-left), 3 (bottom-right);
 # each has two adjacent neighbours in the cell.
@@ -92,15 +95,70 @@ def blind_spot_views(y: torch.Tensor, generator: torch.Generator) -> Views:
     return Views(y * (1 - mask) + replaced * mask, y, mask=mask)
 
 
-def pseudo_clean_views(start, y: torch.Tensor, noise_model: tuple[float, float],
-                       generator: torch.Generator) -> Views:
-    """The starting model's restoration of ``y`` as the target, and that restoration noised again by
-    ``noise_model`` (:func:`noise_variance`) as the input."""
+def pseudo_clean_views(clean: torch.Tensor, noise_model: tuple[float, float], generator: torch.Generator) -> Views:
+    """Patches of the starting model's restorations (:func:`pseudo_clean_pool`) as the target, and the same
+    patches noised again by ``noise_model`` (:func:`noise_variance`) as the input."""
+    clean = clean.float()
     with torch.no_grad():
-        clean = start(y).image.float()
         spread = noise_variance(clean, noise_model).sqrt()
         noisy = clean + spread * torch.randn(clean.shape, generator=generator, device=clean.device)
-    return Views(noisy.to(y.dtype).contiguous(memory_format=torch.channels_last), clean)
+    return Views(noisy.contiguous(memory_format=torch.channels_last), clean)
+
+
+def recorrupted_views(y: torch.Tensor, noise_model: tuple[float, float], generator: torch.Generator,
+                      alpha: float = RECORRUPT_ALPHA) -> Views:
+    """Recorrupted-to-Recorrupted (Pang et al., CVPR 2021): with z drawn from the fitted noise model, y + a z and
+    y - z / a carry uncorrelated noises on the same signal (for Gaussian noise, independent ones), so restoring
+    one towards the other is Noise2Noise at full resolution from a single noisy image. The variance is read at
+    the 3x3 mean of y, a less noisy stand-in for the signal."""
+    y = y.float()
+    with torch.no_grad():
+        signal = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        z = noise_variance(signal, noise_model).sqrt() * torch.randn(y.shape, generator=generator, device=y.device)
+    return Views((y + alpha * z).contiguous(memory_format=torch.channels_last), y - z / alpha)
+
+
+POOL_REGION = 512  # images larger than this are restored as regions of this size (with context around them)
+POOL_PIXELS = 8_000_000  # at most this many target pixels ...
+POOL_SHARE = 0.1  # ... and at most this share of a run's time budget spent restoring them
+
+
+def pseudo_clean_pool(start, images: list[torch.Tensor], generator: torch.Generator, *, precision: str = "auto",
+                      seconds: float | None = None, clock=time.process_time,
+                      max_pixels: int = POOL_PIXELS) -> list[torch.Tensor]:
+    """pseudo-clean's targets: the starting model's restorations of the (C, H, W) training ``images``, computed
+    once, before training, as a user's restore computes them (whole planes, or regions of POOL_REGION² with the
+    receptive field's context around them), in random order until ``max_pixels`` are restored or ``seconds`` of
+    ``clock`` are spent (at least one region).
+
+    Restoring every training patch anew at every step (as before) spent about half of a step on a forward pass
+    without gradient, and gave targets with patch borders the model never sees in use."""
+    from napari_vdir.core.inference import PlaneRestorer
+
+    restorer = PlaneRestorer(start, images[0].device, precision=precision)
+    m, r = restorer.margin, POOL_REGION
+    regions = []  # (image index, top, left, height, width)
+    for i, x in enumerate(images):
+        h, w = x.shape[-2:]
+        if h <= r and w <= r:
+            regions.append((i, 0, 0, h, w))
+            continue
+        tops = sorted({min(t, h - r) for t in range(0, h, r)}) if h > r else [0]
+        lefts = sorted({min(t, w - r) for t in range(0, w, r)}) if w > r else [0]
+        regions += [(i, t, l_, min(r, h), min(r, w)) for t in tops for l_ in lefts]
+    order = torch.randperm(len(regions), generator=generator).tolist()
+    started, pool, pixels = clock(), [], 0
+    for k in order:
+        i, top, left, h, w = regions[k]
+        x = images[i]
+        t0, l0 = max(0, top - m), max(0, left - m)
+        b0, r0 = min(x.shape[-2], top + h + m), min(x.shape[-1], left + w + m)
+        restored = restorer.restore_plane(x[:, t0:b0, l0:r0].float().cpu()).image
+        pool.append(restored[:, top - t0:top - t0 + h, left - l0:left - l0 + w].to(x.device))
+        pixels += h * w
+        if pixels >= max_pixels or (seconds is not None and clock() - started >= seconds):
+            break
+    return pool
 
 
 def views_for(method: str, model, noisy: torch.Tensor, second: torch.Tensor | None,

@@ -25,7 +25,7 @@ from napari_vdir.core.nets import VDIR, Decoder, Discriminator
 from napari_vdir.core.weights import ModelInfo, load_weights, save_weights
 from napari_vdir.training import losses, selfsupervised
 from napari_vdir.training.config import Recipe
-from napari_vdir.training.data import ArrayData, Batch, degrade, training_data
+from napari_vdir.training.data import ArrayData, Batch, PatchSampler, degrade, training_data
 
 
 def critic_widths(patch: int) -> tuple[int, ...]:
@@ -172,16 +172,35 @@ class Trainer:
         if self.held_out is not None:  # self-supervised without clean references: noisy patches for a validation loss
             self.val_noisy = self.held_out.sample(count_held_out, torch.Generator().manual_seed(1234))
             self.held_out_variance = self.fit_held_out_noise()
-        if self.recipe.self_supervised == "pseudo-clean":  # the starting model, frozen, makes the targets
-            self.start_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if self.recipe.self_supervised in ("pseudo-clean", "recorrupted"):  # methods that draw from a noise model
             if self.held_out is None:  # a single plane: the noise model from training patches
                 noisy = self.sampler.sample(count_held_out, torch.Generator().manual_seed(1234))[0].float()
                 self.noise_model, _ = self.fit_noise(noisy)
                 self.model.train()
             self.log(f"noise model (variance = gain x signal + offset): gain {self.noise_model[0]:.3g}, "
                      f"offset {self.noise_model[1]:.3g}")
+        if self.recipe.self_supervised == "pseudo-clean":  # the starting model, frozen, makes the targets
+            self.start_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.pseudo_clean_targets()
         if self.rank == 0:
             self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
+
+    def pseudo_clean_targets(self) -> None:
+        """Replace the noisy training images by the starting model's restorations of them
+        (:func:`~napari_vdir.training.selfsupervised.pseudo_clean_pool`); the time this takes counts towards the
+        run's time budget, of which it may take POOL_SHARE."""
+        r = self.recipe
+        clock = time.process_time if r.budget_clock == "cpu" else time.perf_counter
+        started = clock()
+        seconds = selfsupervised.POOL_SHARE * 60 * r.time_budget_minutes if r.time_budget_minutes else None
+        pool = selfsupervised.pseudo_clean_pool(self.start_model, self.sampler.clean,
+                                                torch.Generator().manual_seed(r.seed), precision=self.precision,
+                                                seconds=seconds, clock=clock)
+        self.sampler = PatchSampler.of_tensors(pool, r.patch)
+        spent = clock() - started
+        self.train_seconds += spent
+        self.log(f"pseudo-clean targets: {sum(t.shape[-2] * t.shape[-1] for t in pool) / 1e6:.1f} MP restored by the "
+                 f"starting model in {spent:.0f} s")
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self) -> float:
@@ -221,7 +240,9 @@ class Trainer:
         if not r.self_supervised:
             return selfsupervised.Views(y, batch.clean.contiguous(memory_format=torch.channels_last))
         if r.self_supervised == "pseudo-clean":
-            return selfsupervised.pseudo_clean_views(self.start_model, y, self.noise_model, self.generator)
+            return selfsupervised.pseudo_clean_views(y, self.noise_model, self.generator)
+        if r.self_supervised == "recorrupted":
+            return selfsupervised.recorrupted_views(y, self.noise_model, self.generator)
         views = selfsupervised.views_for(r.self_supervised, self.train_model, y, batch.clean, self.generator,
                                          regularised=r.losses.consistency > 0)
         views.inputs = views.inputs.contiguous(memory_format=torch.channels_last)
