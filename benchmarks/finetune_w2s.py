@@ -212,8 +212,7 @@ def short(v: float) -> str:
 
 def setting_label(s: dict, args) -> str:
     method = {"neighbor2neighbor": "Neighbor2Neighbor", "blind-spot": "blind-spot",
-              "pseudo-clean": "pseudo-clean (start's output noised again)",
-              "recorrupted": "Recorrupted-to-Recorrupted"}[args.method]
+              "pseudo-clean": "pseudo-clean (start's output noised again)"}[args.method]
     text = (f"{method} from {args.init}: lr {short(s['lr'])}, warm-up {s['warmup']}, patch {s['patch']}, "
             f"batch {s['batch']}")
     if args.method == "neighbor2neighbor":
@@ -647,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("ours")
     g.add_argument("--init", default="denoise-gray", help="the starting model")
-    g.add_argument("--method", choices=["neighbor2neighbor", "blind-spot", "pseudo-clean", "recorrupted"],
+    g.add_argument("--method", choices=["neighbor2neighbor", "blind-spot", "pseudo-clean"],
                    default="neighbor2neighbor")
     g.add_argument("--lr", type=parse_floats, default=None,
                    help="peak learning rate(s), comma list (a fine-tune's default, config.FINETUNE_NOISY)")

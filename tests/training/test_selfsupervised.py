@@ -95,25 +95,6 @@ def test_pseudo_clean_pairs_are_the_targets_and_the_targets_noised_by_the_fitted
     assert float(residual[bright].var()) > float(residual[~bright].var())
 
 
-def test_recorrupted_pairs_carry_uncorrelated_noises_on_the_same_signal():
-    """y + a z and y - z / a: their errors to the clean image are uncorrelated when z follows y's own noise model
-    (so the squared error to one is, in expectation, the error to the clean image plus a constant)."""
-    g = torch.Generator().manual_seed(5)
-    clean = 0.2 + 0.6 * torch.rand(8, 1, 64, 64, generator=g).clamp(0, 1)
-    clean = torch.nn.functional.avg_pool2d(clean, 5, stride=1, padding=2, count_include_pad=False)  # smooth signal
-    gain, offset = 0.02, 0.001
-    y = clean + (gain * clean + offset).sqrt() * torch.randn(clean.shape, generator=g)
-    views = selfsupervised.recorrupted_views(y, (gain, offset), g)
-    a, b = views.inputs.float() - clean, views.target - clean
-    correlation = float((a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt())
-    assert abs(correlation) < 0.03
-    expected = (1 + selfsupervised.RECORRUPT_ALPHA**2) * float((gain * clean + offset).mean())
-    assert float((a * a).mean()) == pytest.approx(expected, rel=0.05)
-    wrong = selfsupervised.recorrupted_views(y, (gain / 4, offset / 4), g)  # a misfitted model: correlated errors
-    a, b = wrong.inputs.float() - clean, wrong.target - clean
-    assert float((a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt()) > 0.3
-
-
 def test_the_pseudo_clean_pool_is_the_starts_restoration_of_whole_planes_or_of_regions_in_context(tiny_weights):
     """Targets are what a user's restore gives: a small plane whole, a large one as regions restored with the
     receptive field's context around them, equal to the whole plane's restoration there; the pool stops at its
@@ -349,10 +330,8 @@ def test_weights_rank_above_the_start_only_beyond_the_estimates_noise():
     assert selfsupervised.paired_excess(start + jitter - 0.2, start) < 0
 
 
-@pytest.mark.parametrize("method", ["pseudo-clean", "recorrupted"])
 @pytest.mark.parametrize("planes", [4, 1])
-def test_a_noise_model_run_fits_the_noise_of_the_data_and_trains_from_its_start(tmp_path, tiny_weights, planes,
-                                                                                method):
+def test_a_pseudo_clean_run_fits_the_noise_of_the_data_and_trains_from_its_start(tmp_path, tiny_weights, planes):
     """From a trained start on a Poisson-Gaussian stack: the noise model is fitted before training (from the
     held-out planes, or from training patches when there is a single plane) and finds the noise signal-dependent;
     the run trains and exports weights that restore."""
@@ -362,7 +341,7 @@ def test_a_noise_model_run_fits_the_noise_of_the_data_and_trains_from_its_start(
     rng = np.random.default_rng(4)
     noisy = [poisson_gaussian(blobs(rng), rng).astype(np.float32)[..., None] for _ in range(planes)]
     recipe = Recipe.model_validate(dict(name="pc", task="denoise", channels=1, steps=6, patch=32, batch=4,
-                                        init=str(tiny_weights[("denoise", 1, 1)]), self_supervised=method,
+                                        init=str(tiny_weights[("denoise", 1, 1)]), self_supervised="pseudo-clean",
                                         data={"train": ["arrays"]}, val_every=3, checkpoint_every=6,
                                         losses={"gan": 0.0}))
     logged = []
@@ -370,13 +349,13 @@ def test_a_noise_model_run_fits_the_noise_of_the_data_and_trains_from_its_start(
     trainer.load_data(ArrayData(noisy, None))
     gain, offset = trainer.noise_model
     assert gain > 0 and any(line.startswith("noise model") for line in logged)
-    if method == "pseudo-clean":  # it trains on the start's restorations, and the time to make them counts
-        assert trainer.train_seconds > 0 and any(line.startswith("pseudo-clean targets") for line in logged)
-        restored = [napari_vdir.restore(x[..., 0], "denoise", model=recipe.init) for x in noisy]
-        for target in trainer.sampler.clean:  # restorations of training planes, not the noisy planes
-            t = target[0].numpy()
-            assert any(np.abs(t - r).max() < 2e-2 for r in restored)
-            assert all(np.abs(t - x[..., 0]).max() > 0.1 for x in noisy)
+    # it trains on the start's restorations, and the time to make them counts
+    assert trainer.train_seconds > 0 and any(line.startswith("pseudo-clean targets") for line in logged)
+    restored = [napari_vdir.restore(x[..., 0], "denoise", model=recipe.init) for x in noisy]
+    for target in trainer.sampler.clean:  # restorations of training planes, not the noisy planes
+        t = target[0].numpy()
+        assert any(np.abs(t - r).max() < 2e-2 for r in restored)
+        assert all(np.abs(t - x[..., 0]).max() > 0.1 for x in noisy)
     path = trainer.fit()
     assert trainer.step == 6
     restored = napari_vdir.restore(noisy[0][..., 0], "denoise", model=path)

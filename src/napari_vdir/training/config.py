@@ -12,7 +12,7 @@ from napari_vdir.core.nets import ARCH_CHOICES, ARCH_LIMITS, ArchConfig
 from napari_vdir.core.tasks import ESTIMATES, Task, check_task
 
 Adapt = Literal["all", "biases"]
-SelfSupervised = Literal["neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean", "recorrupted"]
+SelfSupervised = Literal["neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean"]
 Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-mix", "jpeg"]
 # sr: "sr-mix" is how low-resolution images are really made (binning, resizes, blurs; pixel-centred grid);
 # "blur" is the paper's protocol (Gaussian blur, keep the top-left pixel of each block), the shipped SR models' recipe

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean", "recorrupted")
-RECORRUPT_ALPHA = 1.0  # recorrupted: input noise (1 + a^2) v, target noise (1 + 1/a^2) v
+METHODS = ("neighbor2neighbor", "blind-spot", "noise2noise", "pseudo-clean")
 
 # In a 2x2 cell the positions are 0 (top-left), 1 (top-right), 2 (bottom-left), 3 (bottom-right);
 # each has two adjacent neighbours in the cell.
@@ -103,19 +102,6 @@ def pseudo_clean_views(clean: torch.Tensor, noise_model: tuple[float, float], ge
         spread = noise_variance(clean, noise_model).sqrt()
         noisy = clean + spread * torch.randn(clean.shape, generator=generator, device=clean.device)
     return Views(noisy.contiguous(memory_format=torch.channels_last), clean)
-
-
-def recorrupted_views(y: torch.Tensor, noise_model: tuple[float, float], generator: torch.Generator,
-                      alpha: float = RECORRUPT_ALPHA) -> Views:
-    """Recorrupted-to-Recorrupted (Pang et al., CVPR 2021): with z drawn from the fitted noise model, y + a z and
-    y - z / a carry uncorrelated noises on the same signal (for Gaussian noise, independent ones), so restoring
-    one towards the other is Noise2Noise at full resolution from a single noisy image. The variance is read at
-    the 3x3 mean of y, a less noisy stand-in for the signal."""
-    y = y.float()
-    with torch.no_grad():
-        signal = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        z = noise_variance(signal, noise_model).sqrt() * torch.randn(y.shape, generator=generator, device=y.device)
-    return Views((y + alpha * z).contiguous(memory_format=torch.channels_last), y - z / alpha)
 
 
 POOL_REGION = 512  # images larger than this are restored as regions of this size (with context around them)

@@ -172,7 +172,7 @@ class Trainer:
         if self.held_out is not None:  # self-supervised without clean references: noisy patches for a validation loss
             self.val_noisy = self.held_out.sample(count_held_out, torch.Generator().manual_seed(1234))
             self.held_out_variance = self.fit_held_out_noise()
-        if self.recipe.self_supervised in ("pseudo-clean", "recorrupted"):  # methods that draw from a noise model
+        if self.recipe.self_supervised == "pseudo-clean":  # it draws noise from a fitted model
             if self.held_out is None:  # a single plane: the noise model from training patches
                 noisy = self.sampler.sample(count_held_out, torch.Generator().manual_seed(1234))[0].float()
                 self.noise_model, _ = self.fit_noise(noisy)
@@ -241,8 +241,6 @@ class Trainer:
             return selfsupervised.Views(y, batch.clean.contiguous(memory_format=torch.channels_last))
         if r.self_supervised == "pseudo-clean":
             return selfsupervised.pseudo_clean_views(y, self.noise_model, self.generator)
-        if r.self_supervised == "recorrupted":
-            return selfsupervised.recorrupted_views(y, self.noise_model, self.generator)
         views = selfsupervised.views_for(r.self_supervised, self.train_model, y, batch.clean, self.generator,
                                          regularised=r.losses.consistency > 0)
         views.inputs = views.inputs.contiguous(memory_format=torch.channels_last)
