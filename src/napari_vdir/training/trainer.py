@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import dataclasses
 import inspect
@@ -172,30 +171,28 @@ class Trainer:
         if self.held_out is not None:  # self-supervised without clean references: noisy patches for a validation loss
             self.val_noisy = self.held_out.sample(count_held_out, torch.Generator().manual_seed(1234))
             self.held_out_variance = self.fit_held_out_noise()
-        if self.recipe.self_supervised == "pseudo-clean":  # it draws noise from a fitted model
+        if self.recipe.self_supervised == "pseudo-clean":  # the starting model's restorations, noised again
             if self.held_out is None:  # a single plane: the noise model from training patches
                 noisy = self.sampler.sample(count_held_out, torch.Generator().manual_seed(1234))[0].float()
                 self.noise_model, _ = self.fit_noise(noisy)
-                self.model.train()
             self.log(f"noise model (variance = gain x signal + offset): gain {self.noise_model[0]:.3g}, "
                      f"offset {self.noise_model[1]:.3g}")
-        if self.recipe.self_supervised == "pseudo-clean":  # the starting model, frozen, makes the targets
-            self.start_model = copy.deepcopy(self.model).eval().requires_grad_(False)
             self.pseudo_clean_targets()
         if self.rank == 0:
             self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
 
     def pseudo_clean_targets(self) -> None:
-        """Replace the noisy training images by the starting model's restorations of them
-        (:func:`~napari_vdir.training.selfsupervised.pseudo_clean_pool`); the time this takes counts towards the
-        run's time budget, of which it may take POOL_SHARE."""
+        """Replace the noisy training images by the model's restorations of them — called when the data loads, so the
+        model is the starting one (:func:`~napari_vdir.training.selfsupervised.pseudo_clean_pool`); the time this
+        takes counts towards the run's time budget, of which it may take POOL_SHARE."""
         r = self.recipe
         clock = time.process_time if r.budget_clock == "cpu" else time.perf_counter
         started = clock()
         seconds = selfsupervised.POOL_SHARE * 60 * r.time_budget_minutes if r.time_budget_minutes else None
-        pool = selfsupervised.pseudo_clean_pool(self.start_model, self.sampler.clean,
+        pool = selfsupervised.pseudo_clean_pool(self.model.eval(), self.sampler.clean,
                                                 torch.Generator().manual_seed(r.seed), precision=self.precision,
                                                 seconds=seconds, clock=clock)
+        self.model.train()
         self.sampler = PatchSampler.of_tensors(pool, r.patch)
         spent = clock() - started
         self.train_seconds += spent
