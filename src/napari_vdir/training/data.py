@@ -312,13 +312,6 @@ class PatchSampler:
         self.degraded = None if degraded is None else [
             torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).to(device) for x in degraded]
 
-    @classmethod
-    def of_tensors(cls, images: list[torch.Tensor], patch: int) -> PatchSampler:
-        """A sampler over (C, H, W) tensors already on their device."""
-        sampler = cls([], patch, None)
-        sampler.clean = list(images)
-        return sampler
-
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(clean patches of size patch*scale, degraded patches of size patch or None)."""
         s, p = self.scale, self.patch

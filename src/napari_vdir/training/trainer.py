@@ -186,20 +186,24 @@ class Trainer:
         model is the starting one (:func:`~napari_vdir.training.selfsupervised.pseudo_clean_pool`); the time this
         takes counts towards the run's time budget, of which it may take POOL_SHARE."""
         r = self.recipe
-        clock = time.process_time if r.budget_clock == "cpu" else time.perf_counter
+        clock = self.budget_clock()
         started = clock()
         seconds = selfsupervised.POOL_SHARE * 60 * r.time_budget_minutes if r.time_budget_minutes else None
         pool = selfsupervised.pseudo_clean_pool(self.model.eval(), self.sampler.clean,
                                                 torch.Generator().manual_seed(r.seed), precision=self.precision,
                                                 seconds=seconds, clock=clock)
         self.model.train()
-        self.sampler = PatchSampler.of_tensors(pool, r.patch)
+        self.sampler = PatchSampler([t.permute(1, 2, 0).cpu().numpy() for t in pool], r.patch, self.device)
         spent = clock() - started
         self.train_seconds += spent
         self.log(f"pseudo-clean targets: {sum(t.shape[-2] * t.shape[-1] for t in pool) / 1e6:.1f} MP restored by the "
                  f"starting model in {spent:.0f} s")
 
     # ------------------------------------------------------------------ schedule
+    def budget_clock(self):
+        """What the recipe's time budget counts: the process's CPU time or the wall clock."""
+        return time.process_time if self.recipe.budget_clock == "cpu" else time.perf_counter
+
     def lr_at(self) -> float:
         r = self.recipe
         if r.warmup_steps and self.step < r.warmup_steps:
@@ -622,7 +626,7 @@ class Trainer:
         if self.ema is not None or self.keep_best:  # (older runs' logs keep their columns)
             fields += ["val_psnr_ema", "val_loss_ema", "exported"]
         interrupted = {"flag": False}
-        clock = time.process_time if self.recipe.budget_clock == "cpu" else time.perf_counter
+        clock = self.budget_clock()
         budget = self.recipe.time_budget_minutes
         val_seconds = 60 * budget / val_points if budget and val_points else None
 
