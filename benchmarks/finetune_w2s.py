@@ -229,6 +229,8 @@ def setting_label(s: dict, args) -> str:
         text += ", no keep-best"
     if args.schedule == "one-run":
         text += " [one run, snapshots]"
+    if getattr(args, "ensemble_targets", False):
+        text += ", targets from the x8 self-ensemble"
     return text
 
 
@@ -275,6 +277,10 @@ def train_ours(s: dict, points: list[float], args, train: list[Path], folder: Pa
     from napari_vdir.training.trainer import Trainer
 
     recipe = make_recipe(s, args, train, max(points), "finetune-w2s")
+    if getattr(args, "ensemble_targets", False):
+        from napari_vdir.training import selfsupervised
+
+        selfsupervised.POOL_ENSEMBLE = True
     log = (lambda *a: print("   ", *a, flush=True)) if not args.quiet else (lambda *a: None)
     trainer = Trainer(recipe, folder, device="cpu", precision=args.precision, threads=args.threads, log=log)
     trainer.load_data()
@@ -654,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-up steps, comma list (a fine-tune's default, config.FINETUNE_NOISY)")
     g.add_argument("--patch", type=parse_ints, default=[64], help="patch size(s), comma list (64)")
     g.add_argument("--batch", type=parse_ints, default=[8], help="batch size(s), comma list (8)")
+    g.add_argument("--ensemble-targets", action="store_true",
+                   help="probe: pseudo-clean's targets from the start's x8 self-ensemble")
     g.add_argument("--decoder", type=parse_floats, default=[DECODER_WEIGHT],
                    help="weight(s) of VDIR's decoder term (losses.decoder; 0 skips the decoder), comma list")
     g.add_argument("--consistency", type=parse_floats, default=[1.0],
