@@ -4,8 +4,8 @@ Train on the NOISY frames of some fields of view, score other fields against the
 image ever reaches training. One thread; budgets in CPU-minutes of training steps (the process's CPU time, as the
 trainer's ``budget_clock: cpu`` counts it; validation and scoring are not counted, for either method).
 
-    # ours: fine-tune the shipped denoise-gray (Neighbor2Neighbor), one run per budget and setting; a grid is the
-    # product of the comma lists
+    # ours: fine-tune the shipped denoise-gray (a fine-tune's method, pseudo-clean, unless --method), one run per
+    # budget and setting; a grid is the product of the comma lists
     OMP_NUM_THREADS=1 python benchmarks/finetune_w2s.py ours --lr 3e-4,1e-4,3e-5 --warmup 0,50 --budgets 1,2,5,10,20,60
     # CAREamics Noise2Void and N2V2, documented defaults, from scratch, the same images and budgets (one run each,
     # snapshots at every budget: N2V's learning rate does not follow the budget)
@@ -184,8 +184,8 @@ def restore_all(model, pairs) -> list[np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- ours
 def grid(args) -> list[dict]:
-    """The product of the comma lists; a learning rate or warm-up not given is a fine-tune's default for the
-    setting's adapt (``config.finetune_defaults``, as the CLI and ``finetune()`` give it)."""
+    """The product of the comma lists; a learning rate, warm-up or decoder weight not given is a fine-tune's default
+    for the method and the setting's adapt (``config.finetune_defaults``, as the CLI and ``finetune()`` give it)."""
     from napari_vdir.training.config import finetune_defaults
 
     keys = ("lr", "warmup", "patch", "batch", "consistency", "decoder", "adapt")
@@ -194,10 +194,12 @@ def grid(args) -> list[dict]:
     settings = []
     for combo in itertools.product(*values):
         s = dict(zip(keys, combo, strict=True))
-        defaults = finetune_defaults(True, s["adapt"] if s["adapt"] in RECIPE_ADAPT else None)
+        defaults = finetune_defaults(args.method, s["adapt"] if s["adapt"] in RECIPE_ADAPT else None)
         s["adapt"] = s["adapt"] or defaults["adapt"]
         s["lr"] = defaults["lr"] if s["lr"] is None else s["lr"]
         s["warmup"] = defaults["warmup_steps"] if s["warmup"] is None else s["warmup"]
+        if s["decoder"] is None:
+            s["decoder"] = defaults.get("losses", {}).get("decoder", DECODER_WEIGHT)
         settings.append(s)
     return settings
 
@@ -229,8 +231,6 @@ def setting_label(s: dict, args) -> str:
         text += ", no keep-best"
     if args.schedule == "one-run":
         text += " [one run, snapshots]"
-    if getattr(args, "ensemble_targets", False):
-        text += ", targets from the x8 self-ensemble"
     return text
 
 
@@ -277,10 +277,6 @@ def train_ours(s: dict, points: list[float], args, train: list[Path], folder: Pa
     from napari_vdir.training.trainer import Trainer
 
     recipe = make_recipe(s, args, train, max(points), "finetune-w2s")
-    if getattr(args, "ensemble_targets", False):
-        from napari_vdir.training import selfsupervised
-
-        selfsupervised.POOL_ENSEMBLE = True
     log = (lambda *a: print("   ", *a, flush=True)) if not args.quiet else (lambda *a: None)
     trainer = Trainer(recipe, folder, device="cpu", precision=args.precision, threads=args.threads, log=log)
     trainer.load_data()
@@ -653,17 +649,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("ours")
     g.add_argument("--init", default="denoise-gray", help="the starting model")
     g.add_argument("--method", choices=["neighbor2neighbor", "blind-spot", "pseudo-clean"],
-                   default="neighbor2neighbor")
+                   help="self-supervised method (default: a fine-tune's, config.FINETUNE_METHOD)")
     g.add_argument("--lr", type=parse_floats, default=None,
                    help="peak learning rate(s), comma list (a fine-tune's default, config.FINETUNE_NOISY)")
     g.add_argument("--warmup", type=parse_ints, default=None,
                    help="warm-up steps, comma list (a fine-tune's default, config.FINETUNE_NOISY)")
     g.add_argument("--patch", type=parse_ints, default=[64], help="patch size(s), comma list (64)")
     g.add_argument("--batch", type=parse_ints, default=[8], help="batch size(s), comma list (8)")
-    g.add_argument("--ensemble-targets", action="store_true",
-                   help="probe: pseudo-clean's targets from the start's x8 self-ensemble")
-    g.add_argument("--decoder", type=parse_floats, default=[DECODER_WEIGHT],
-                   help="weight(s) of VDIR's decoder term (losses.decoder; 0 skips the decoder), comma list")
+    g.add_argument("--decoder", type=parse_floats, default=[None],
+                   help="weight(s) of VDIR's decoder term (losses.decoder; 0 skips the decoder), comma list "
+                        "(default: the method's, config.FINETUNE_NOISY)")
     g.add_argument("--consistency", type=parse_floats, default=[1.0],
                    help="Neighbor2Neighbor regulariser weight(s), losses.consistency, comma list (1)")
     g.add_argument("--adapt", action="append", metavar="REGEX",
@@ -716,6 +711,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.mode == "ours" and args.method is None:
+        from napari_vdir.training.config import FINETUNE_METHOD
+
+        args.method = FINETUNE_METHOD
     args.w2s = args.w2s or _eval_w2s().W2S
     train, pairs = split(args)
     command = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')} python benchmarks/finetune_w2s.py " \

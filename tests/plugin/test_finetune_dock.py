@@ -63,7 +63,7 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     saved = models_dir / "cells-tuned.safetensors"
     assert saved.is_file(), dock.status.value
     model, info = load_weights(saved)
-    assert info.name == "cells-tuned" and info.recipe["self_supervised"] == "neighbor2neighbor"
+    assert info.name == "cells-tuned" and info.recipe["self_supervised"] == "pseudo-clean"
     assert info.recipe["steps_done"] == 10 and info.recipe["data"]["train"] == ["cells"]
     assert changes and "cells-tuned" in dock.model.choices  # announced; this dock's own list has it too
     qtbot.waitUntil(lambda: "cells-tuned" in restore_dock.model.choices, timeout=5_000)  # and the Restore dock's

@@ -41,14 +41,16 @@ def models_dir(tmp_path, monkeypatch):
 PREVIOUS_GRAY = Path(__file__).parents[2] / "training" / "stages" / "denoise-gray-full-trunk.safetensors"
 
 
-def test_a_short_self_supervised_run_beats_the_model_it_starts_from(models_dir):
-    """60 Neighbor2Neighbor steps on the noisy uint16 stack alone (its clean twin is only for scoring). A low
-    photon count the start never saw: the learning rate for data far from the start (3e-4), not the default."""
+@pytest.mark.parametrize("method", ["pseudo-clean", "neighbor2neighbor"])
+def test_a_short_self_supervised_run_beats_the_model_it_starts_from(models_dir, method):
+    """60 steps on the noisy uint16 stack alone (its clean twin is only for scoring), by the default method and by
+    Neighbor2Neighbor. A low photon count the start never saw: the learning rate for data far from the start
+    (3e-4), not the default."""
     noisy, clean = cells_stack(np.random.default_rng(0), planes=4, size=128)
     peak = float(clean.max()) - float(clean.min())
     records = []
     result = session.finetune(noisy, name="cells", init=PREVIOUS_GRAY, steps=60, patch=48, batch=4, lr=3e-4,
-                              callback=records.append, seed=0)
+                              method=method, callback=records.append, seed=0)
     assert result.path == models_dir / "cells.safetensors" and result.metric == "val_loss"
     start = napari_vdir.restore(noisy, "denoise", model=PREVIOUS_GRAY, precision="float32")
     tuned = napari_vdir.restore(noisy, "denoise", model="cells", precision="float32")
@@ -354,11 +356,13 @@ def test_minutes_or_steps_not_both_and_minutes_by_default(models_dir, tiny_weigh
     monkeypatch.setattr(session, "DEFAULT_MINUTES", 0.01)
     result = session.finetune(noisy, name="default", init="tiny-denoise-x1-1ch", batch=2)
     assert result.info.recipe["time_budget_minutes"] == 0.01  # neither given: a time budget
-    from napari_vdir.training.config import FINETUNE_NOISY
+    from napari_vdir.training.config import FINETUNE_METHOD, FINETUNE_NOISY
 
-    recipe = result.info.recipe
-    assert (recipe["adapt"], recipe["lr"], recipe["warmup_steps"]) == (FINETUNE_NOISY["adapt"], FINETUNE_NOISY["lr"],
-                                                                       FINETUNE_NOISY["warmup_steps"])
+    recipe, defaults = result.info.recipe, FINETUNE_NOISY[FINETUNE_METHOD]
+    assert recipe["self_supervised"] == FINETUNE_METHOD == session.METHODS[0]
+    assert (recipe["adapt"], recipe["lr"], recipe["warmup_steps"]) == (defaults["adapt"], defaults["lr"],
+                                                                       defaults["warmup_steps"])
+    assert recipe["losses"]["decoder"] == defaults["losses"]["decoder"]
     from napari_vdir.training.config import ADAPT_LR
 
     biases = session.finetune(noisy, name="biases", init="tiny-denoise-x1-1ch", batch=2, adapt="biases")

@@ -17,9 +17,10 @@ examples:
   # train from scratch, minimal form (a small, CPU-friendly network)
   python -m napari_vdir.training --task denoise --data DIR --steps 2000 --out OUT
 
-  # no clean images: fine-tune the gray denoiser on your noisy images alone (Neighbor2Neighbor)
+  # no clean images: fine-tune the gray denoiser on your noisy images alone for 10 minutes (pseudo-clean: its own
+  # restorations of them, noised again by the noise fitted to your data, are the targets)
   python -m napari_vdir.training --task denoise --data my_noisy_stacks/ --self-supervised --init denoise-gray \
-      --steps 2000 --out runs/my-microscope
+      --steps 100000 --time-budget 10 --out runs/my-microscope
 
   # repeated acquisitions of each field (axis 0 of every stack): Noise2Noise on frame pairs
   python -m napari_vdir.training --task denoise --data my_timelapses/ --pairs-from 0 --init denoise-gray \
@@ -43,6 +44,7 @@ SMALL_ARCH = {"width": 32, "rir_blocks": 2, "res_blocks": 2, "encoder_width": 32
 # what the minimal form (no --recipe) adds: the CPU recipes' settings (training/denoise-gray.yaml);
 # the GAN critic is off (--critic turns it on): 9.4M parameters beside a 0.15M-parameter generator
 MINIMAL_DEFAULTS = {"losses": {"gan": 0.0}, "grad_clip": 1.0, "lr_min": 1e-6}
+AUTO_METHOD = "auto"  # --self-supervised without a method: config.FINETUNE_METHOD with an init, else neighbor2neighbor
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -61,7 +63,9 @@ def _default(field: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from napari_vdir.training.config import ADAPT_LR, FINETUNE_NOISY, FINETUNE_PAIRS
+    from napari_vdir.training.config import ADAPT_LR, FINETUNE_METHOD, FINETUNE_NOISY, FINETUNE_PAIRS
+
+    noisy = FINETUNE_NOISY[FINETUNE_METHOD]
 
     p = argparse.ArgumentParser(prog="python -m napari_vdir.training", description=__doc__, epilog=EPILOG,
                                 formatter_class=HelpFormatter)
@@ -73,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degraded", help="folder of degraded images paired with --data (by file name, else in sorted order)")
     p.add_argument("--val", help="folder or glob pattern of clean held-out images for validation PSNR")
     p.add_argument("--val-degraded", help="their real degraded twins (else --val gets the task's synthetic degradation)")
-    p.add_argument("--self-supervised", nargs="?", const="neighbor2neighbor",
-                   choices=["neighbor2neighbor", "blind-spot", "pseudo-clean"],
-                   help="train on noisy images alone (default method: neighbor2neighbor; pseudo-clean needs --init); "
+    p.add_argument("--self-supervised", nargs="?", const=AUTO_METHOD,
+                   choices=[AUTO_METHOD, "pseudo-clean", "neighbor2neighbor", "blind-spot"],
+                   help=f"train on noisy images alone; method {AUTO_METHOD} (the default): {FINETUNE_METHOD} with "
+                        "--init, which learns from the start's own restorations, neighbor2neighbor from scratch; "
                         "without --val the "
                         "self-supervised loss on held-out noisy images is logged")
     p.add_argument("--pairs-from", type=int, metavar="AXIS",
@@ -89,11 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, help=f"patch size in pixels (multiple of 4) {_default('patch')}")
     p.add_argument("--batch", type=int, help=f"patches per step {_default('batch')}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (cosine decay) {_default('lr')}; with --init "
-                   f"{FINETUNE_NOISY['lr']:g} on noisy images alone ({ADAPT_LR['biases']:g} with --adapt biases), "
+                   f"{noisy['lr']:g} on noisy images alone ({FINETUNE_NOISY['neighbor2neighbor']['lr']:g} with "
+                   f"neighbor2neighbor, {ADAPT_LR['biases']:g} with --adapt biases), "
                    f"{FINETUNE_PAIRS['lr']:g} on pairs")
     p.add_argument("--warmup-steps", type=int,
                    help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps) "
-                        + _default("warmup_steps") + f"; with --init {FINETUNE_NOISY['warmup_steps']} on noisy "
+                        + _default("warmup_steps") + f"; with --init {noisy['warmup_steps']} on noisy "
                         f"images alone, {FINETUNE_PAIRS['warmup_steps']} on pairs")
     p.add_argument("--val-every", type=int, help="validate every N steps (default: steps/5, at most 500)")
     p.add_argument("--critic", action=argparse.BooleanOptionalAction,
@@ -109,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a moving average of the weights (e.g. 0.999) and export it where it validates better")
     p.add_argument("--adapt", choices=["all", "biases"],
                    help="which parameters of the --init model train: all, or only the biases (default with --init: "
-                        f"{FINETUNE_NOISY['adapt']} on noisy images alone, {FINETUNE_PAIRS['adapt']} on pairs)")
+                        f"{noisy['adapt']} on noisy images alone, {FINETUNE_PAIRS['adapt']} on pairs)")
     p.add_argument("--keep-best", action=argparse.BooleanOptionalAction,
                    help="export the best-validated weights, the starting model's included (default: on with --init, "
                         "so a fine-tune never ends below its start on the validation metric)")
@@ -139,6 +145,8 @@ def recipe_from_args(args):
                  "time_budget_minutes": args.time_budget, "budget_clock": args.budget_clock, "self_supervised": args.self_supervised,
                  "pairs_from": args.pairs_from, "ema_decay": args.ema, "keep_best": args.keep_best,
                  "adapt": args.adapt}
+    if args.self_supervised == AUTO_METHOD:
+        overrides["self_supervised"] = default_method(args)
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
         given = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
@@ -160,16 +168,27 @@ def recipe_from_args(args):
         values["channels"] = 3 if array_layout(img.shape)[1] else 1  # RGB (or RGBA) as restore reads it
     if not args.init:
         values["arch"] = SMALL_ARCH
-    else:  # a trained start: its own learning rate and warm-up (config.FINETUNE_NOISY / FINETUNE_PAIRS)
-        from napari_vdir.training.config import finetune_defaults
+    else:  # a trained start: its own method, learning rate and warm-up (config.FINETUNE_NOISY / FINETUNE_PAIRS)
+        from napari_vdir.training.config import with_finetune_defaults
 
-        noisy_only = bool(args.self_supervised or args.pairs_from is not None)
-        for key, value in finetune_defaults(noisy_only, args.adapt).items():
-            values.setdefault(key, value)
+        method = "noise2noise" if args.pairs_from is not None else values.get("self_supervised")
+        values = with_finetune_defaults(values, method, args.adapt)
     values.setdefault("val_every", max(1, min(500, values["steps"] // 5)))
     values.setdefault("checkpoint_every", max(1, min(1000, values["steps"])))
     values["data"] = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
     return with_critic(Recipe.model_validate(values), args.critic)
+
+
+def default_method(args) -> str:
+    """The method of a bare --self-supervised: the recipe's own, else a fine-tune's (config.FINETUNE_METHOD) where a
+    trained model starts the run, else neighbor2neighbor (pseudo-clean needs a trained start)."""
+    from napari_vdir.training.config import FINETUNE_METHOD, load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    if recipe is not None and recipe.self_supervised:
+        return recipe.self_supervised
+    trained_start = args.init or (recipe is not None and (recipe.init or recipe.init_network))
+    return FINETUNE_METHOD if trained_start else "neighbor2neighbor"
 
 
 def with_critic(recipe, critic: bool | None):

@@ -19,33 +19,52 @@ Degradation = Literal["awgn", "awgn+poisson", "poisson", "camera", "blur", "sr-m
 DEFAULT_DEGRADATION = {"denoise": "awgn", "real-denoise": "camera", "sr": "sr-mix", "jpeg": "jpeg"}
 
 
-# Fine-tuning a trained model (``init``): which parameters train, the peak learning rate and the warm-up that replace
-# the from-scratch defaults (every parameter, lr 1e-3, no warm-up), in the CLI's minimal form, ``finetune()`` and
-# the Fine-tune dock.
-# - noisy images alone: chosen on W2S widefield microscopy (benchmarks/results/finetune_w2s-grid.md; trained on the
-#   noisy frames of fields 031-040, scored on fields 021-030 against their 400-frame averages, 5 CPU-minutes,
-#   Neighbor2Neighbor from denoise-gray) and on the README's synthetic stack, far from anything the start has seen
-#   (benchmarks/results/selfsupervised_example.md). Every parameter: +0.01 / +0.18 / +0.12 / -0.05 dB (matched PSNR,
-#   latest weights) at 1e-5 / 3e-5 / 1e-4 / 3e-4 on W2S — noisy targets make the gradient mostly noise where the
-#   start already fits the data — and +1.03 / +1.12 dB at 3e-5 / 3e-4 on the stack. Only the biases (adapt:
-#   biases, a few thousand numbers that shift what each filter responds to) at 1e-3: +0.23 dB on W2S (also at 10
-#   minutes) but +0.73 on the stack, so every parameter stays the default and the biases are the choice for data
-#   close to what the model knows. The last residual group and the tail alone (1e-4) stayed below the start; the
-#   biases at 1e-3 beside every parameter at 3e-5 (commit de7763f): +0.17.
+# Fine-tuning a trained model (``init``): the self-supervised method, which parameters train, the peak learning rate
+# and the warm-up that replace the from-scratch defaults (every parameter, lr 1e-3, no warm-up), in the CLI's minimal
+# form, ``finetune()`` and the Fine-tune dock.
+# - noisy images alone: chosen on W2S widefield microscopy (trained on the noisy frames of fields 031-040, scored on
+#   fields 021-030 against their 400-frame averages, matched PSNR, start 32.72 dB; benchmarks/results/finetune_w2s.md
+#   and the grid finetune_w2s-grid.md) and on the README's synthetic stack, far from anything the start has seen
+#   (benchmarks/results/selfsupervised_example.md). pseudo-clean (the start's own restorations, noised again by the
+#   noise model fitted to the data, as targets) at 1e-5 without the latent's decoder is ahead of Neighbor2Neighbor
+#   (every parameter, 3e-5: the best of 1e-5 ... 3e-4) at every budget from 1 to 60 CPU-minutes on W2S, and by
+#   1.0 dB on the stack. Only the biases (adapt: biases, a few thousand numbers that shift what each filter responds
+#   to) at 1e-3 was measured with Neighbor2Neighbor: +0.23 dB on W2S, +0.73 on the stack.
 # - clean pairs: every parameter, at the rate the shipped models' later training stages continue at
 #   (training/denoise-rgb.yaml).
-FINETUNE_NOISY = {"adapt": "all", "lr": 3e-5, "warmup_steps": 50}
+FINETUNE_METHOD = "pseudo-clean"  # a fine-tune's self-supervised method (from scratch: neighbor2neighbor)
+FINETUNE_NOISY = {  # per self-supervised method; ``losses`` are merged into the recipe's
+    "pseudo-clean": {"adapt": "all", "lr": 1e-5, "warmup_steps": 50, "losses": {"decoder": 0.0}},
+    "neighbor2neighbor": {"adapt": "all", "lr": 3e-5, "warmup_steps": 50},
+    "blind-spot": {"adapt": "all", "lr": 3e-5, "warmup_steps": 50},
+}
 FINETUNE_PAIRS = {"adapt": "all", "lr": 1e-4, "warmup_steps": 100}
-ADAPT_LR = {"all": 3e-5, "biases": 1e-3}  # the rate of an adapt the caller chose over the default's
+ADAPT_LR = {"biases": 1e-3}  # the rate of an adapt the caller chose over the default's
 
 
-def finetune_defaults(self_supervised: bool, adapt: str | None = None) -> dict:
-    """What a fine-tune from a trained model trains and at which rate and warm-up (a copy); ``adapt``, where the
-    caller chose it, keeps its own rate (:data:`ADAPT_LR`) when it is not the default's."""
-    defaults = dict(FINETUNE_NOISY if self_supervised else FINETUNE_PAIRS)
+def finetune_defaults(method: str | None, adapt: str | None = None) -> dict:
+    """What a fine-tune from a trained model trains and at which rate and warm-up (a copy): ``method`` is the
+    self-supervised method (None: clean pairs; "noise2noise" fine-tunes as Neighbor2Neighbor does); ``adapt``, where
+    the caller chose it, keeps its own rate (:data:`ADAPT_LR`) when it is not the default's."""
+    if method is None:
+        defaults = dict(FINETUNE_PAIRS)
+    else:
+        defaults = dict(FINETUNE_NOISY.get(method, FINETUNE_NOISY["neighbor2neighbor"]))
     if adapt is not None and adapt != defaults["adapt"]:
         defaults.update(adapt=adapt, lr=ADAPT_LR[adapt])
     return defaults
+
+
+def with_finetune_defaults(values: dict, method: str | None, adapt: str | None = None) -> dict:
+    """``values`` (recipe fields) completed by :func:`finetune_defaults`: a field given wins, and so does a loss
+    weight given in ``values["losses"]``."""
+    values = dict(values)
+    for key, value in finetune_defaults(method, adapt).items():
+        if key == "losses":
+            values["losses"] = {**value, **values.get("losses", {})}
+        else:
+            values.setdefault(key, value)
+    return values
 
 
 class Strict(BaseModel):

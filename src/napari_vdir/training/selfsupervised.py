@@ -107,7 +107,6 @@ def pseudo_clean_views(clean: torch.Tensor, noise_model: tuple[float, float], ge
 POOL_REGION = 512  # images larger than this are restored as regions of this size (with context around them)
 POOL_PIXELS = 8_000_000  # at most this many target pixels ...
 POOL_SHARE = 0.1  # ... and at most this share of a run's time budget spent restoring them
-POOL_ENSEMBLE = False  # probe: targets from the x8 self-ensemble of the start (8x the time per pixel)
 
 
 def pseudo_clean_pool(start, images: list[torch.Tensor], generator: torch.Generator, *, precision: str = "auto",
@@ -122,7 +121,7 @@ def pseudo_clean_pool(start, images: list[torch.Tensor], generator: torch.Genera
     without gradient, and gave targets with patch borders the model never sees in use."""
     from napari_vdir.core.inference import PlaneRestorer
 
-    restorer = PlaneRestorer(start, images[0].device, precision=precision, ensemble=POOL_ENSEMBLE)
+    restorer = PlaneRestorer(start, images[0].device, precision=precision)
     m, r = restorer.margin, POOL_REGION
     regions = []  # (image index, top, left, height, width)
     for i, x in enumerate(images):

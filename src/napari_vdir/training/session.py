@@ -32,7 +32,7 @@ from napari_vdir.training.trainer import Trainer, TrainingCancelled
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
            "METHODS", "DEFAULT_MINUTES", "DEFAULT_STEPS"]
 
-METHODS = ("neighbor2neighbor", "blind-spot")
+METHODS = ("pseudo-clean", "neighbor2neighbor", "blind-spot")  # the first: config.FINETUNE_METHOD
 # training time when neither minutes nor steps are given: what a biologist plans around (wall clock of the
 # training steps; the ~VAL_POINTS validations and preparing the data come on top)
 DEFAULT_MINUTES = 5.0
@@ -115,7 +115,7 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
 
 
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", minutes: float | None = None,
-             steps: int | None = None, method: str = "neighbor2neighbor", patch: int | None = None,
+             steps: int | None = None, method: str = "pseudo-clean", patch: int | None = None,
              batch: int = DEFAULT_BATCH, lr: float | None = None, adapt: str | None = None,
              rgb: bool | None = None, channel_axis=None,
              intensity_range=None, callback=None, cancel=None, device: str = "auto", precision: str = "auto",
@@ -141,11 +141,13 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     patch, batch, lr, adapt, seed : as ``python -m napari_vdir.training``; ``patch`` defaults to 64 px
         (less for smaller images); ``lr`` is the peak of the cosine schedule, after a short warm-up; ``adapt``
         is which parameters train ("all" or "biases"). Defaults (None): a fine-tune's,
-        :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone (every parameter at 3e-5:
-        measured on real microscopy; raise it to 3e-4 for data far from anything the start has seen;
-        ``adapt="biases"`` trains only the biases, at 1e-3, a little better on data close to what the start
-        knows) or :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter, 1e-4).
-    method : "neighbor2neighbor" or "blind-spot" (self-supervised runs).
+        :data:`~napari_vdir.training.config.FINETUNE_NOISY` on noisy images alone for the method (every
+        parameter; pseudo-clean at 1e-5, Neighbor2Neighbor and blind-spot at 3e-5: measured on real microscopy;
+        ``adapt="biases"`` trains only the biases, at 1e-3) or
+        :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter, 1e-4).
+    method : self-supervised runs: "pseudo-clean" (the default: the start's own restorations of the images,
+        noised again by the noise model fitted to them, are the targets; measured best on real microscopy),
+        "neighbor2neighbor" or "blind-spot".
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
         RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4
         holds channels. See :func:`~napari_vdir.training.data.array_layout`.
@@ -167,7 +169,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     from napari_vdir.core.models import resolve_model
     from napari_vdir.core.weights import load_weights, read_info
     from napari_vdir.training.__main__ import MINIMAL_DEFAULTS
-    from napari_vdir.training.config import Recipe, finetune_defaults, one_line
+    from napari_vdir.training.config import Recipe, one_line, with_finetune_defaults
     from napari_vdir.training.data import ArrayData, array_planes
 
     if minutes is not None and steps is not None:
@@ -216,10 +218,10 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     values = dict(MINIMAL_DEFAULTS, name=name, task=start.task, channels=start.channels,
                   scale=start.scale if start.task == "sr" else None, init=str(init_path),
                   data={"train": list(labels or ["arrays"])}, steps=run, patch=patch, batch=batch, seed=seed,
-                  **dict(finetune_defaults(clean is None, adapt), **({} if lr is None else {"lr": lr})),
                   self_supervised=method if clean is None else None,
                   val_every=max(1, run // VAL_POINTS), checkpoint_every=run,
-                  time_budget_minutes=minutes, budget_clock="wall")
+                  time_budget_minutes=minutes, budget_clock="wall", **({} if lr is None else {"lr": lr}))
+    values = with_finetune_defaults(values, values["self_supervised"], adapt)
     try:
         recipe = Recipe.model_validate(values)
     except ValueError as err:

@@ -39,7 +39,8 @@ from napari_vdir.plugin._qt.worker import WorkerDock, reported
 
 TITLE = "Fine-tune (VDIR)"
 NO_CLEAN = "none: noisy images only (self-supervised)"
-METHOD_LABELS = {"Neighbor2Neighbor (recommended)": "neighbor2neighbor", "blind-spot (Noise2Void)": "blind-spot"}
+METHOD_LABELS = {"pseudo-clean (recommended)": "pseudo-clean", "Neighbor2Neighbor": "neighbor2neighbor",
+                 "blind-spot (Noise2Void)": "blind-spot"}  # session.METHODS, the default first
 PROGRESS_TICKS = 1000  # the dock's bar in a run with a time budget: its share of the time
 
 
@@ -89,16 +90,18 @@ class FineTuneDock(WorkerDock):
                              tooltip="with 'count steps instead of time': how many steps to train")
         self.name = LineEdit(label="save as", tooltip="name of the new model in your models folder")
         self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
-                               tooltip="how noisy images alone are used for training")
+                               tooltip="how noisy images alone are used for training: pseudo-clean learns from "
+                                       "the start model's own restorations, noised again by the noise fitted to "
+                                       "your images; Neighbor2Neighbor from pairs of neighbouring pixels")
         self.batch = SpinBox(label="patches per step", value=DEFAULT_BATCH, min=1, max=128)
         self.biases_only = CheckBox(text="train only the biases", value=False,
                                     tooltip="keeps closer to the start model: on data like what it knows (real "
                                             "widefield microscopy) a little better than training every parameter, "
                                             "on data far from it clearly worse")
         self.lr = FloatSpinBox(label="learning rate", value=0.0, min=0.0, max=1e-2, step=1e-5,
-                               tooltip="the peak learning rate; auto: a fine-tune's (3e-5 on noisy layers alone, "
-                                       "1e-4 with a clean layer, 1e-3 for the biases only); 3e-4 learns faster on "
-                                       "data far from what the start model knows")
+                               tooltip="the peak learning rate; auto: a fine-tune's (on noisy layers alone 1e-5 for "
+                                       "pseudo-clean, 3e-5 for the others; 1e-4 with a clean layer, 1e-3 for the "
+                                       "biases only); 3e-4 learns faster on data far from what the start model knows")
         self.lr.native.setDecimals(6)
         self.lr.native.setSpecialValueText("auto")  # 0 reads "auto": session.finetune's default
         self.run_button = PushButton(text="Run")
