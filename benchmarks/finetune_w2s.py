@@ -231,8 +231,6 @@ def setting_label(s: dict, args) -> str:
         text += ", no keep-best"
     if args.schedule == "one-run":
         text += " [one run, snapshots]"
-    if getattr(args, "refresh_targets", None):
-        text += ", targets restored again at " + "/".join(f"{f:g}" for f in args.refresh_targets) + " of the time"
     return text
 
 
@@ -286,12 +284,7 @@ def train_ours(s: dict, points: list[float], args, train: list[Path], folder: Pa
     pending, snaps = sorted(points), []
     cpu0 = time.process_time()
 
-    refresh = list(args.refresh_targets or [])
-
     def snapshot(tr, row):
-        while refresh and tr.train_seconds >= 60 * max(points) * refresh[0]:  # probe: targets from these weights
-            refresh.pop(0)
-            tr.pseudo_clean_targets()
         while pending and tr.train_seconds >= 60 * pending[0] - 1e-9:
             budget = pending.pop(0)
             if row is None or ("val_loss" not in row and "val_psnr" not in row):
@@ -344,8 +337,7 @@ def run_ours(args, train, pairs, work: Path, save) -> None:
                         "family": "ours", "label": label, "weights": kind, "budget": snap["budget"],
                         "setting": {**s, "method": args.method, "init": args.init, "ema": args.ema,
                                     "keep_best": args.keep_best, "schedule": args.schedule,
-                                    "val_every": args.val_every, "seed": args.seed,
-                                    **({"refresh": args.refresh_targets} if args.refresh_targets else {})},
+                                    "val_every": args.val_every, "seed": args.seed},
                         "steps": snap["steps"], "train_cpu_s": snap["train_cpu_s"], "run_cpu_s": snap["run_cpu_s"],
                         "exported_as": snap["exported_as"] if kind == "exported" else "latest",
                         "outcome": snap["outcome"], "score_cpu_s": round(time.process_time() - t0, 1), **result})
@@ -664,9 +656,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warm-up steps, comma list (a fine-tune's default, config.FINETUNE_NOISY)")
     g.add_argument("--patch", type=parse_ints, default=[64], help="patch size(s), comma list (64)")
     g.add_argument("--batch", type=parse_ints, default=[8], help="batch size(s), comma list (8)")
-    g.add_argument("--refresh-targets", type=parse_floats, metavar="FRACTIONS",
-                   help="probe (pseudo-clean): restore the targets again with the weights trained so far at these "
-                        "fractions of the budget")
     g.add_argument("--decoder", type=parse_floats, default=[None],
                    help="weight(s) of VDIR's decoder term (losses.decoder; 0 skips the decoder), comma list "
                         "(default: the method's, config.FINETUNE_NOISY)")

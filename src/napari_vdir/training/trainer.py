@@ -182,16 +182,14 @@ class Trainer:
             self.log(f"{count}, {len(self.val)} validation crops, device {self.device}")
 
     def pseudo_clean_targets(self) -> None:
-        """Replace the training images by the model's restorations of the noisy ones — called when the data loads, so
-        the model is the starting one (:func:`~napari_vdir.training.selfsupervised.pseudo_clean_pool`); the time this
+        """Replace the noisy training images by the model's restorations of them — called when the data loads, so the
+        model is the starting one (:func:`~napari_vdir.training.selfsupervised.pseudo_clean_pool`); the time this
         takes counts towards the run's time budget, of which it may take POOL_SHARE."""
         r = self.recipe
         clock = self.budget_clock()
         started = clock()
-        if not hasattr(self, "noisy_planes"):
-            self.noisy_planes = self.sampler.clean  # the noisy training images, before restorations replace them
         seconds = selfsupervised.POOL_SHARE * 60 * r.time_budget_minutes if r.time_budget_minutes else None
-        pool = selfsupervised.pseudo_clean_pool(self.model.eval(), self.noisy_planes,
+        pool = selfsupervised.pseudo_clean_pool(self.model.eval(), self.sampler.clean,
                                                 torch.Generator().manual_seed(r.seed), precision=self.precision,
                                                 seconds=seconds, clock=clock)
         self.model.train()
