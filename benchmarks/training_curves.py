@@ -30,7 +30,7 @@ CHAINS = {
     "denoise-rgb": ("probe-unshuffle-fast", "denoise-rgb", "denoise-rgb-unshuffle-stage3",
                     "denoise-rgb-unshuffle-stage4", "denoise-rgb-varied-stage5"),
     "denoise-gray": ("denoise-gray", "denoise-gray-unshuffle-stage2", "denoise-gray-varied-stage3"),
-    "real-denoise-rgb": ("real-denoise-rgb-from-denoise",),
+    "real-denoise-rgb": ("real-denoise-rgb-from-denoise", "real-denoise-rgb-varied-stage2"),
     "jpeg-rgb": ("jpeg-rgb-from-denoise", "jpeg-rgb-from-denoise-stage2", "jpeg-rgb-from-denoise-stage3",
                  "jpeg-rgb-varied-stage4"),
     "jpeg-gray": ("jpeg-gray-from-denoise", "jpeg-gray-varied-stage2"),
