@@ -4,8 +4,8 @@ Train on the NOISY frames of some fields of view, score other fields against the
 image ever reaches training. One thread; budgets in CPU-minutes of training steps (the process's CPU time, as the
 trainer's ``budget_clock: cpu`` counts it; validation and scoring are not counted, for either method).
 
-    # ours: fine-tune the shipped denoise-gray (a fine-tune's method, pseudo-clean, unless --method), one run per
-    # budget and setting; a grid is the product of the comma lists
+    # ours: fine-tune the shipped denoise-gray (a fine-tune's method, Neighbor2Neighbor, unless --method), one run
+    # per budget and setting; a grid is the product of the comma lists
     OMP_NUM_THREADS=1 python benchmarks/finetune_w2s.py ours --lr 3e-4,1e-4,3e-5 --warmup 0,50 --budgets 1,2,5,10,20,60
     # CAREamics Noise2Void and N2V2, documented defaults, from scratch, the same images and budgets (one run each,
     # snapshots at every budget: N2V's learning rate does not follow the budget)

@@ -99,8 +99,7 @@ def test_ours_at_a_tiny_budget(bench, datasets, tmp_path):
     report = out.read_text()
     assert "SMOKE" not in report
     assert "| noisy input | - |" in report and "| denoise-gray, no training | start | **" in report
-    assert "| 0.02 CPU-min |" in report and ("pseudo-clean (start's output noised again) from denoise-gray: lr 1e-5, warm-up 50, patch 64, batch 8, "
-                                                "decoder 0") in report  # a fine-tune's defaults
+    assert "| 0.02 CPU-min |" in report and "Neighbor2Neighbor from denoise-gray: lr 3e-5, warm-up 50" in report  # a fine-tune's defaults
     assert "SMOKE RUN" in bench.render(data, smoke=True)
 
     # a rerun of another split into the same report is refused: one table, one protocol

@@ -63,7 +63,7 @@ def test_a_run_from_the_dock_saves_a_model_that_restore_finds_by_name(dock, mode
     saved = models_dir / "cells-tuned.safetensors"
     assert saved.is_file(), dock.status.value
     model, info = load_weights(saved)
-    assert info.name == "cells-tuned" and info.recipe["self_supervised"] == "pseudo-clean"
+    assert info.name == "cells-tuned" and info.recipe["self_supervised"] == "neighbor2neighbor"
     assert info.recipe["steps_done"] == 10 and info.recipe["data"]["train"] == ["cells"]
     assert changes and "cells-tuned" in dock.model.choices  # announced; this dock's own list has it too
     qtbot.waitUntil(lambda: "cells-tuned" in restore_dock.model.choices, timeout=5_000)  # and the Restore dock's
@@ -283,8 +283,10 @@ def test_a_run_of_some_minutes_from_the_dock(dock, models_dir, qtbot, monkeypatc
 def test_steps_replace_the_minutes_and_the_status_says_when_the_start_stayed_best(dock, models_dir, qtbot):
     """One Neighbor2Neighbor step at the highest learning rate makes the tiny model worse on the held-out plane
     (deterministic: seed 0, one step): the start model is saved unchanged, and the status says so. (The tiny start
-    is randomly initialised: pseudo-clean, the default, would learn its random output.)"""
-    dock.method.value = "Neighbor2Neighbor"
+    is randomly initialised: pseudo-clean would learn its random output.)"""
+    from napari_vdir.plugin._qt.finetune_dock import METHOD_LABELS
+
+    dock.method.value = next(label for label, method in METHOD_LABELS.items() if method == "neighbor2neighbor")
     dock.steps.value = 1
     assert dock.by_steps.value and not dock.minutes.enabled  # steps chosen: the training time is not used
     dock.lr.value = 1e-2

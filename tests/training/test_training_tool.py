@@ -102,8 +102,8 @@ def test_minimal_cli_form_from_scratch(image_folder, tmp_path):
 @pytest.mark.parametrize("form, adapt, lr, warmup", [
     ([], "all", 1e-3, 0),  # from scratch: the recipe defaults
     (["--init", "denoise-gray"], "all", 1e-4, 100),  # a trained start on pairs: config.FINETUNE_PAIRS
-    (["--init", "denoise-gray", "--self-supervised"], "all", 1e-5, 50),  # noisy images alone: pseudo-clean's
-    (["--init", "denoise-gray", "--self-supervised", "neighbor2neighbor"], "all", 3e-5, 50),  # the method's own
+    (["--init", "denoise-gray", "--self-supervised"], "all", 3e-5, 50),  # noisy images alone: Neighbor2Neighbor's
+    (["--init", "denoise-gray", "--self-supervised", "pseudo-clean"], "all", 1e-5, 50),  # the method's own
     (["--init", "denoise-gray", "--self-supervised", "--adapt", "biases"], "biases", 1e-3, 50),  # ADAPT_LR
     (["--init", "denoise-gray", "--adapt", "biases"], "biases", 1e-3, 100),
     (["--init", "denoise-gray", "--self-supervised", "--adapt", "all", "--lr", "3e-4", "--warmup-steps", "0"],
@@ -119,12 +119,12 @@ def test_a_fine_tune_gets_a_fine_tunes_learning_rate(image_folder, form, adapt, 
 
 
 @pytest.mark.parametrize("form, method, decoder", [
-    (["--init", "denoise-gray", "--self-supervised"], "pseudo-clean", 0.0),  # a trained start: FINETUNE_METHOD
-    (["--self-supervised"], "neighbor2neighbor", 1.0),  # from scratch: pseudo-clean has no restorations to learn from
-    (["--init", "denoise-gray", "--self-supervised", "neighbor2neighbor"], "neighbor2neighbor", 1.0),
+    (["--init", "denoise-gray", "--self-supervised"], "neighbor2neighbor", 1.0),  # config.FINETUNE_METHOD
+    (["--self-supervised"], "neighbor2neighbor", 1.0),  # from scratch
+    (["--init", "denoise-gray", "--self-supervised", "pseudo-clean"], "pseudo-clean", 0.0),  # its own: no decoder
     (["--init", "denoise-gray", "--self-supervised", "blind-spot"], "blind-spot", 1.0),
 ])
-def test_a_bare_self_supervised_flag_picks_the_method_by_the_start(image_folder, form, method, decoder):
+def test_each_self_supervised_method_gets_its_own_fine_tune_losses(image_folder, form, method, decoder):
     from napari_vdir.training.__main__ import build_parser, recipe_from_args
 
     args = build_parser().parse_args(["--task", "denoise", "--channels", "1", "--data", str(image_folder),

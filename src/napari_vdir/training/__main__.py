@@ -17,8 +17,7 @@ examples:
   # train from scratch, minimal form (a small, CPU-friendly network)
   python -m napari_vdir.training --task denoise --data DIR --steps 2000 --out OUT
 
-  # no clean images: fine-tune the gray denoiser on your noisy images alone for 10 minutes (pseudo-clean: its own
-  # restorations of them, noised again by the noise fitted to your data, are the targets)
+  # no clean images: fine-tune the gray denoiser on your noisy images alone for 10 minutes (Neighbor2Neighbor)
   python -m napari_vdir.training --task denoise --data my_noisy_stacks/ --self-supervised --init denoise-gray \
       --steps 100000 --time-budget 10 --out runs/my-microscope
 
@@ -44,7 +43,6 @@ SMALL_ARCH = {"width": 32, "rir_blocks": 2, "res_blocks": 2, "encoder_width": 32
 # what the minimal form (no --recipe) adds: the CPU recipes' settings (training/denoise-gray.yaml);
 # the GAN critic is off (--critic turns it on): 9.4M parameters beside a 0.15M-parameter generator
 MINIMAL_DEFAULTS = {"losses": {"gan": 0.0}, "grad_clip": 1.0, "lr_min": 1e-6}
-AUTO_METHOD = "auto"  # --self-supervised without a method: config.FINETUNE_METHOD with an init, else neighbor2neighbor
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -77,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degraded", help="folder of degraded images paired with --data (by file name, else in sorted order)")
     p.add_argument("--val", help="folder or glob pattern of clean held-out images for validation PSNR")
     p.add_argument("--val-degraded", help="their real degraded twins (else --val gets the task's synthetic degradation)")
-    p.add_argument("--self-supervised", nargs="?", const=AUTO_METHOD,
-                   choices=[AUTO_METHOD, "pseudo-clean", "neighbor2neighbor", "blind-spot"],
-                   help=f"train on noisy images alone; method {AUTO_METHOD} (the default): {FINETUNE_METHOD} with "
-                        "--init, which learns from the start's own restorations, neighbor2neighbor from scratch; "
-                        "without --val the "
-                        "self-supervised loss on held-out noisy images is logged")
+    p.add_argument("--self-supervised", nargs="?", const=FINETUNE_METHOD,
+                   choices=["neighbor2neighbor", "pseudo-clean", "blind-spot"],
+                   help=f"train on noisy images alone (default method: {FINETUNE_METHOD}; pseudo-clean, which learns "
+                        "from the --init model's own restorations, is faster on microscopy but its held-out check "
+                        "shares its noise model: see docs/fine-tuning.md); without --val the self-supervised loss on "
+                        "held-out noisy images is logged")
     p.add_argument("--pairs-from", type=int, metavar="AXIS",
                    help="Noise2Noise: the axis of each stack that holds repeated frames of the same field")
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 = gray, 3 = colour (default: from the data)")
@@ -94,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, help=f"patch size in pixels (multiple of 4) {_default('patch')}")
     p.add_argument("--batch", type=int, help=f"patches per step {_default('batch')}")
     p.add_argument("--lr", type=float, help=f"peak learning rate (cosine decay) {_default('lr')}; with --init "
-                   f"{noisy['lr']:g} on noisy images alone ({FINETUNE_NOISY['neighbor2neighbor']['lr']:g} with "
-                   f"neighbor2neighbor, {ADAPT_LR['biases']:g} with --adapt biases), "
+                   f"{noisy['lr']:g} on noisy images alone ({FINETUNE_NOISY['pseudo-clean']['lr']:g} with "
+                   f"pseudo-clean, {ADAPT_LR['biases']:g} with --adapt biases), "
                    f"{FINETUNE_PAIRS['lr']:g} on pairs")
     p.add_argument("--warmup-steps", type=int,
                    help="linear learning-rate warm-up (spares fine-tuned weights Adam's large first steps) "
@@ -145,8 +143,6 @@ def recipe_from_args(args):
                  "time_budget_minutes": args.time_budget, "budget_clock": args.budget_clock, "self_supervised": args.self_supervised,
                  "pairs_from": args.pairs_from, "ema_decay": args.ema, "keep_best": args.keep_best,
                  "adapt": args.adapt}
-    if args.self_supervised == AUTO_METHOD:
-        overrides["self_supervised"] = default_method(args)
     if args.recipe:
         recipe = load_recipe(args.recipe, **overrides)
         given = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
@@ -177,18 +173,6 @@ def recipe_from_args(args):
     values.setdefault("checkpoint_every", max(1, min(1000, values["steps"])))
     values["data"] = {"train": args.data, "val": args.val, "val_degraded": args.val_degraded, "degraded": args.degraded}
     return with_critic(Recipe.model_validate(values), args.critic)
-
-
-def default_method(args) -> str:
-    """The method of a bare --self-supervised: the recipe's own, else a fine-tune's (config.FINETUNE_METHOD) where a
-    trained model starts the run, else neighbor2neighbor (pseudo-clean needs a trained start)."""
-    from napari_vdir.training.config import FINETUNE_METHOD, load_recipe
-
-    recipe = load_recipe(args.recipe) if args.recipe else None
-    if recipe is not None and recipe.self_supervised:
-        return recipe.self_supervised
-    trained_start = args.init or (recipe is not None and (recipe.init or recipe.init_network))
-    return FINETUNE_METHOD if trained_start else "neighbor2neighbor"
 
 
 def with_critic(recipe, critic: bool | None):

@@ -32,7 +32,7 @@ from napari_vdir.training.trainer import Trainer, TrainingCancelled
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
            "METHODS", "DEFAULT_MINUTES", "DEFAULT_STEPS"]
 
-METHODS = ("pseudo-clean", "neighbor2neighbor", "blind-spot")  # the first: config.FINETUNE_METHOD
+METHODS = ("neighbor2neighbor", "pseudo-clean", "blind-spot")  # the first: config.FINETUNE_METHOD
 # training time when neither minutes nor steps are given: what a biologist plans around (wall clock of the
 # training steps; the ~VAL_POINTS validations and preparing the data come on top)
 DEFAULT_MINUTES = 5.0
@@ -115,7 +115,7 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
 
 
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", minutes: float | None = None,
-             steps: int | None = None, method: str = "pseudo-clean", patch: int | None = None,
+             steps: int | None = None, method: str = "neighbor2neighbor", patch: int | None = None,
              batch: int = DEFAULT_BATCH, lr: float | None = None, adapt: str | None = None,
              rgb: bool | None = None, channel_axis=None,
              intensity_range=None, callback=None, cancel=None, device: str = "auto", precision: str = "auto",
@@ -145,9 +145,9 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         parameter; pseudo-clean at 1e-5, Neighbor2Neighbor and blind-spot at 3e-5: measured on real microscopy;
         ``adapt="biases"`` trains only the biases, at 1e-3) or
         :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter, 1e-4).
-    method : self-supervised runs: "pseudo-clean" (the default: the start's own restorations of the images,
-        noised again by the noise model fitted to them, are the targets; measured best on real microscopy),
-        "neighbor2neighbor" or "blind-spot".
+    method : self-supervised runs: "neighbor2neighbor" (the default), "pseudo-clean" (the start's own
+        restorations of the images, noised again by the noise model fitted to them, are the targets: faster on real
+        microscopy, but the held-out check shares its noise model, see docs/fine-tuning.md) or "blind-spot".
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
         RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4
         holds channels. See :func:`~napari_vdir.training.data.array_layout`.

@@ -39,7 +39,7 @@ from napari_vdir.plugin._qt.worker import WorkerDock, reported
 
 TITLE = "Fine-tune (VDIR)"
 NO_CLEAN = "none: noisy images only (self-supervised)"
-METHOD_LABELS = {"pseudo-clean (recommended)": "pseudo-clean", "Neighbor2Neighbor": "neighbor2neighbor",
+METHOD_LABELS = {"Neighbor2Neighbor (recommended)": "neighbor2neighbor", "pseudo-clean": "pseudo-clean",
                  "blind-spot (Noise2Void)": "blind-spot"}  # session.METHODS, the default first
 PROGRESS_TICKS = 1000  # the dock's bar in a run with a time budget: its share of the time
 
@@ -90,9 +90,10 @@ class FineTuneDock(WorkerDock):
                              tooltip="with 'count steps instead of time': how many steps to train")
         self.name = LineEdit(label="save as", tooltip="name of the new model in your models folder")
         self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
-                               tooltip="how noisy images alone are used for training: pseudo-clean learns from "
-                                       "the start model's own restorations, noised again by the noise fitted to "
-                                       "your images; Neighbor2Neighbor from pairs of neighbouring pixels")
+                               tooltip="how noisy images alone are used for training: Neighbor2Neighbor from "
+                                       "pairs of neighbouring pixels; pseudo-clean from the start model's own "
+                                       "restorations, noised again by the noise fitted to your images (faster on "
+                                       "microscopy, but where that fit is off the held-out check errs with it)")
         self.batch = SpinBox(label="patches per step", value=DEFAULT_BATCH, min=1, max=128)
         self.biases_only = CheckBox(text="train only the biases", value=False,
                                     tooltip="keeps closer to the start model: on data like what it knows (real "
