@@ -164,7 +164,7 @@ def recipe_from_args(args):
         values["channels"] = 3 if array_layout(img.shape)[1] else 1  # RGB (or RGBA) as restore reads it
     if not args.init:
         values["arch"] = SMALL_ARCH
-    else:  # a trained start: its own method, learning rate and warm-up (config.FINETUNE_NOISY / FINETUNE_PAIRS)
+    else:  # a trained start: its method's learning rate and warm-up (config.FINETUNE_NOISY / FINETUNE_PAIRS)
         from napari_vdir.training.config import with_finetune_defaults
 
         method = "noise2noise" if args.pairs_from is not None else values.get("self_supervised")
