@@ -34,7 +34,7 @@ CHAINS = {
     "jpeg-rgb": ("jpeg-rgb-from-denoise", "jpeg-rgb-from-denoise-stage2", "jpeg-rgb-from-denoise-stage3",
                  "jpeg-rgb-varied-stage4"),
     "jpeg-gray": ("jpeg-gray-from-denoise", "jpeg-gray-varied-stage2"),
-    "sr-x2-rgb": ("sr-x2-rgb-mix-stage1", "sr-x2-rgb-mix-stage2"),
+    "sr-x2-rgb": ("sr-x2-rgb-mix-stage1", "sr-x2-rgb-mix-stage2", "sr-x2-rgb-varied"),
     "sr-x4-rgb": ("sr-x4-rgb-mix", "sr-x4-rgb-mix-stage2"),
 }
 TAIL = 3  # validations averaged for a stage's end
