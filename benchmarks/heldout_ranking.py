@@ -155,9 +155,9 @@ def low_counts(args) -> list[str]:
     trainer = Trainer(recipe, tempfile.mkdtemp(), device="cpu", precision="auto", threads=1, log=lambda *a: None)
     trainer.load_data(ArrayData(planes[0], None))
     with torch.no_grad():
-        signal = trainer.model.eval()(y).image.float()
+        signal, follows = selfsupervised.divergence_map(trainer.model.eval(), y, torch.Generator().manual_seed(7))
     trainer.model.train()
-    fit = selfsupervised.fit_noise_model(y, signal)
+    fit = selfsupervised.fit_noise_model(y, signal, follows)
     variance = selfsupervised.noise_variance(signal, fit)
     rows = []
 

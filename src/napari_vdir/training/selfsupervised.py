@@ -177,7 +177,6 @@ def restoration_terms(restored: torch.Tensor, views: Views) -> dict[str, torch.T
 
 NOISE_MODEL_BINS = 16  # intensity bins of the signal-dependent noise fit
 SURE_PROBES = 2  # random directions of the Monte-Carlo divergence
-_DIAGONAL = torch.tensor([[[[0.5, -0.5], [-0.5, 0.5]]]])  # the finest diagonal detail of a 2x2 window
 
 
 def divergence_map(model, noisy: torch.Tensor, generator: torch.Generator,
@@ -195,42 +194,34 @@ def divergence_map(model, noisy: torch.Tensor, generator: torch.Generator,
     return restored, d / probes
 
 
-def fit_noise_model(noisy: torch.Tensor, signal: torch.Tensor) -> tuple[float, float]:
+def fit_noise_model(noisy: torch.Tensor, estimate: torch.Tensor,
+                    divergence: torch.Tensor | None = None) -> tuple[float, float]:
     """A Poisson-Gaussian noise model fitted to noisy data: variance = gain * signal + offset.
 
-    Read from the noisy data's finest diagonal detail, d = (y[0,0] - y[0,1] - y[1,0] + y[1,1]) / 2 over every
-    2x2 window: for noise independent from pixel to pixel its variance is the mean of the four pixels' variances,
-    and it is blind to constant and linear signal. ``signal`` (a denoiser's output, e.g. the starting model's)
-    gives each window's intensity and how much the image varies around it (its range over the 6x6 pixels centred
-    on the window: wider than the window, so that the choice hardly depends on the window's own noise); in each of
-    NOISE_MODEL_BINS equal-width intensity bins the variance is the mean d^2 of the smoother half of the windows,
-    so that texture at the pixel scale does not pass for noise; the line is fitted by least squares weighted by
-    the square root of each bin's count. Fitted from the denoiser's residual instead (corrected for how much the
-    output follows the noise), the fit also held the detail the denoiser removed: 12 % high on a photograph with
-    sigma-25 noise, 2-8 % on W2S; this way +2 % and -1 to +2 % (``benchmarks/results/noise_fit.md``). The offset may
-    be negative (a camera's black level below the data's zero); :func:`noise_variance` keeps the variance positive.
+    ``estimate`` is a denoiser's output for ``noisy`` (the starting model's). Its residual underestimates the
+    noise: E(y - f)^2 = v (1 - 2 df/dy) + |f - x|^2, since the output follows the noise by df/dy. With
+    ``divergence`` (:func:`divergence_map`) the mean squared residual of each of NOISE_MODEL_BINS equal-width
+    intensity bins is divided by (1 - 2 x its mean divergence); the line is fitted by least squares weighted by
+    the square root of each bin's pixel count. The offset may be negative (a camera's black level below the
+    data's zero); :func:`noise_variance` keeps the variance positive.
     """
-    y, f = noisy.float(), signal.float()
-    detail = F.conv2d(y.flatten(0, 1)[:, None], _DIAGONAL.to(y.device)).flatten()
-    level = F.avg_pool2d(f.flatten(0, 1)[:, None], 2, 1).flatten()
-    planes = f.flatten(0, 1)[:, None]  # the range of the signal over the 6x6 pixels around each window
-    spread = (F.max_pool2d(planes, 6, 1, padding=2) + F.max_pool2d(-planes, 6, 1, padding=2)).flatten()
-    lo, hi = (float(q) for q in torch.quantile(level[:: max(1, level.numel() // 2**20)].cpu(),
-                                               torch.tensor([0.001, 0.999])))
+    s, r2 = estimate.float().flatten(), ((noisy.float() - estimate.float()) ** 2).flatten()
+    d = None if divergence is None else divergence.float().flatten()
+    lo, hi = (float(q) for q in torch.quantile(s, torch.tensor([0.001, 0.999], dtype=s.dtype)))
     centres, variances, weights = [], [], []
     if hi - lo > 1e-6:
         edges = torch.linspace(lo, hi, NOISE_MODEL_BINS + 1)
         for a, b in zip(edges[:-1], edges[1:]):
-            inside = (level >= a) & (level <= b)
+            inside = (s >= a) & (s <= b)
             n = int(inside.sum())
-            if n >= 32:
-                smooth = spread[inside] <= spread[inside].median()
-                centres.append(float(level[inside][smooth].mean()))
-                variances.append(float((detail[inside][smooth] ** 2).mean()))
+            if n >= 16:
+                follows = 0.0 if d is None else min(float(d[inside].mean()), 0.45)
+                centres.append(float(s[inside].mean()))
+                variances.append(float(r2[inside].mean()) / (1 - 2 * follows))
                 weights.append(n**0.5)
     if len(centres) < 2:
-        smooth = spread <= spread.median()
-        return 0.0, float((detail[smooth] ** 2).mean())
+        follows = 0.0 if d is None else min(float(d.mean()), 0.45)
+        return 0.0, float(r2.mean()) / (1 - 2 * follows)
     x, v, w = (torch.tensor(t, dtype=torch.float64) for t in (centres, variances, weights))
     design = torch.stack([x, torch.ones_like(x)], dim=1) * w[:, None]
     gain, offset = (float(c) for c in torch.linalg.lstsq(design, (v * w)[:, None]).solution.flatten())
@@ -280,4 +271,3 @@ def paired_excess(terms: torch.Tensor, reference: torch.Tensor, block: int = 16,
     tiles = diff[..., : h // b * b, : w // b * b].reshape(n, c, h // b, b, w // b, b).mean(dim=(1, 3, 5)).flatten()
     spread = float(tiles.std()) / len(tiles) ** 0.5 if len(tiles) > 1 else 0.0
     return float(diff.mean()) + z * spread
-

@@ -169,8 +169,7 @@ class Trainer:
         self.sampler, self.held_out, self.val, count = training_data(self.recipe, self.device, arrays)
         count_held_out = max(8, self.recipe.batch, math.ceil(HELD_OUT_PIXELS / self.recipe.patch**2))
         if self.held_out is not None:  # self-supervised without clean references: noisy patches for a validation loss
-            pick = getattr(self.held_out, "tiles", self.held_out.sample)  # no pixel twice where the planes allow
-            self.val_noisy = pick(count_held_out, torch.Generator().manual_seed(1234))
+            self.val_noisy = self.held_out.sample(count_held_out, torch.Generator().manual_seed(1234))
             self.held_out_variance = self.fit_held_out_noise()
         if self.recipe.self_supervised == "pseudo-clean":  # the starting model's restorations, noised again
             if self.held_out is None:  # a single plane: the noise model from training patches
@@ -401,10 +400,11 @@ class Trainer:
     @torch.no_grad()
     def fit_noise(self, noisy: torch.Tensor) -> tuple[tuple[float, float], torch.Tensor]:
         """The Poisson-Gaussian noise model of ``noisy`` patches (:func:`~napari_vdir.training.selfsupervised.
-        fit_noise_model`) with the model as it is now (the start, when the data loads) giving the signal, and that
-        restoration; the model is left in eval mode."""
-        signal = self.model.eval()(noisy.float()).image.float()
-        return selfsupervised.fit_noise_model(noisy, signal), signal
+        fit_noise_model`) from the model as it is now (the start, when the data loads), and its restoration; the
+        model is left in eval mode."""
+        signal, follows = selfsupervised.divergence_map(self.model.eval(), noisy,
+                                                        torch.Generator(device=self.device).manual_seed(7))
+        return selfsupervised.fit_noise_model(noisy, signal, follows), signal
 
     @torch.no_grad()
     def fit_held_out_noise(self) -> torch.Tensor | None:
@@ -430,9 +430,8 @@ class Trainer:
         (:func:`napari_vdir.training.selfsupervised.sure_risk`) on held-out noisy patches, with the noise model of
         :meth:`fit_held_out_noise`, in float32 with the same probe directions at every validation. Weights are scored
         against the starting model pixel by pixel: the start's estimate plus the mean excess of theirs over it plus
-        two standard errors of that excess (:func:`~napari_vdir.training.selfsupervised.paired_excess`; the held-out
-        patches share no pixel, so the error is not understated), so weights rank above the start only where they
-        are better beyond the estimate's own noise. For noise2noise
+        two standard errors of that excess (:func:`~napari_vdir.training.selfsupervised.paired_excess`), so weights
+        rank above the start only where they are better beyond the estimate's own noise. For noise2noise
         frame pairs (chosen for noise that is not independent from pixel to pixel, where Stein's estimate does not
         hold), the error of one frame's restoration to the other.
 
