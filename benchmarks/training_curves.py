@@ -35,7 +35,7 @@ CHAINS = {
                  "jpeg-rgb-varied-stage4"),
     "jpeg-gray": ("jpeg-gray-from-denoise", "jpeg-gray-varied-stage2"),
     "sr-x2-rgb": ("sr-x2-rgb-mix-stage1", "sr-x2-rgb-mix-stage2", "sr-x2-rgb-varied"),
-    "sr-x4-rgb": ("sr-x4-rgb-mix", "sr-x4-rgb-mix-stage2"),
+    "sr-x4-rgb": ("sr-x4-rgb-mix", "sr-x4-rgb-mix-stage2", "sr-x4-rgb-varied"),
 }
 TAIL = 3  # validations averaged for a stage's end
 
