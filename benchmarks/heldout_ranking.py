@@ -98,7 +98,7 @@ def run(lr: float, steps: int, val_every: int, args, train, pairs) -> list[dict]
     def snapshot(tr):
         masked = masked_loss(tr)
         with torch.no_grad():  # Stein's estimate itself (the trainer ranks by it plus 2 standard errors vs the start)
-            risk = selfsupervised.sure_risk(tr.model.eval(), tr.val_noisy[0], tr.held_out_variance,
+            risk = selfsupervised.sure_risk(tr.model.eval(), tr.val_noisy[0], tr.held_out_variances[0],
                                             torch.Generator().manual_seed(4321))
         tr.model.train()
         path = tr.export(folder / f"step{tr.step}.safetensors")

@@ -147,7 +147,8 @@ def test_the_decay_is_checked(image_folder, value, tiny_recipe):
         tiny_recipe(image_folder, ema_decay=value)
 
 
-def test_the_shipped_gray_model_fine_tuned_on_what_it_handles_well_is_no_worse(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["neighbor2neighbor", "pseudo-clean"])
+def test_the_shipped_gray_model_fine_tuned_on_what_it_handles_well_is_no_worse(tmp_path, monkeypatch, method):
     """Issue 33: a self-supervised fine-tune of denoise-gray at the training CLI's from-scratch learning rate on
     a noisy natural image (sigma 25, which the model already restores well) returns a model no worse than its
     start against the clean image."""
@@ -161,7 +162,7 @@ def test_the_shipped_gray_model_fine_tuned_on_what_it_handles_well_is_no_worse(t
                       for i in range(4)])
     start = restore(noisy[0], "denoise", model="denoise-gray", device="cpu", precision="float32", backend="torch")
     result = finetune(noisy, name="mine", init="denoise-gray", steps=20, lr=1e-3, device="cpu", precision="float32",
-                      notify=False)
+                      method=method, notify=False)
     tuned = restore(noisy[0], "denoise", model=result.path, device="cpu", precision="float32", backend="torch")
 
     def psnr(x):

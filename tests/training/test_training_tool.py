@@ -133,6 +133,23 @@ def test_each_self_supervised_method_gets_its_own_fine_tune_losses(image_folder,
     assert (recipe.self_supervised, recipe.losses.decoder) == (method, decoder)
 
 
+@pytest.mark.parametrize("named, flag, method", [
+    ("pseudo-clean", [], "pseudo-clean"),
+    ("pseudo-clean", ["--self-supervised"], "pseudo-clean"),  # a bare flag keeps the recipe's method
+    ("pseudo-clean", ["--self-supervised", "blind-spot"], "blind-spot"),  # a named one replaces it
+    (None, ["--self-supervised"], "neighbor2neighbor"),  # none in the recipe: config.FINETUNE_METHOD
+])
+def test_a_bare_self_supervised_flag_keeps_the_recipes_method(image_folder, tmp_path, named, flag, method):
+    from napari_vdir.training.__main__ import build_parser, recipe_from_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\ntask: denoise\nchannels: 1\nsteps: 10\ninit: denoise-gray\n"
+                      f"data: {{train: [{image_folder}]}}\n"
+                      + (f"self_supervised: {named}\n" if named else ""))
+    args = build_parser().parse_args(["--recipe", str(recipe), "--out", "unused", *flag])
+    assert recipe_from_args(args).self_supervised == method
+
+
 def test_warmup_steps_flag_ramps_the_learning_rate(image_folder, tmp_path):
     code = training_main(["--task", "denoise", "--data", str(image_folder), "--steps", "4", "--patch", "32",
                           "--batch", "2", "--lr", "1e-3", "--warmup-steps", "4", "--val-every", "1",

@@ -60,6 +60,17 @@ def _default(field: str) -> str:
     return f"(default: {Recipe.model_fields[field].default:g})"
 
 
+BARE_SELF_SUPERVISED = "default"  # ``--self-supervised`` without a method: the recipe's, else FINETUNE_METHOD
+SELF_SUPERVISED_FLAGS = ("neighbor2neighbor", "pseudo-clean", "blind-spot")  # noise2noise: --pairs-from
+
+
+def self_supervised_method(value: str) -> str:
+    """``--self-supervised``'s value: a method, or ``default`` (what the bare flag gives)."""
+    if value not in (*SELF_SUPERVISED_FLAGS, BARE_SELF_SUPERVISED):
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(SELF_SUPERVISED_FLAGS)})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from napari_vdir.training.config import ADAPT_LR, FINETUNE_METHOD, FINETUNE_NOISY, FINETUNE_PAIRS
 
@@ -75,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--degraded", help="folder of degraded images paired with --data (by file name, else in sorted order)")
     p.add_argument("--val", help="folder or glob pattern of clean held-out images for validation PSNR")
     p.add_argument("--val-degraded", help="their real degraded twins (else --val gets the task's synthetic degradation)")
-    p.add_argument("--self-supervised", nargs="?", const=FINETUNE_METHOD,
-                   choices=["neighbor2neighbor", "pseudo-clean", "blind-spot"],
-                   help=f"train on noisy images alone (default method: {FINETUNE_METHOD}; pseudo-clean, which learns "
+    p.add_argument("--self-supervised", nargs="?", const=BARE_SELF_SUPERVISED, type=self_supervised_method,
+                   metavar="{" + ",".join(SELF_SUPERVISED_FLAGS) + "}",
+                   help=f"train on noisy images alone (default method: the recipe's, else {FINETUNE_METHOD}; pseudo-clean, which learns "
                         "from the --init model's own restorations, is faster on microscopy but its held-out check "
                         "shares its noise model: see docs/fine-tuning.md); without --val the self-supervised loss on "
                         "held-out noisy images is logged")
@@ -134,9 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recipe_from_args(args):
     from napari_vdir.core.io import read_image
-    from napari_vdir.training.config import Recipe, load_recipe
+    from napari_vdir.training.config import FINETUNE_METHOD, Recipe, load_recipe
     from napari_vdir.training.data import array_layout, image_paths
 
+    if args.self_supervised == BARE_SELF_SUPERVISED:  # the recipe's method, else the default one
+        named = load_recipe(args.recipe).self_supervised if args.recipe else None
+        args.self_supervised = named or FINETUNE_METHOD
     overrides = {"task": args.task, "channels": args.channels, "scale": args.scale, "degradation": args.degradation,
                  "init": args.init, "steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr,
                  "warmup_steps": args.warmup_steps, "val_every": args.val_every, "seed": args.seed, "name": args.name,

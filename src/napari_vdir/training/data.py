@@ -328,6 +328,16 @@ class PatchSampler:
                 degraded.append(augment(self.degraded[i][:, t:t + p, l_:l_ + p], k))
         return torch.stack(clean), (torch.stack(degraded) if degraded else None)
 
+    def tiles(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        """Up to ``n`` patches that share no pixel: a random choice among the images' non-overlapping patch grids.
+        Held-out data: the check's standard error counts every pixel once, and a plane sampled four times over
+        understated it. Unpaired samplers only."""
+        p = self.patch
+        grid = [(i, top, left) for i, x in enumerate(self.clean)
+                for top in range(0, x.shape[-2] - p + 1, p) for left in range(0, x.shape[-1] - p + 1, p)]
+        chosen = torch.randperm(len(grid), generator=generator)[:n].tolist()
+        return torch.stack([self.clean[i][:, t:t + p, l_:l_ + p] for i, t, l_ in (grid[k] for k in chosen)]), None
+
 
 class FramePairSampler:
     """Two different frames of one field of view, same crop and flip/rotation (Noise2Noise pairs)."""

