@@ -92,8 +92,8 @@ class FineTuneDock(WorkerDock):
         self.method = ComboBox(label="method", choices=list(METHOD_LABELS), value=next(iter(METHOD_LABELS)),
                                tooltip="how noisy images alone are used for training: Neighbor2Neighbor from "
                                        "pairs of neighbouring pixels; pseudo-clean from the start model's own "
-                                       "restorations, noised again by the noise fitted to your images (faster on "
-                                       "microscopy, but where that fit is off the held-out check errs with it)")
+                                       "restorations, noised again by the noise fitted to your images (learns "
+                                       "faster on microscopy, but the held-out check keeps the start longer)")
         self.batch = SpinBox(label="patches per step", value=DEFAULT_BATCH, min=1, max=128)
         self.biases_only = CheckBox(text="train only the biases", value=False,
                                     tooltip="keeps closer to the start model: on data like what it knows (real "
