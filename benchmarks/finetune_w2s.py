@@ -620,6 +620,11 @@ def render(data: dict, smoke: bool) -> str:
               "weights 0.13 dB better than the start could not show it beyond two standard errors, and the start "
               "was saved.",
               "- N2V2 ran to 20 CPU-minutes only (the session's time); Noise2Void to 60.",
+              "- The held-out check: runs 8-10 (2026-12-08) were made with the check that must pass under both "
+              "noise fits, on tiles that share no pixel (commit 3900894); written to their own reports, their "
+              "entries were merged into this one (`store`), replacing the same settings' earlier cells. "
+              "Pseudo-clean's exported model at 20 minutes, chosen by the earlier check, was removed; the "
+              "60-minute Neighbor2Neighbor cells are the earlier check's.",
               ""]
     return "\n".join(lines)
 
