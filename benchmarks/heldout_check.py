@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     noisy, clean = held_out_tiles(trainer, ev, train)
     variances = trainer.held_out_variances
     unit = float(variances[0].mean())
+    true_noise = float(((noisy - clean) ** 2).mean())
     start = load_weights(find_model("denoise-gray"))[0].eval()
 
     def parts(model, probes):
@@ -92,8 +93,8 @@ def main(argv=None) -> int:
              f"Held-out tiles: {noisy.shape[0]} x {noisy.shape[-1]}² px of W2S planes "
              f"{', '.join(pth.stem.split('avg1_')[-1] for i, pth in enumerate(train) if i % 10 == 0)} (every tenth "
              "plane of fields 031-040, as a `finetune_w2s.py` run holds them out). Noise variance on them, mean: "
-             f"true {float(((noisy - clean) ** 2).mean()):.5f} (against the matched 400-frame average), "
-             + ", ".join(f"{f} fit {float(v.mean()):.5f} ({100 * (float(v.mean()) / float(((noisy - clean) ** 2).mean()) - 1):+.1f} %)"
+             f"true {true_noise:.5f} (against the matched 400-frame average), "
+             + ", ".join(f"{f} fit {float(v.mean()):.5f} ({100 * (float(v.mean()) / true_noise - 1):+.1f} %)"
                          for f, v in zip(fits, variances, strict=True)) + ".", "",
              "Each cell: change of the mean squared error against denoise-gray on these tiles, in % of the noise "
              "variance (negative = better); the check's estimate as mean (upper bound: mean + 2 standard errors, "

@@ -88,10 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-degraded", help="their real degraded twins (else --val gets the task's synthetic degradation)")
     p.add_argument("--self-supervised", nargs="?", const=BARE_SELF_SUPERVISED, type=self_supervised_method,
                    metavar="{" + ",".join(SELF_SUPERVISED_FLAGS) + "}",
-                   help=f"train on noisy images alone (default method: the recipe's, else {FINETUNE_METHOD}; pseudo-clean, which learns "
-                        "from the --init model's own restorations, learns faster on microscopy but the held-out "
-                        "check keeps its start longer: see docs/fine-tuning.md); without --val the self-supervised loss on "
-                        "held-out noisy images is logged")
+                   help=f"train on noisy images alone (default method: the recipe's, else {FINETUNE_METHOD}; "
+                        "pseudo-clean, which learns from the --init model's own restorations, learns faster on "
+                        "microscopy but the held-out check keeps its start longer: see docs/fine-tuning.md); without "
+                        "--val the self-supervised loss on held-out noisy images is logged")
     p.add_argument("--pairs-from", type=int, metavar="AXIS",
                    help="Noise2Noise: the axis of each stack that holds repeated frames of the same field")
     p.add_argument("--channels", type=int, choices=[1, 3], help="1 = gray, 3 = colour (default: from the data)")

@@ -209,6 +209,7 @@ def fit_noise_model(noisy: torch.Tensor, estimate: torch.Tensor,
     s, r2 = estimate.float().flatten(), ((noisy.float() - estimate.float()) ** 2).flatten()
     d = None if divergence is None else divergence.float().flatten()
     lo, hi = (float(q) for q in torch.quantile(s, torch.tensor([0.001, 0.999], dtype=s.dtype)))
+
     def residual_variance(inside):
         follows = 0.0 if d is None else min(float(d[inside].mean()), 0.45)
         return float(s[inside].mean()), float(r2[inside].mean()) / (1 - 2 * follows)
@@ -241,6 +242,7 @@ def fit_noise_from_detail(noisy: torch.Tensor, signal: torch.Tensor) -> tuple[fl
     spread = (F.max_pool2d(planes, 6, 1, padding=2) + F.max_pool2d(-planes, 6, 1, padding=2)).flatten()
     lo, hi = (float(q) for q in torch.quantile(level[:: max(1, level.numel() // 2**20)].cpu(),
                                                torch.tensor([0.001, 0.999])))
+
     def detail_variance(inside):
         smooth = spread[inside] <= spread[inside].median()
         return float(level[inside][smooth].mean()), float((detail[inside][smooth] ** 2).mean())

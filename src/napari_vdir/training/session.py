@@ -146,9 +146,10 @@ def finetune(noisy, clean=None, *, name: str, init: str | Path = "denoise-gray",
         parameter; pseudo-clean at 1e-5, Neighbor2Neighbor and blind-spot at 3e-5: measured on real microscopy;
         ``adapt="biases"`` trains only the biases, at 1e-3) or
         :data:`~napari_vdir.training.config.FINETUNE_PAIRS` with clean twins (every parameter, 1e-4).
-    method : self-supervised runs (None: :data:`~napari_vdir.training.config.FINETUNE_METHOD`): "neighbor2neighbor", "pseudo-clean" (the start's own
-        restorations of the images, noised again by the noise model fitted to them, are the targets: learns faster on
-        real microscopy, but the held-out check keeps its start longer, see docs/fine-tuning.md) or "blind-spot".
+    method : self-supervised runs (None: :data:`~napari_vdir.training.config.FINETUNE_METHOD`):
+        "neighbor2neighbor", "pseudo-clean" (the start's own restorations of the images, noised again by the noise
+        model fitted to them, are the targets: learns faster on real microscopy, but the held-out check keeps its
+        start longer, see docs/fine-tuning.md) or "blind-spot".
     rgb : whether the last axis is colour. None: ``restore``'s rule (with 3+ dimensions a last axis of 3 is
         RGB, of 4 RGBA, of 2 two channels); False (napari's ``layer.rgb``): never colour, a last axis of 2 or 4
         holds channels. See :func:`~napari_vdir.training.data.array_layout`.

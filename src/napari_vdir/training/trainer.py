@@ -175,12 +175,12 @@ class Trainer:
         if self.recipe.self_supervised == "pseudo-clean":  # the starting model's restorations, noised again
             if self.held_out is None:  # a single plane: the noise model from training patches
                 noisy = self.sampler.sample(count_held_out, torch.Generator().manual_seed(1234))[0].float()
-            else:
-                noisy = self.val_noisy[0].float()
-            with torch.no_grad():
-                signal = self.model.eval()(noisy).image.float()
-            self.model.train()
-            self.synthesis_noise = selfsupervised.fit_noise_from_detail(noisy, signal)
+                with torch.no_grad():
+                    signal = self.model.eval()(noisy).image.float()
+                self.model.train()
+                self.synthesis_noise = selfsupervised.fit_noise_from_detail(noisy, signal)
+            else:  # the held-out check's detail fit
+                self.synthesis_noise = self.held_out_models[1]
             self.log(f"noise model (variance = gain x signal + offset): gain {self.synthesis_noise[0]:.3g}, "
                      f"offset {self.synthesis_noise[1]:.3g}")
             self.pseudo_clean_targets()
@@ -418,16 +418,17 @@ class Trainer:
         gain x signal + offset), for :meth:`validate_self_supervised`: one read from the starting model's residual
         (:func:`~napari_vdir.training.selfsupervised.fit_noise_model`), which tends high where the start removed
         texture, and one from the data's finest detail (:func:`~napari_vdir.training.selfsupervised.
-        fit_noise_from_detail`), which tends low where the data have pixel-scale texture; the truth lay between them
-        or within 2 % of one on W2S and on photographs. Fitted with the weights as they are when the data is loaded —
-        the starting model, also on ``--resume`` (the data loads before the checkpoint) — so every validation of the
-        run is scored against the same noise. None for noise2noise frame pairs."""
+        fit_noise_from_detail`), which tends low where the data have pixel-scale texture; on W2S's held-out tiles the
+        truth lay between them, on a sigma-25 photograph within 4 % of the detail fit. Fitted with the weights as
+        they are when the data is loaded — the starting model, also on ``--resume`` (the data loads before the
+        checkpoint) — so every validation of the run is scored against the same noise. None for noise2noise frame
+        pairs."""
         if self.recipe.self_supervised == "noise2noise":
             return None
         noisy = self.val_noisy[0].float()
         self.noise_model, signal = self.fit_noise(noisy)
-        models = (self.noise_model, selfsupervised.fit_noise_from_detail(noisy, signal))
-        variances = tuple(selfsupervised.noise_variance(signal, m) for m in models)
+        self.held_out_models = (self.noise_model, selfsupervised.fit_noise_from_detail(noisy, signal))
+        variances = tuple(selfsupervised.noise_variance(signal, m) for m in self.held_out_models)
         self.held_out_noise = float(variances[0].mean())  # the noisy input's own squared error: the outcome's unit
         restored, follows = selfsupervised.divergence_map(self.model, noisy,
                                                           torch.Generator(device=self.device).manual_seed(4321))
