@@ -426,8 +426,8 @@ class Trainer:
         if self.recipe.self_supervised == "noise2noise":
             return None
         noisy = self.val_noisy[0].float()
-        self.noise_model, signal = self.fit_noise(noisy)
-        self.held_out_models = (self.noise_model, selfsupervised.fit_noise_from_detail(noisy, signal))
+        residual_fit, signal = self.fit_noise(noisy)
+        self.held_out_models = (residual_fit, selfsupervised.fit_noise_from_detail(noisy, signal))
         variances = tuple(selfsupervised.noise_variance(signal, m) for m in self.held_out_models)
         self.held_out_noise = float(variances[0].mean())  # the noisy input's own squared error: the outcome's unit
         restored, follows = selfsupervised.divergence_map(self.model, noisy,
